@@ -1,0 +1,185 @@
+"""HTML pages: upload, photo detail with layer activations, test-set gallery, evaluation, model."""
+import base64
+import binascii
+import io
+import json
+
+import numpy as np
+from flask import Blueprint, Response, abort, current_app, render_template, request
+from PIL import Image
+from sklearn.metrics import precision_recall_curve
+from werkzeug.exceptions import BadRequest, HTTPException
+
+from app import render
+from app.uploads import decode, uploaded_files
+from model.metrics import HEADLINE
+
+bp = Blueprint("pages", __name__)
+PER_PAGE = 40
+SHOW = {"all": "all photos", "fp": "false positives", "fn": "false negatives",
+        "wrong": "exact-match failures", "right": "exact-match successes"}
+SORT = {"id": "photo id", "error": "largest error first", "confidence": "most confident first"}
+
+
+def scenes():
+    return current_app.extensions["scenes"]
+
+
+def card(name, rgb, truth=None):
+    """Everything a result card shows for one upright RGB photo."""
+    s = scenes()
+    result = s.analyse(rgb)
+    display = render.display_copy(rgb)
+    return {
+        "name": name,
+        "photo_src": render.data_uri(render.to_jpeg(display), "image/jpeg"),
+        "bars": [{"label": l, "p": result["probabilities"][l], "threshold": s.thresholds[l],
+                  "on": l in result["predicted"], "truth": None if truth is None else bool(truth[i])}
+                 for i, l in enumerate(s.labels)],
+        "predicted": result["predicted"],
+        "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(result["cams"][l]))} for l in s.labels],
+        "pixels": base64.b64encode(render.to_png(Image.fromarray(result["pixels"]))).decode(),
+        "result": result,
+    }
+
+
+@bp.get("/")
+def index():
+    return render_template("index.html", cards=[], errors=[])
+
+
+@bp.post("/")
+def upload():
+    cards, errors, status = [], [], 200
+    for name, data in uploaded_files(request):
+        try:
+            cards.append(card(name, decode(name, data)))
+        except HTTPException as e:
+            errors.append(e.description)
+            status = e.code
+    status = 200 if cards else status
+    template = "_results.html" if request.headers.get("X-Requested-With") == "fetch" else "index.html"
+    return render_template(template, cards=cards, errors=errors), status
+
+
+def layer_view(pixels, layer):
+    """The layer list, and the channel grid of `layer` (404 for an unknown one)."""
+    s = scenes()
+    layers = s.classifier.layers()
+    if not layer:
+        return layers, None
+    if layer not in {name for name, _, spatial in layers if spatial}:
+        abort(404, description=f"no convolutional layer named {layer!r} in this model")
+    png, channels, total = render.channel_grid(s.activations(pixels, layer))
+    return layers, {"name": layer, "src": render.data_uri(png), "channels": channels, "total": total}
+
+
+@bp.get("/photo/<int:photo_id>")
+def photo(photo_id):
+    s = scenes()
+    path = s.photo_path(photo_id)
+    if path is None:
+        abort(404, description=f"no photo {photo_id}" + ("" if s.dataset else ": no dataset is loaded"))
+    from model.preprocess import decode_rgb
+    truth = s.dataset.labels[photo_id - 1]
+    c = card(s.dataset.images[photo_id - 1], decode_rgb(path), truth)
+    layers, grid = layer_view(c["result"]["pixels"], request.args.get("layer"))
+    in_test = any(t.photo_id == photo_id for t in s.test_photos)
+    return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)
+
+
+@bp.post("/inspect")
+def inspect():
+    """Detail page for an uploaded photo, sent back as the model-input PNG the upload page embedded."""
+    s = scenes()
+    try:
+        raw = base64.b64decode(request.form.get("pixels", ""), validate=True)
+        im = Image.open(io.BytesIO(raw))
+        if im.format != "PNG" or im.size != (s.classifier.size,) * 2 or im.mode != "RGB":
+            raise ValueError
+        im.load()
+    except (binascii.Error, ValueError, OSError):
+        raise BadRequest("the photo to inspect is missing or malformed; upload it again from the start page") from None
+    name = request.form.get("name", "photo")[:80]
+    c = card(name, im)
+    layers, grid = layer_view(c["result"]["pixels"], request.form.get("layer"))
+    return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=None, in_test=False)
+
+
+@bp.get("/photo/<int:photo_id>/thumb.jpg")
+def thumb(photo_id):
+    if scenes().photo_path(photo_id) is None:
+        abort(404, description=f"no photo {photo_id}")
+    return Response(scenes().thumbnail(photo_id), mimetype="image/jpeg",
+                    headers={"Cache-Control": "public, max-age=86400"})
+
+
+def choose(name, options, default):
+    value = request.args.get(name, default)
+    if value not in options:
+        abort(400, description=f"{name} must be one of: {', '.join(options)}")
+    return value
+
+
+@bp.get("/gallery")
+def gallery():
+    s = scenes()
+    if s.dataset is None:
+        return render_template("gallery.html", photos=None)
+    label = choose("label", [""] + s.labels, "")
+    show = choose("show", list(SHOW), "all")
+    sort = choose("sort", list(SORT), "id")
+    if show in ("fp", "fn") and not label:
+        abort(400, description="choose a label to see its false positives or false negatives")
+    j = s.labels.index(label) if label else None
+
+    def keep(t):
+        involved = j is None or t.truth[j] or t.predicted[j]
+        return {"all": involved,
+                "fp": j is not None and t.predicted[j] and not t.truth[j],
+                "fn": j is not None and t.truth[j] and not t.predicted[j],
+                "wrong": involved and t.errors().any(),
+                "right": involved and not t.errors().any()}[show]
+
+    photos = [t for t in s.test_photos if keep(t)]
+    if sort == "error":
+        photos.sort(key=lambda t: -float(np.abs(t.truth - t.probs).sum()))
+    elif sort == "confidence":
+        photos.sort(key=lambda t: -float(t.probs[j] if j is not None else t.probs.max()))
+    pages = max(1, -(-len(photos) // PER_PAGE))
+    try:
+        page = int(request.args.get("page", 1))
+    except ValueError:
+        abort(400, description="page must be a number")
+    if not 1 <= page <= pages:
+        abort(404, description=f"page {page} does not exist; there are {pages}")
+    shown = photos[(page - 1) * PER_PAGE: page * PER_PAGE]
+    return render_template("gallery.html", photos=shown, count=len(photos), total=len(s.test_photos),
+                           page=page, pages=pages, label=label, show=show, sort=sort, SHOW=SHOW, SORT=SORT)
+
+
+def pr_curve_points(truth, probs, width=240, height=180):
+    """SVG polyline points of one label's precision-recall curve (recall across, precision up)."""
+    precision, recall, _ = precision_recall_curve(truth, probs)
+    return " ".join(f"{r * width:.1f},{(1 - p) * height:.1f}" for p, r in zip(precision, recall))
+
+
+@bp.get("/evaluation")
+def evaluation():
+    s = scenes()
+    info = s.classifier.info
+    names, truth, probs = info.test_predictions()
+    curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels)
+              if truth[:, j].any()}
+    data = json.dumps({"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
+                       "at_least_one": info.at_least_one, "truth": truth.tolist(),
+                       "probs": np.round(probs, 5).tolist()})
+    return render_template("evaluation.html", metrics=info.metrics, headline=HEADLINE, curves=curves,
+                           data=data, thresholds_info=info.thresholds_info)
+
+
+@bp.get("/model")
+def model_page():
+    s = scenes()
+    return render_template("model.html", info=s.classifier.info, layers=s.classifier.layers(),
+                           size=s.classifier.size, dataset=s.dataset)

@@ -1,0 +1,67 @@
+"""Pictures the pages show: display copies of photos, Grad-CAM overlays, channel-map grids, thumbnails."""
+import base64
+import io
+
+import numpy as np
+from matplotlib import colormaps
+from PIL import Image
+
+from model.preprocess import letterbox
+
+DISPLAY_SIZE = 480
+THUMB_SIZE = 176
+GRID_CAP = 32  # channel maps shown per layer, most active first
+
+
+def to_png(image):
+    buf = io.BytesIO()
+    image.save(buf, "PNG", optimize=False)
+    return buf.getvalue()
+
+
+def to_jpeg(image, quality=85):
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def data_uri(data, mime="image/png"):
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def display_copy(rgb, size=DISPLAY_SIZE):
+    """The upright photo letterboxed to `size` (the same framing the model saw), as a PIL image."""
+    return letterbox(rgb, size)
+
+
+def heatmap_overlay(cam, size=DISPLAY_SIZE):
+    """A 0..1 Grad-CAM map -> RGBA PNG over the letterboxed square, transparent where the map is cold."""
+    smooth = Image.fromarray((cam * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
+    values = np.asarray(smooth, dtype=np.float32) / 255
+    rgba = (colormaps["jet"](values) * 255).astype(np.uint8)
+    rgba[..., 3] = (np.clip(values * 1.6, 0, 1) * 230).astype(np.uint8)
+    return to_png(Image.fromarray(rgba, "RGBA"))
+
+
+def channel_grid(activation, cap=GRID_CAP, tile=72):
+    """(h, w, channels) activations -> PNG grid of the `cap` most active channels, each scaled to its own range.
+
+    Returns (png bytes, [channel indices shown], total channels)."""
+    if activation.ndim != 3:
+        raise ValueError("not a spatial layer")
+    order = np.argsort(-activation.mean(axis=(0, 1)))[:cap]
+    cols = min(8, len(order))
+    rows = -(-len(order) // cols)
+    grid = Image.new("RGB", (cols * (tile + 2) + 2, rows * (tile + 2) + 2), (30, 30, 36))
+    cmap = colormaps["viridis"]
+    for n, c in enumerate(order):
+        a = activation[:, :, c]
+        span = a.max() - a.min()
+        norm = (a - a.min()) / span if span > 1e-9 else np.zeros_like(a)
+        img = Image.fromarray((cmap(norm)[..., :3] * 255).astype(np.uint8)).resize((tile, tile), Image.Resampling.NEAREST)
+        grid.paste(img, (2 + (n % cols) * (tile + 2), 2 + (n // cols) * (tile + 2)))
+    return to_png(grid), [int(c) for c in order], activation.shape[-1]
+
+
+def thumbnail(rgb, size=THUMB_SIZE):
+    return to_jpeg(letterbox(rgb, size), quality=80)

@@ -1,0 +1,57 @@
+"""Multi-label metrics, as the MIML literature reports them."""
+import numpy as np
+from sklearn.metrics import (average_precision_score, coverage_error, f1_score, hamming_loss,
+                             label_ranking_loss, matthews_corrcoef, precision_score, recall_score)
+
+from model.thresholds import apply_thresholds
+
+
+def one_error(y_true, probs):
+    """Share of photos whose most probable label is wrong."""
+    return float(np.mean(y_true[np.arange(len(y_true)), probs.argmax(axis=1)] == 0))
+
+
+def evaluate(y_true, probs, thresholds, label_names, at_least_one=False):
+    """Every metric the project reports, for probabilities `probs` against 0/1 `y_true`."""
+    y_true = np.asarray(y_true).astype(np.uint8)
+    predicted = apply_thresholds(probs, thresholds, at_least_one)
+    per_label = {}
+    for j, name in enumerate(label_names):
+        y, p = y_true[:, j], predicted[:, j]
+        per_label[name] = {
+            "precision": float(precision_score(y, p, zero_division=0)),
+            "recall": float(recall_score(y, p, zero_division=0)),
+            "f1": float(f1_score(y, p, zero_division=0)),
+            "mcc": float(matthews_corrcoef(y, p)),
+            "ap": float(average_precision_score(y, probs[:, j])) if y.any() else 0.0,
+            "threshold": float(thresholds[j]),
+            "support": int(y.sum()),
+        }
+    return {
+        "hamming_loss": float(hamming_loss(y_true, predicted)),
+        "exact_match": float(np.mean((predicted == y_true).all(axis=1))),
+        "micro_f1": float(f1_score(y_true, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, predicted, average="macro", zero_division=0)),
+        "samples_f1": float(f1_score(y_true, predicted, average="samples", zero_division=0)),
+        "map": float(np.mean([m["ap"] for m in per_label.values()])),
+        "ranking_loss": float(label_ranking_loss(y_true, probs)),
+        "one_error": one_error(y_true, probs),
+        "coverage": float(coverage_error(y_true, probs) - 1),  # MIML convention: steps beyond the first label
+        "n_images": int(len(y_true)),
+        "per_label": per_label,
+    }
+
+
+HEADLINE = ["hamming_loss", "exact_match", "micro_f1", "macro_f1", "samples_f1", "map",
+            "ranking_loss", "one_error", "coverage"]
+
+
+def format_table(metrics):
+    """A readable text table of the headline and per-label metrics."""
+    lines = [f"{'metric':<14}{'value':>8}"] + [f"{k:<14}{metrics[k]:>8.4f}" for k in HEADLINE]
+    lines += ["", f"{'label':<12}{'prec':>7}{'recall':>7}{'F1':>7}{'MCC':>7}{'AP':>7}{'thresh':>8}"]
+    for name, m in metrics["per_label"].items():
+        lines.append(f"{name:<12}{m['precision']:>7.3f}{m['recall']:>7.3f}{m['f1']:>7.3f}"
+                     f"{m['mcc']:>7.3f}{m['ap']:>7.3f}{m['threshold']:>8.3f}")
+    lines.append(f"({metrics['n_images']} photos)")
+    return "\n".join(lines)

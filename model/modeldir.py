@@ -1,0 +1,124 @@
+"""The model directory: what training writes and everything else reads.
+
+    model.keras            the trained network (loaded in Keras safe mode)
+    thresholds.json        labels, per-label thresholds and how they were chosen
+    metrics.json           architecture, training protocol, validation and test metrics
+    test_predictions.csv   image, true labels, probabilities for every test photo
+    training_curve.png     loss and mAP per epoch
+
+It is written to a temporary sibling and renamed into place, so a run killed halfway
+leaves the previous model intact.
+"""
+import csv
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped"
+FILES = ["model.keras", "thresholds.json", "metrics.json", "test_predictions.csv"]
+
+
+class ModelDirError(Exception):
+    """The model directory is missing a file or holds a malformed one; the message names it."""
+
+
+@dataclass
+class ModelDir:
+    path: Path
+    labels: list
+    thresholds: np.ndarray
+    at_least_one: bool
+    thresholds_info: dict
+    metrics: dict
+
+    def load_keras(self):
+        import keras
+        try:
+            return keras.saving.load_model(self.path / "model.keras", compile=False, safe_mode=True)
+        except Exception as e:  # Keras raises many types for a damaged archive
+            raise ModelDirError(f"{self.path / 'model.keras'}: cannot load the model ({e})") from None
+
+    def test_predictions(self):
+        """(image names, true 0/1 labels, probabilities) of the stored test predictions."""
+        path = self.path / "test_predictions.csv"
+        try:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            names = [r["image"] for r in rows]
+            truth = np.array([[int(r[f"true_{l}"]) for l in self.labels] for r in rows], dtype=np.uint8)
+            probs = np.array([[float(r[f"p_{l}"]) for l in self.labels] for r in rows], dtype=np.float32)
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            raise ModelDirError(f"{path}: malformed ({e})") from None
+        return names, truth.reshape(-1, len(self.labels)), probs.reshape(-1, len(self.labels))
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ModelDirError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_model_dir(path=None):
+    """Read and validate a model directory (the shipped one by default) without loading the network."""
+    path = Path(path or SHIPPED_MODEL_DIR)
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: model directory not found")
+    for name in FILES:
+        if not (path / name).is_file():
+            raise ModelDirError(f"{path / name}: missing")
+    info = _read_json(path / "thresholds.json")
+    labels, table = info.get("labels") if isinstance(info, dict) else None, info.get("thresholds") if isinstance(info, dict) else None
+    if (not isinstance(labels, list) or not labels or not all(isinstance(l, str) and l for l in labels)
+            or not isinstance(table, dict) or set(table) != set(labels)
+            or not all(isinstance(table[l], (int, float)) and 0 <= table[l] <= 1 for l in labels)
+            or not isinstance(info.get("at_least_one", False), bool)):
+        raise ModelDirError(f"{path / 'thresholds.json'}: needs 'labels' (names) and 'thresholds' (one 0..1 number per label)")
+    metrics = _read_json(path / "metrics.json")
+    if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict) for k in ("test", "validation", "training")):
+        raise ModelDirError(f"{path / 'metrics.json'}: needs 'training', 'validation' and 'test' sections")
+    return ModelDir(path, labels, np.array([table[l] for l in labels], dtype=np.float32),
+                    info.get("at_least_one", False), info, metrics)
+
+
+def _clean(value):
+    """JSON-safe: numpy scalars to Python, NaN to None."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_model_dir(out, model, thresholds_info, metrics, test_images, test_truth, test_probs, draw_curve):
+    """Write every file into `out`.partial-write, then swap it in for `out`."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial-write")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    model.save(tmp / "model.keras")
+    (tmp / "thresholds.json").write_text(json.dumps(_clean(thresholds_info), indent=2) + "\n")
+    (tmp / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
+    labels = thresholds_info["labels"]
+    with open(tmp / "test_predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image"] + [f"true_{l}" for l in labels] + [f"p_{l}" for l in labels])
+        for name, truth, probs in zip(test_images, test_truth, test_probs):
+            writer.writerow([name, *map(int, truth), *(f"{p:.6f}" for p in probs)])
+    draw_curve(tmp / "training_curve.png")
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,203 @@
+"""Train, tune and evaluate a scene classifier, and write its model directory.
+
+    python -m model.train --data DIR --out DIR [--arch efficientnet-lite0] [--epochs 20] [--seed 0] [--split-seed 100]
+
+Protocol (every choice on validation, none on test):
+1. split: test = the contract split's 400 photos, validation = 20% of the rest;
+2. warm-up: the new head alone, backbone frozen (EfficientNet only);
+3. fine-tuning: the whole network (batch-norm statistics kept frozen), with
+   augmentation suited to scenes: horizontal flips, mild zoom and shifts, no
+   vertical flips and no colour changes (sunset and desert *are* colour);
+   the checkpoint with the lowest validation loss is kept, early stopping ends it;
+4. thresholds: per label, the best validation Matthews correlation;
+5. test metrics are computed once, at the end, and only reported.
+A run that is stopped can be started again with the same command: it resumes
+from the last finished epoch.
+"""
+import argparse
+import csv
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
+from model.metrics import evaluate, format_table
+from model.modeldir import write_model_dir
+from model.thresholds import CRITERIA, GRID, at_least_one_helps, tune_thresholds
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--arch", "--backbone", dest="arch", default="efficientnet-lite0",
+                   help="efficientnet-lite0 (default), efficientnet-lite2 or seed-cnn")
+    p.add_argument("--epochs", type=int, default=20, help="most fine-tuning epochs (default 20)")
+    p.add_argument("--warmup-epochs", type=int, default=2, help="head-only epochs before fine-tuning")
+    p.add_argument("--patience", type=int, default=4, help="early stopping patience on validation loss")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (Adam)")
+    p.add_argument("--criterion", choices=sorted(CRITERIA), default="mcc", help="threshold criterion")
+    p.add_argument("--seed", type=int, default=0, help="random seed for weights, shuffling and augmentation")
+    p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
+                   help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)")
+    return p.parse_args(argv)
+
+
+def augmenter(keras):
+    fill = dict(fill_mode="constant", fill_value=127.0)
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal"),
+        keras.layers.RandomZoom((-0.15, 0.0), **fill),  # zoom in by up to 15%
+        keras.layers.RandomTranslation(0.05, 0.05, **fill),
+    ], name="augment")
+
+
+def make_datasets(tf, keras, x_train, y_train, x_val, y_val, batch_size, seed):
+    augment = augmenter(keras)
+    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train.astype("float32")))
+             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
+             .batch(batch_size)
+             .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+             .prefetch(2))
+    val = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype("float32"))).batch(64)
+    return train, val
+
+
+def set_backbone_trainable(model, keras, trainable):
+    """Head always trains; the backbone only when `trainable`; batch-norm layers never (tiny batches)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+        elif layer.name not in ("probabilities", "dropout"):
+            layer.trainable = trainable
+
+
+def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience):
+    """One resumable fit; keeps the best-validation-loss weights in work/NAME.best.weights.h5."""
+    best = work / f"{name}.best.weights.h5"
+    if (work / f"{name}.done").exists():
+        model.load_weights(best)
+        return
+    model.compile(optimizer, "binary_crossentropy",
+                  metrics=[keras.metrics.AUC(curve="PR", multi_label=True, name="map")])
+    callbacks = [
+        keras.callbacks.BackupAndRestore(str(work / f"{name}.backup")),
+        keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
+        keras.callbacks.CSVLogger(str(work / f"{name}.log.csv"), append=True),
+    ]
+    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    model.load_weights(best)
+    (work / f"{name}.done").touch()
+
+
+def draw_curve(logs, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, ax in zip(("loss", "map"), axes):
+        ax.plot([float(r[key]) for r in logs], label=f"train {key}")
+        ax.plot([float(r[f"val_{key}"]) for r in logs], label=f"validation {key}")
+        ax.set_xlabel("epoch (warm-up, then fine-tuning)")
+        ax.set_title({"loss": "binary cross-entropy", "map": "mAP (PR AUC)"}[key])
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(args):
+    started = time.time()
+    dataset = load_dataset(args.data)
+    labels = dataset.label_names
+    train_idx, val_idx, test_idx = split(len(dataset.images), args.split_seed)
+    out = Path(args.out)
+    work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
+    work.mkdir(parents=True, exist_ok=True)
+
+    import keras
+    import tensorflow as tf
+    from model.inference import predict_arrays
+    from model.network import build_model
+    keras.utils.set_random_seed(args.seed)
+    model = build_model(args.arch, labels)
+    size = model.input_shape[1]
+    print(f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
+          f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos")
+    photos = dataset.load_photos(range(len(dataset.images)), size)
+    train_ds, val_ds = make_datasets(tf, keras, photos[train_idx], dataset.labels[train_idx],
+                                     photos[val_idx], dataset.labels[val_idx], args.batch_size, args.seed)
+
+    if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
+        fit_stage(model, keras, "finetune", work, train_ds, val_ds, args.epochs,
+                  keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), args.patience)
+    else:
+        set_backbone_trainable(model, keras, False)
+        fit_stage(model, keras, "warmup", work, train_ds, val_ds, args.warmup_epochs,
+                  keras.optimizers.Adam(1e-3), args.patience)
+        set_backbone_trainable(model, keras, True)
+        fit_stage(model, keras, "finetune", work, train_ds, val_ds, args.epochs,
+                  keras.optimizers.Adam(args.lr), args.patience)
+
+    val_probs = predict_arrays(model, photos[val_idx])
+    test_probs = predict_arrays(model, photos[test_idx])
+    y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
+    thresholds = tune_thresholds(y_val, val_probs, args.criterion)
+    at_least_one, check = at_least_one_helps(y_val, val_probs, thresholds)
+    validation = evaluate(y_val, val_probs, thresholds, labels, at_least_one)
+    test = evaluate(y_test, test_probs, thresholds, labels, at_least_one)
+    logs = [row for stage in ("warmup", "finetune") if (work / f"{stage}.log.csv").exists()
+            for row in csv.DictReader(open(work / f"{stage}.log.csv"))]
+    minutes = (time.time() - started) / 60
+
+    thresholds_info = {
+        "labels": labels,
+        "thresholds": dict(zip(labels, thresholds.tolist())),
+        "criterion": args.criterion,
+        "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
+        "chosen_on": f"validation split: {len(val_idx)} photos (split seed {args.split_seed}); never the test split",
+        "at_least_one": at_least_one,
+        "at_least_one_check": check,
+    }
+    metrics = {
+        "labels": labels,
+        "training": {
+            "architecture": args.arch, "input_size": size, "parameters": int(model.count_params()),
+            "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
+            "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
+            "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
+            "checkpoint": "lowest validation loss", "history": logs,
+        },
+        "split": {"seed": args.split_seed, "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
+                  "test_images": [dataset.images[i] for i in test_idx]},
+        "validation": validation,
+        "test": test,
+    }
+    export = build_model(args.arch, labels, pretrained=False)  # a fresh, uncompiled copy: no optimizer state saved
+    export.set_weights(model.get_weights())
+    write_model_dir(out, export, thresholds_info, metrics, [dataset.images[i] for i in test_idx],
+                    y_test, test_probs, lambda path: draw_curve(logs, path))
+    shutil.rmtree(work, ignore_errors=True)
+    print(format_table(test))
+    print(f"test split: Hamming loss {test['hamming_loss']:.4f}, exact match {test['exact_match']:.4f}, "
+          f"mAP {test['map']:.4f}; wrote {out} in {minutes:.1f} minutes")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        train(args)
+    except (DataError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    except OSError as e:
+        sys.exit(f"error: {e.filename or ''}: {e.strerror or e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+// Progressive enhancement for the upload and photo pages: drag-and-drop, paste, in-place results,
+// and the Grad-CAM opacity slider. Without JavaScript the same forms post and the server renders it all.
+"use strict";
+document.documentElement.classList.add("js");
+
+function bindOpacity(root) {
+  root.querySelectorAll("[data-card]").forEach((card) => {
+    const slider = card.querySelector("[data-opacity]");
+    if (!slider) return;
+    const apply = () => card.querySelectorAll(".cam").forEach((img) => {
+      img.style.setProperty("--cam-opacity", slider.value / 100);
+    });
+    slider.addEventListener("input", apply);
+    apply();
+  });
+}
+
+function setupUpload() {
+  const form = document.querySelector("[data-upload]");
+  if (!form) return;
+  const input = form.querySelector("input[type=file]");
+  const drop = form.querySelector("[data-drop]");
+  const status = form.querySelector("[data-status]");
+  const results = document.querySelector("[data-results]");
+
+  async function send(files) {
+    if (!files.length) return;
+    const body = new FormData();
+    for (const f of files) body.append("image", f, f.name || "pasted.png");
+    status.textContent = `Predicting ${files.length} photo${files.length > 1 ? "s" : ""}…`;
+    try {
+      const response = await fetch(form.action, { method: "POST", body, headers: { "X-Requested-With": "fetch" } });
+      const html = await response.text();
+      if (response.status === 413 && !html.includes("error-card")) throw new Error("the upload is too large (10 MB per request at most)");
+      results.innerHTML = html;
+      bindOpacity(results);
+      status.textContent = response.ok ? "" : "Some files could not be read.";
+    } catch (err) {
+      status.textContent = `Upload failed: ${err.message}`;
+    }
+  }
+
+  form.addEventListener("submit", (e) => { e.preventDefault(); send([...input.files]); });
+  input.addEventListener("change", () => send([...input.files]));
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+  drop.addEventListener("drop", (e) => { e.preventDefault(); send([...e.dataTransfer.files]); });
+  document.addEventListener("paste", (e) => {
+    const files = [...(e.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
+    if (files.length) { e.preventDefault(); send(files); }
+  });
+}
+
+bindOpacity(document);
+setupUpload();

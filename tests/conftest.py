@@ -1,0 +1,72 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import make_tiny_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def miml_data():
+    """The real MIML dataset from $MIML_DATA; CI sets it, so there a missing dataset fails loudly."""
+    path = os.environ.get("MIML_DATA")
+    message = "MIML_DATA is not set: point it at the MIML dataset (labels.csv + original/), e.g. ../shared/miml"
+    if not path:
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    if not (Path(path) / "original").is_dir():
+        pytest.fail(f"MIML_DATA={path} has no original/ folder of photos")
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset, tmp_path_factory):
+    """A real EfficientNet-Lite0 model directory trained for one epoch on the 3-label tiny dataset."""
+    from model.train import main
+    out = tmp_path_factory.mktemp("tinymodel") / "model"
+    main(["--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--warmup-epochs", "1"])
+    return out
+
+
+@pytest.fixture(scope="session")
+def scenes(miml_data):
+    from app.scenes import Scenes
+    return Scenes(data_dir=miml_data)
+
+
+@pytest.fixture()
+def client(scenes):
+    from app import create_app
+    return create_app(scenes=scenes).test_client()
+
+
+@pytest.fixture(scope="session")
+def client_without_data():
+    from app import create_app
+    return create_app().test_client()
+
+
+def _first_with(miml_data, label):
+    import csv
+    for row in csv.DictReader(open(miml_data / "labels.csv")):
+        if row[label] == "1" and sum(int(row[k]) for k in row if k != "image") == 1:
+            return (miml_data / "original" / row["image"]).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def sea_photo(miml_data):
+    """A photo labelled only 'sea'."""
+    return _first_with(miml_data, "sea")
+
+
+@pytest.fixture(scope="session")
+def desert_photo(miml_data):
+    return _first_with(miml_data, "desert")

@@ -1,0 +1,126 @@
+"""The pages in real headless Chromium (Debian's chromium driven by Playwright). Screenshots go to artifacts/."""
+import shutil
+import threading
+
+import pytest
+from werkzeug.serving import make_server
+
+from tests.conftest import ROOT
+
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def base_url(scenes):
+    from app import create_app
+    server = make_server("127.0.0.1", 0, create_app(scenes=scenes), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    yield page
+    context.close()
+    assert not errors, f"browser errors: {errors}"
+
+
+def test_upload_shows_bars_chips_and_gradcam(page, base_url, miml_data, sea_photo, tmp_path):
+    photo = tmp_path / "sea photo.jpg"
+    photo.write_bytes(sea_photo)
+    page.goto(base_url + "/")
+    page.set_input_files("input[type=file]", str(photo))
+    card = page.locator("[data-card]")
+    card.wait_for(timeout=30000)
+    assert card.locator(".bar-row").count() == 5
+    assert card.locator(".chip", has_text="sea").count() == 1
+    overlay = card.locator(".cam-1")
+    assert float(overlay.evaluate("e => getComputedStyle(e).opacity")) == 0
+    card.locator(".cam-btn", has_text="sea").click()
+    sea_cam = card.locator(".cam-3")  # labels in order: desert, mountains, sea
+    page.wait_for_function("e => getComputedStyle(e).opacity > 0.5", arg=sea_cam.element_handle())
+    card.locator("[data-opacity]").fill("30")
+    page.wait_for_function("e => Math.abs(getComputedStyle(e).opacity - 0.3) < 0.01", arg=sea_cam.element_handle())
+    page.screenshot(path=str(SHOTS / "upload.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(SHOTS / "upload-phone.png"), full_page=True)
+
+
+def test_upload_works_without_javascript(browser, base_url, sea_photo, tmp_path):
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    photo = tmp_path / "plain.jpg"
+    photo.write_bytes(sea_photo)
+    page.goto(base_url + "/")
+    page.set_input_files("input[type=file]", str(photo))
+    page.click("button.primary")
+    page.locator("[data-card]").wait_for()
+    assert page.locator(".bar-row").count() == 5
+    page.locator(".cam-btn", has_text="sea").click()  # CSS-only switching
+    page.wait_for_timeout(500)  # the overlay's fade-in transition
+    assert float(page.locator(".cam-3").evaluate("e => getComputedStyle(e).opacity")) > 0.5
+    context.close()
+
+
+def test_detail_page_layer_browser(page, base_url, scenes):
+    page.goto(f"{base_url}/photo/{scenes.test_photos[0].photo_id}")
+    page.locator("button[value=block03_expand_activation]").click()
+    page.locator("figure.grid img").wait_for()
+    assert "block03_expand_activation" in page.locator("figure.grid figcaption").inner_text()
+    page.screenshot(path=str(SHOTS / "photo.png"), full_page=True)
+
+
+def test_gallery_filter_false_positives(page, base_url, scenes):
+    page.goto(base_url + "/gallery")
+    page.select_option("select[name=label]", "sea")
+    page.select_option("select[name=show]", "fp")
+    page.click(".filters button")
+    page.wait_for_url("**/gallery?*show=fp*")
+    j = scenes.labels.index("sea")
+    expected = [t for t in scenes.test_photos if t.predicted[j] and not t.truth[j]]
+    assert page.locator("li.thumb").count() == min(len(expected), 40)
+    assert page.locator("li.thumb .chip.fp", has_text="sea").count() == min(len(expected), 40)
+    page.screenshot(path=str(SHOTS / "gallery-fp.png"), full_page=True)
+    page.goto(base_url + "/gallery")
+    page.screenshot(path=str(SHOTS / "gallery.png"))
+
+
+def test_threshold_slider_changes_metrics(page, base_url):
+    page.goto(base_url + "/evaluation")
+    cell = page.locator('[data-live="hamming_loss"]')
+    before = cell.inner_text()
+    tp = page.locator('[data-label-index="2"] [data-cm="tp"]')
+    tp_before = int(tp.inner_text())
+    page.locator('[data-label-index="2"] [data-threshold]').fill("0.98")
+    assert cell.inner_text() != before
+    assert int(tp.inner_text()) < tp_before
+    page.screenshot(path=str(SHOTS / "evaluation-moved.png"), full_page=True)
+    page.click("[data-reset]")
+    assert cell.inner_text() == before
+    page.screenshot(path=str(SHOTS / "evaluation.png"), full_page=True)
+
+
+def test_model_page(page, base_url):
+    page.goto(base_url + "/model")
+    assert "Parameters" in page.inner_text("main")
+    page.screenshot(path=str(SHOTS / "model.png"), full_page=True)

@@ -1,0 +1,88 @@
+"""The command-line tools, end to end, on a model trained on generated 3-label photos."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from model.modeldir import read_model_dir
+from tests.conftest import ROOT
+from tests.helpers import TINY_LABELS
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_training_writes_a_complete_model_directory(tiny_model):
+    files = {p.name for p in tiny_model.iterdir()}
+    assert {"model.keras", "thresholds.json", "metrics.json", "test_predictions.csv", "training_curve.png"} <= files
+    info = read_model_dir(tiny_model)
+    assert info.labels == TINY_LABELS  # label names travel from the data, nothing hard-coded
+    assert info.metrics["test"]["n_images"] == 8 and set(info.metrics["test"]["per_label"]) == set(TINY_LABELS)
+    names, truth, probs = info.test_predictions()
+    assert len(names) == 8 and truth.shape == probs.shape == (8, 3)
+    assert "validation" in info.thresholds_info["chosen_on"]
+    assert not tiny_model.with_name(tiny_model.name + ".training").exists()
+
+
+def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not a photo")
+    good = tiny_dataset / "original" / "1.jpg"
+    r = run("model.predict", str(good), str(bad), "--model", str(tiny_model))
+    assert r.returncode == 1
+    assert r.stdout.startswith(f"{good}: ") and "red " in r.stdout and "blue " in r.stdout
+    assert f"{bad}: error: not an image format" in r.stderr and "Traceback" not in r.stderr
+    r = run("model.predict", str(tiny_dataset / "original"), str(bad), "--model", str(tiny_model), "--json")
+    results = json.loads(r.stdout)
+    assert len(results) == 37 and sum("error" in x for x in results) == 1
+    ok = results[0]
+    assert set(ok["probabilities"]) == set(TINY_LABELS) and set(ok["predicted"]) <= set(TINY_LABELS)
+
+
+def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_path):
+    out = tmp_path / "m.json"
+    r = run("model.evaluate", "--data", str(tiny_dataset), "--model", str(tiny_model), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "hamming_loss" in r.stdout and "(8 photos)" in r.stdout
+    metrics = json.loads(out.read_text())
+    for key in ("hamming_loss", "exact_match", "micro_f1", "macro_f1", "samples_f1", "map", "ranking_loss",
+                "one_error", "coverage", "n_images", "per_label"):
+        assert key in metrics
+    stored = read_model_dir(tiny_model).metrics["test"]
+    assert metrics["hamming_loss"] == pytest.approx(stored["hamming_loss"])  # same photos, same model, same answer
+    assert set(metrics["per_label"]["red"]) >= {"precision", "recall", "f1", "mcc", "ap", "threshold"}
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("model.evaluate", "--data", "/nonexistent/data"), "/nonexistent/data: dataset directory not found"),
+    (("model.train", "--data", "/nonexistent/data", "--out", "/tmp/x"), "/nonexistent/data: dataset directory not found"),
+    (("model.predict", "x.jpg", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
+])
+def test_cli_errors_are_one_line(args, fragment):
+    r = run(*args)
+    assert r.returncode != 0
+    assert r.stderr.strip().splitlines()[-1] == f"error: {fragment}"
+    assert "Traceback" not in r.stderr
+
+
+def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "thresholds.json").write_text('{"labels": ["red"], "thresholds": {"red": 7}}')
+    r = run("model.predict", "x.jpg", "--model", str(broken))
+    assert r.returncode == 1 and "thresholds.json" in r.stderr and "Traceback" not in r.stderr
+    shutil.copy(tiny_model / "thresholds.json", broken / "thresholds.json")
+    (broken / "model.keras").write_bytes(b"garbage")
+    r = run("model.predict", "x.jpg", "--model", str(broken))
+    assert r.returncode == 1 and "model.keras" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_training_is_reproducible_with_a_seed(tiny_model, tiny_dataset, tmp_path):
+    from model.train import main
+    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "again"), "--epochs", "1", "--warmup-epochs", "1"])
+    first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, tmp_path / "again"))
+    np.testing.assert_allclose(first, second, atol=1e-4)

@@ -1,0 +1,40 @@
+"""The shipped model, evaluated now on the real contract test split."""
+import numpy as np
+import pytest
+
+from model.data import load_dataset, split
+from model.inference import Classifier
+from model.metrics import evaluate
+
+
+@pytest.fixture(scope="module")
+def test_results(miml_data):
+    dataset = load_dataset(miml_data)
+    classifier = Classifier()
+    _, _, test_idx = split(len(dataset.images))
+    probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
+    metrics = evaluate(dataset.labels[test_idx], probs, classifier.thresholds, classifier.labels,
+                       classifier.info.at_least_one)
+    return classifier, dataset, test_idx, probs, metrics
+
+
+def test_shipped_model_quality_on_contract_test_split(test_results):
+    _, _, _, _, metrics = test_results
+    assert metrics["n_images"] == 400
+    assert metrics["hamming_loss"] <= 0.07, metrics["hamming_loss"]
+    assert metrics["exact_match"] >= 0.70, metrics["exact_match"]
+
+
+def test_stored_test_predictions_are_reproduced(test_results):
+    classifier, dataset, test_idx, probs, metrics = test_results
+    names, truth, stored = classifier.info.test_predictions()
+    assert names == [dataset.images[i] for i in test_idx]
+    assert np.array_equal(truth, dataset.labels[test_idx])
+    np.testing.assert_allclose(probs, stored, atol=1e-4)
+    assert metrics["hamming_loss"] == pytest.approx(classifier.info.metrics["test"]["hamming_loss"])
+
+
+def test_thresholds_were_chosen_on_validation(test_results):
+    classifier = test_results[0]
+    assert "validation" in classifier.info.thresholds_info["chosen_on"]
+    assert classifier.info.metrics["split"]["seed"] == 100
