@@ -2,9 +2,10 @@
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from app.scenes import Scenes
+from app.uploads import InMemoryRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024   # per request
@@ -22,6 +23,7 @@ SECURITY_HEADERS = {
 def create_app(model_dir=None, data_dir=None, scenes=None):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional)."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
+    app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FILES + 16,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False)
     app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir)
@@ -41,8 +43,9 @@ def create_app(model_dir=None, data_dir=None, scenes=None):
 
     @app.errorhandler(HTTPException)
     def http_error(e):
-        message = e.description if e.code != 413 else (
-            f"the upload is too large: at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB per request")
+        message = e.description
+        if e.code == 413 and message == RequestEntityTooLarge.description:  # werkzeug's own: the body is too large
+            message = f"the upload is too large: at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB per request"
         if request.path.startswith("/api/"):
             return jsonify(error=message), e.code
         return render_template("error.html", code=e.code, title=e.name, message=message), e.code

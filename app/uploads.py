@@ -1,13 +1,20 @@
 """Photos sent in a request: read in memory, checked, never written to disk."""
-import os
+import io
 import re
 
-from flask import current_app
+from flask import Request, current_app
 from werkzeug.exceptions import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
 
 from model.preprocess import ImageError, ImageTooLargeError, UnsupportedImageError, decode_rgb
 
 FIELD = "image"
+
+
+class InMemoryRequest(Request):
+    """Uploaded files stay in memory (requests are capped at MAX_CONTENT_LENGTH), never in temporary files."""
+
+    def _get_file_stream(self, *args, **kwargs):
+        return io.BytesIO()
 
 
 def clean_filename(name):
