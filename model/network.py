@@ -42,11 +42,12 @@ def build_seed_cnn(label_names):
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def build_model(arch, label_names, pretrained=True):
+def build_model(arch, label_names, pretrained=True, size=None):
+    """`size`: input size for EfficientNet (default: the variant's native size); the seed CNN is always 100."""
     if arch == "seed-cnn":
         return build_seed_cnn(label_names)
     if arch.startswith("efficientnet-") and arch.split("-", 1)[1] in VARIANTS:
-        return build_efficientnet(label_names, arch.split("-", 1)[1], pretrained=pretrained)
+        return build_efficientnet(label_names, arch.split("-", 1)[1], size=size, pretrained=pretrained)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
 
 

@@ -35,37 +35,47 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--arch", "--backbone", dest="arch", default="efficientnet-lite0",
                    help="efficientnet-lite0 (default), efficientnet-lite2 or seed-cnn")
+    p.add_argument("--input-size", type=int, help="input size in pixels (default: the backbone's native size)")
     p.add_argument("--epochs", type=int, default=20, help="most fine-tuning epochs (default 20)")
     p.add_argument("--warmup-epochs", type=int, default=2, help="head-only epochs before fine-tuning")
-    p.add_argument("--patience", type=int, default=4, help="early stopping patience on validation loss")
+    p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (Adam)")
+    p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
     p.add_argument("--criterion", choices=sorted(CRITERIA), default="mcc", help="threshold criterion")
     p.add_argument("--seed", type=int, default=0, help="random seed for weights, shuffling and augmentation")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
                    help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)")
+    p.add_argument("--distribute", choices=["none", "mirrored"], default="none",
+                   help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs (batch size per replica)")
     return p.parse_args(argv)
 
 
-def augmenter(keras):
-    fill = dict(fill_mode="constant", fill_value=127.0)
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal"),
-        keras.layers.RandomZoom((-0.15, 0.0), **fill),  # zoom in by up to 15%
-        keras.layers.RandomTranslation(0.05, 0.05, **fill),
-    ], name="augment")
+def augment(tf, image, key):
+    """Scene-safe augmentation, a pure function of (image, key): horizontal flip, zoom in by up to 15%,
+    shift by up to 5%; no vertical flip, no colour change (sunset and desert *are* colour)."""
+    image = tf.image.stateless_random_flip_left_right(image, key)
+    scale = 1.0 - tf.random.stateless_uniform([], key + 1, 0.0, 0.15)
+    centre = 0.5 + tf.random.stateless_uniform([2], key + 2, -0.05, 0.05)
+    box = tf.concat([centre - scale / 2, centre + scale / 2], axis=0)[None]
+    size = tf.shape(image)[:2]
+    return tf.image.crop_and_resize(image[None], box, [0], size, extrapolation_value=127.0)[0]
 
 
-def make_datasets(tf, keras, x_train, y_train, x_val, y_val, batch_size, seed):
-    augment = augmenter(keras)
-    train = (tf.data.Dataset.from_tensor_slices((x_train, y_train.astype("float32")))
-             .shuffle(len(x_train), seed=seed, reshuffle_each_iteration=True)
-             .batch(batch_size)
-             .map(lambda x, y: (augment(tf.cast(x, tf.float32), training=True), y),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-             .prefetch(2))
-    val = tf.data.Dataset.from_tensor_slices((x_val, y_val.astype("float32"))).batch(64)
-    return train, val
+def train_batches(tf, x, y, batch_size, epochs, seed):
+    """Training batches for `epochs` epochs, and the steps per epoch.
+
+    The order and the augmentation depend only on `seed` and each sample's position, never on
+    TensorFlow's random state, so a run is the same with or without a distribution strategy."""
+    steps = -(-len(x) // batch_size)
+    rng = np.random.default_rng(seed)
+    order = np.concatenate([np.resize(rng.permutation(len(x)), steps * batch_size) for _ in range(epochs)])
+    keys = np.stack([np.full(len(order), seed), np.arange(len(order)) * 3], axis=1)
+    ds = (tf.data.Dataset.from_tensor_slices((order, keys))
+          .map(lambda i, key: (augment(tf, tf.cast(tf.gather(x, i), tf.float32), key), tf.gather(y, i)),
+               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(batch_size)
+          .prefetch(2))
+    return ds, steps
 
 
 def set_backbone_trainable(model, keras, trainable):
@@ -78,7 +88,8 @@ def set_backbone_trainable(model, keras, trainable):
 
 
 def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience):
-    """One resumable fit; keeps the best-validation-loss weights in work/NAME.best.weights.h5."""
+    """One resumable fit; keeps the best-validation-loss weights in work/NAME.best.weights.h5.
+    `train` is (batches, steps per epoch)."""
     best = work / f"{name}.best.weights.h5"
     if (work / f"{name}.done").exists():
         model.load_weights(best)
@@ -91,7 +102,9 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience)
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
         keras.callbacks.CSVLogger(str(work / f"{name}.log.csv"), append=True),
     ]
-    model.fit(train, validation_data=val, epochs=epochs, callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    batches, steps = train
+    model.fit(batches, validation_data=val, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=1 if sys.stdout.isatty() else 2)
     model.load_weights(best)
     (work / f"{name}.done").touch()
 
@@ -126,24 +139,31 @@ def train(args):
     from model.inference import predict_arrays
     from model.network import build_model
     keras.utils.set_random_seed(args.seed)
-    model = build_model(args.arch, labels)
-    size = model.input_shape[1]
-    print(f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
-          f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos")
-    photos = dataset.load_photos(range(len(dataset.images)), size)
-    train_ds, val_ds = make_datasets(tf, keras, photos[train_idx], dataset.labels[train_idx],
-                                     photos[val_idx], dataset.labels[val_idx], args.batch_size, args.seed)
+    # The default strategy is a no-op; MirroredStrategy copies the model to every GPU (one replica on a CPU).
+    strategy = tf.distribute.MirroredStrategy() if args.distribute == "mirrored" else tf.distribute.get_strategy()
+    batch_size = args.batch_size * strategy.num_replicas_in_sync
+    with strategy.scope():
+        model = build_model(args.arch, labels, size=args.input_size)
+        size = model.input_shape[1]
+        print(f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
+              f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos; "
+              f"{strategy.num_replicas_in_sync} replica(s), batch {batch_size}")
+        photos = dataset.load_photos(range(len(dataset.images)), size)
+        x_train, y_train = tf.constant(photos[train_idx]), tf.constant(dataset.labels[train_idx], tf.float32)
+        val_ds = tf.data.Dataset.from_tensor_slices((photos[val_idx], dataset.labels[val_idx].astype("float32"))).batch(64)
 
-    if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
-        fit_stage(model, keras, "finetune", work, train_ds, val_ds, args.epochs,
-                  keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), args.patience)
-    else:
-        set_backbone_trainable(model, keras, False)
-        fit_stage(model, keras, "warmup", work, train_ds, val_ds, args.warmup_epochs,
-                  keras.optimizers.Adam(1e-3), args.patience)
-        set_backbone_trainable(model, keras, True)
-        fit_stage(model, keras, "finetune", work, train_ds, val_ds, args.epochs,
-                  keras.optimizers.Adam(args.lr), args.patience)
+        def train_ds(epochs, stage):  # each stage gets its own order and augmentation
+            return train_batches(tf, x_train, y_train, batch_size, epochs, args.seed * 10 + stage)
+        if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
+            fit_stage(model, keras, "finetune", work, train_ds(args.epochs, 1), val_ds, args.epochs,
+                      keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), args.patience)
+        else:
+            set_backbone_trainable(model, keras, False)
+            fit_stage(model, keras, "warmup", work, train_ds(args.warmup_epochs, 0), val_ds, args.warmup_epochs,
+                      keras.optimizers.Adam(1e-3), args.patience)
+            set_backbone_trainable(model, keras, True)
+            fit_stage(model, keras, "finetune", work, train_ds(args.epochs, 1), val_ds, args.epochs,
+                      keras.optimizers.Adam(args.lr), args.patience)
 
     val_probs = predict_arrays(model, photos[val_idx])
     test_probs = predict_arrays(model, photos[test_idx])
@@ -170,7 +190,8 @@ def train(args):
         "training": {
             "architecture": args.arch, "input_size": size, "parameters": int(model.count_params()),
             "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
-            "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": args.batch_size,
+            "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size,
+            "replicas": strategy.num_replicas_in_sync,
             "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
             "checkpoint": "lowest validation loss", "history": logs,
         },
@@ -179,7 +200,7 @@ def train(args):
         "validation": validation,
         "test": test,
     }
-    export = build_model(args.arch, labels, pretrained=False)  # a fresh, uncompiled copy: no optimizer state saved
+    export = build_model(args.arch, labels, pretrained=False, size=size)  # a fresh, uncompiled copy: no optimizer state saved
     export.set_weights(model.get_weights())
     write_model_dir(out, export, thresholds_info, metrics, [dataset.images[i] for i in test_idx],
                     y_test, test_probs, lambda path: draw_curve(logs, path))

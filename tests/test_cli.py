@@ -86,3 +86,12 @@ def test_training_is_reproducible_with_a_seed(tiny_model, tiny_dataset, tmp_path
     main(["--data", str(tiny_dataset), "--out", str(tmp_path / "again"), "--epochs", "1", "--warmup-epochs", "1"])
     first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, tmp_path / "again"))
     np.testing.assert_allclose(first, second, atol=1e-4)
+
+
+def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_dataset, tmp_path):
+    from model.train import main
+    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), "--epochs", "1", "--warmup-epochs", "1",
+          "--distribute", "mirrored"])
+    mirrored = read_model_dir(tmp_path / "mirrored")
+    assert mirrored.metrics["training"]["replicas"] == 1
+    np.testing.assert_allclose(mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4)
