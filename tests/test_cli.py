@@ -95,3 +95,30 @@ def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_datase
     mirrored = read_model_dir(tmp_path / "mirrored")
     assert mirrored.metrics["training"]["replicas"] == 1
     np.testing.assert_allclose(mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4)
+
+
+def test_unwritable_output_directory(tiny_dataset, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = run("model.train", "--data", str(tiny_dataset), "--out", str(blocker / "model"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and str(blocker) in line
+
+
+def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
+    import shutil
+    from model.modeldir import write_model_dir
+    from model.inference import Classifier
+    target = tmp_path / "model"
+    shutil.copytree(tiny_model, target)
+    before = (target / "thresholds.json").read_text()
+
+    def crash(path):
+        raise KeyboardInterrupt  # killed while drawing the last file
+
+    classifier = Classifier(target)
+    with pytest.raises(KeyboardInterrupt):
+        write_model_dir(target, classifier.model, {"labels": ["x"], "thresholds": {"x": 0.5}}, {}, [], [], [], crash)
+    assert (target / "thresholds.json").read_text() == before
+    assert read_model_dir(target).labels == TINY_LABELS
