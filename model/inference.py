@@ -45,20 +45,21 @@ class Classifier:
         """Bytes, path or file object -> the model's input array; raises preprocess.ImageError."""
         return load_image(source, self.size)
 
-    def probabilities(self, images):
-        """(n, size, size, 3) uint8 -> (n, labels) probabilities."""
+    def probabilities(self, images, batch_size=32):
+        """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities, `batch_size` photos a pass."""
+        images = np.asarray(images)  # tf.constant converts a list of arrays several times slower than the pass itself
         out = np.empty((0, len(self.labels)), dtype=np.float32)
-        for i in range(0, len(images), 32):
-            out = np.concatenate([out, self._forward(self.tf.constant(images[i:i + 32], self.tf.float32)).numpy()])
+        for i in range(0, len(images), batch_size):
+            out = np.concatenate([out, self._forward(self.tf.constant(images[i:i + batch_size], self.tf.float32)).numpy()])
         return out
 
     def decide(self, probs):
         """0/1 predictions under the model's tuned thresholds."""
         return apply_thresholds(np.atleast_2d(probs), self.thresholds, self.info.at_least_one)
 
-    def classify(self, images):
+    def classify(self, images, batch_size=32):
         """[{'probabilities': {label: p}, 'predicted': [labels]}] for each image."""
-        probs = self.probabilities(images)
+        probs = self.probabilities(images, batch_size)
         return [{"probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, row)},
                  "predicted": [l for l, on in zip(self.labels, flags) if on]}
                 for row, flags in zip(probs, self.decide(probs))]

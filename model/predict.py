@@ -1,74 +1,138 @@
 """Predict the labels of photos.
 
-    python -m model.predict PATH [PATH ...] [--model DIR] [--json]
+    python -m model.predict PATH [PATH ...] [--model DIR] [--json] [--csv FILE] [--json-file FILE] [--batch-size 32]
 
 Folders are searched recursively for images. A file that cannot be read gets an
-error entry; the others are still predicted, and the exit code is 1.
+error entry; the others are still predicted, and the exit code is 1. Results are
+written as they come (see model/batch.py), so any number of photos runs in flat memory.
+Without an output file, one line a photo (or --json, a JSON list) goes to stdout; with
+--csv or --json-file, stderr shows progress and a summary.
 """
 import argparse
+import csv
 import json
 import sys
-from pathlib import Path
+import time
 
+from model.batch import expand, predict_paths
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
-from model.preprocess import ImageError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
-BATCH = 32
 
 
-def expand(paths):
-    """Files as given; folders walked recursively for image files, in sorted order."""
-    for path in map(Path, paths):
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+class JsonList:
+    """Writes a JSON list one item at a time, byte for byte what json.dumps(items, indent=2) would."""
+
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, item):
+        self.f.write(("[\n" if not self.n else ",\n") + "\n".join("  " + l for l in json.dumps(item, indent=2).splitlines()))
+        self.n += 1
+
+    def close(self):
+        self.f.write("\n]\n" if self.n else "[]\n")
+
+
+class CsvRows:
+    """path, one probability column a label, predicted (labels separated by spaces), error."""
+
+    def __init__(self, f, labels):
+        self.writer, self.labels = csv.writer(f), labels
+        self.writer.writerow(["path", *labels, "predicted", "error"])
+
+    def write(self, r):
+        if "error" in r:
+            self.writer.writerow([r["path"], *[""] * len(self.labels), "", r["error"]])
         else:
-            yield path
+            self.writer.writerow([r["path"], *(r["probabilities"][l] for l in self.labels), " ".join(r["predicted"]), ""])
+
+    def close(self):
+        pass
 
 
-def predict_paths(classifier, paths):
-    """Yield one result dict per path: {'path', 'probabilities', 'predicted'} or {'path', 'error'}."""
-    pending, images = [], []
+class Lines:
+    """One line a photo: its labels and probabilities on stdout, or its error on stderr."""
 
-    def flush():
-        for path, result in zip(pending, classifier.classify(images) if images else []):
-            yield {"path": str(path), **result}
-        pending.clear(), images.clear()
+    def write(self, r):
+        if "error" in r:
+            print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
+        else:
+            probs = " ".join(f"{l} {p:.2f}" for l, p in r["probabilities"].items())
+            print(f"{r['path']}: {', '.join(r['predicted']) or '(no label)'}  ({probs})", flush=True)
 
-    for path in paths:
-        try:
-            images.append(classifier.load(path))
-            pending.append(path)
-        except (ImageError, OSError) as e:
-            yield {"path": str(path), "error": getattr(e, "strerror", None) or str(e)}
-        if len(images) == BATCH:
-            yield from flush()
-    yield from flush()
+    def close(self):
+        pass
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most every 0.2 s."""
+
+    def __init__(self, total):
+        self.total, self.done, self.start, self.shown = total, 0, time.perf_counter(), 0.0
+
+    def step(self):
+        self.done += 1
+        now = time.perf_counter()
+        if now - self.shown >= 0.2 or self.done == self.total:
+            self.shown, rate = now, self.done / max(now - self.start, 1e-9)
+            filled = min(30, 30 * self.done // max(self.total, 1))
+            eta = max(self.total - self.done, 0) / rate
+            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} photos  "
+                  f"{rate:.1f} photos/s  {eta:.0f} s left ", end="", file=sys.stderr, flush=True)
+
+    def close(self):
+        if self.done:
+            print(file=sys.stderr)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.predict", description="Predict scene labels for photos.")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (searched recursively)")
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR), help="model directory (default: the shipped model)")
     p.add_argument("--json", action="store_true", help="print a JSON list instead of lines")
+    p.add_argument("--csv", metavar="FILE", help="write path, probabilities, predicted labels and error to a CSV file")
+    p.add_argument("--json-file", metavar="FILE", help="write the JSON list to a file")
+    p.add_argument("--batch-size", type=int, default=32, help="photos a forward pass (default 32)")
     args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
     try:
         from model.inference import Classifier
         classifier = Classifier(args.model)
     except ModelDirError as e:
         sys.exit(f"error: {e}")
-    results, failed = [], 0
-    for result in predict_paths(classifier, expand(args.paths)):
+
+    files, writers = [], []
+    try:
+        if args.csv:
+            files.append(open(args.csv, "w", newline=""))
+            writers.append(CsvRows(files[-1], classifier.labels))
+        if args.json_file:
+            files.append(open(args.json_file, "w"))
+            writers.append(JsonList(files[-1]))
+    except OSError as e:
+        sys.exit(f"error: {e.filename}: {e.strerror}")
+    if args.json or not files:
+        writers.append(JsonList(sys.stdout) if args.json else Lines())
+    # On a terminal, with an output file: a progress bar, after counting the photos (a second, cheap walk).
+    progress = Progress(sum(1 for _ in expand(args.paths))) if files and sys.stderr.isatty() else None
+
+    failed = predicted = 0
+    for result in predict_paths(classifier, expand(args.paths), args.batch_size):
         failed += "error" in result
-        if args.json:
-            results.append(result)
-        elif "error" in result:
-            print(f"{result['path']}: error: {result['error']}", file=sys.stderr)
-        else:
-            probs = " ".join(f"{l} {p:.2f}" for l, p in result["probabilities"].items())
-            print(f"{result['path']}: {', '.join(result['predicted']) or '(no label)'}  ({probs})", flush=True)
-    if args.json:
-        print(json.dumps(results, indent=2))
+        predicted += "error" not in result
+        for writer in writers:
+            writer.write(result)
+        if progress:
+            progress.step()
+    for writer in writers:
+        writer.close()
+    for f in files:
+        f.close()
+    if progress:
+        progress.close()
+    if files:
+        where = f" (see {args.csv or args.json_file})" if failed else ""
+        print(f"{predicted} photos predicted, {failed} could not be read{where}", file=sys.stderr)
     sys.exit(1 if failed else 0)
 
 
