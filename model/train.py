@@ -35,7 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--arch", "--backbone", dest="arch", default="efficientnet-lite0",
                    help="efficientnet-lite0 (default), efficientnet-lite2 or seed-cnn")
-    p.add_argument("--input-size", type=int, help="input size in pixels (default: the backbone's native size)")
+    p.add_argument("--input-size", type=int,
+                   help="EfficientNet input size in pixels (default: the backbone's native size, 224 for Lite0); "
+                        "the seed CNN is always 100")
     p.add_argument("--epochs", type=int, default=20, help="most fine-tuning epochs (default 20)")
     p.add_argument("--warmup-epochs", type=int, default=2, help="head-only epochs before fine-tuning")
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import make_tiny_dataset
+from tests.helpers import TINY_TRAINING, make_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ def tiny_model(tiny_dataset, tmp_path_factory):
     """A real EfficientNet-Lite0 model directory trained for one epoch on the 3-label tiny dataset."""
     from model.train import main
     out = tmp_path_factory.mktemp("tinymodel") / "model"
-    main(["--data", str(tiny_dataset), "--out", str(out), "--epochs", "1", "--warmup-epochs", "1"])
+    main(["--data", str(tiny_dataset), "--out", str(out), *TINY_TRAINING])
     return out
 
 

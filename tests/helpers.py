@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 
 TINY_LABELS = ["red", "green", "blue"]
+TINY_TRAINING = ["--epochs", "1", "--warmup-epochs", "1", "--input-size", "96"]  # a real run, kept short
 
 
 def make_tiny_dataset(root, n=36, seed=0):

@@ -8,7 +8,7 @@ import pytest
 
 from model.modeldir import read_model_dir
 from tests.conftest import ROOT
-from tests.helpers import TINY_LABELS
+from tests.helpers import TINY_LABELS, TINY_TRAINING
 
 
 def run(*args, env=None):
@@ -83,15 +83,14 @@ def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
 
 def test_training_is_reproducible_with_a_seed(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
-    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "again"), "--epochs", "1", "--warmup-epochs", "1"])
+    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "again"), *TINY_TRAINING])
     first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, tmp_path / "again"))
     np.testing.assert_allclose(first, second, atol=1e-4)
 
 
 def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
-    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), "--epochs", "1", "--warmup-epochs", "1",
-          "--distribute", "mirrored"])
+    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), *TINY_TRAINING, "--distribute", "mirrored"])
     mirrored = read_model_dir(tmp_path / "mirrored")
     assert mirrored.metrics["training"]["replicas"] == 1
     np.testing.assert_allclose(mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4)
