@@ -25,14 +25,15 @@ def predict():
         raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(s.labels)}")
     named = [(name, decode(name, data)) for name, data in uploaded_files(request)]
     pixels = np.stack([np.asarray(letterbox(rgb, s.classifier.size)) for _, rgb in named])
-    results = []
-    for (name, _), result, image in zip(named, s.classify(pixels), pixels):
-        entry = {"filename": name, **result}
-        if label is not None:
-            cams, _ = s.gradcam(image)
-            png = render.heatmap_overlay(cams[s.labels.index(label)])
-            entry["gradcam"] = {"label": label, "png_base64": base64.b64encode(png).decode()}
-        results.append(entry)
+    if label is None:
+        results = [{"filename": name, **result} for (name, _), result in zip(named, s.classify(pixels))]
+    else:  # Grad-CAM's pass gives the probabilities too: one pass a photo
+        results = []
+        for (name, _), image in zip(named, pixels):
+            result = s.analyse(image)
+            png = render.heatmap_overlay(result["cams"][label])
+            results.append({"filename": name, "probabilities": result["probabilities"], "predicted": result["predicted"],
+                            "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()}})
     return jsonify(results=results, thresholds=s.thresholds)
 
 

@@ -13,6 +13,7 @@ from werkzeug.exceptions import BadRequest, HTTPException
 from app import render
 from app.uploads import decode, uploaded_files
 from model.metrics import HEADLINE
+from model.preprocess import decode_rgb, letterbox
 
 bp = Blueprint("pages", __name__)
 PER_PAGE = 40
@@ -28,7 +29,8 @@ def scenes():
 def card(name, rgb, truth=None):
     """Everything a result card shows for one upright RGB photo."""
     s = scenes()
-    result = s.analyse(rgb)
+    pixels = np.asarray(letterbox(rgb, s.classifier.size))
+    result = s.analyse(pixels)
     display = render.display_copy(rgb)
     return {
         "name": name,
@@ -38,8 +40,8 @@ def card(name, rgb, truth=None):
                  for i, l in enumerate(s.labels)],
         "predicted": result["predicted"],
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(result["cams"][l]))} for l in s.labels],
-        "pixels": base64.b64encode(render.to_png(Image.fromarray(result["pixels"]))).decode(),
-        "result": result,
+        "pixels": base64.b64encode(render.to_png(Image.fromarray(pixels))).decode(),
+        "model_input": pixels,
     }
 
 
@@ -80,10 +82,9 @@ def photo(photo_id):
     path = s.photo_path(photo_id)
     if path is None:
         abort(404, description=f"no photo {photo_id}" + ("" if s.dataset else ": no dataset is loaded"))
-    from model.preprocess import decode_rgb
     truth = s.dataset.labels[photo_id - 1]
     c = card(s.dataset.images[photo_id - 1], decode_rgb(path), truth)
-    layers, grid = layer_view(c["result"]["pixels"], request.args.get("layer"))
+    layers, grid = layer_view(c["model_input"], request.args.get("layer"))
     in_test = any(t.photo_id == photo_id for t in s.test_photos)
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)
 
@@ -102,7 +103,7 @@ def inspect():
         raise BadRequest("the photo to inspect is missing or malformed; upload it again from the start page") from None
     name = request.form.get("name", "photo")[:80]
     c = card(name, im)
-    layers, grid = layer_view(c["result"]["pixels"], request.form.get("layer"))
+    layers, grid = layer_view(c["model_input"], request.form.get("layer"))
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=None, in_test=False)
 
 

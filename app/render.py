@@ -9,13 +9,17 @@ from PIL import Image
 from model.preprocess import letterbox
 
 DISPLAY_SIZE = 480
+OVERLAY_SIZE = 224  # the browser scales the overlay to the photo smoothly; a smaller PNG encodes faster
 THUMB_SIZE = 176
 GRID_CAP = 32  # channel maps shown per layer, most active first
+# Heatmap colours for 0..255: the jet colour map, transparent where the map is cold.
+HEAT_LUT = (colormaps["jet"](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
+HEAT_LUT[:, 3] = (np.clip(np.linspace(0, 1, 256) * 1.6, 0, 1) * 230).astype(np.uint8)
 
 
 def to_png(image):
     buf = io.BytesIO()
-    image.save(buf, "PNG", optimize=False)
+    image.save(buf, "PNG", compress_level=1)
     return buf.getvalue()
 
 
@@ -34,13 +38,10 @@ def display_copy(rgb, size=DISPLAY_SIZE):
     return letterbox(rgb, size)
 
 
-def heatmap_overlay(cam, size=DISPLAY_SIZE):
+def heatmap_overlay(cam, size=OVERLAY_SIZE):
     """A 0..1 Grad-CAM map -> RGBA PNG over the letterboxed square, transparent where the map is cold."""
     smooth = Image.fromarray((cam * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR)
-    values = np.asarray(smooth, dtype=np.float32) / 255
-    rgba = (colormaps["jet"](values) * 255).astype(np.uint8)
-    rgba[..., 3] = (np.clip(values * 1.6, 0, 1) * 230).astype(np.uint8)
-    return to_png(Image.fromarray(rgba, "RGBA"))
+    return to_png(Image.fromarray(HEAT_LUT[np.asarray(smooth)], "RGBA"))
 
 
 def channel_grid(activation, cap=GRID_CAP, tile=72):

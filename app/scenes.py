@@ -59,32 +59,20 @@ class Scenes:
         return self._thumbs[photo_id]
 
     # --- model ----------------------------------------------------------------------
-    def analyse(self, rgb, with_cams=True):
-        """Everything one result card shows, for an upright RGB PIL image."""
-        from model.preprocess import letterbox
-        pixels = np.asarray(letterbox(rgb, self.classifier.size), dtype=np.uint8)
+    def analyse(self, pixels):
+        """Probabilities, predicted labels and Grad-CAM maps for one model-input array, in one pass."""
         with self.lock:
-            if with_cams:
-                cams, probs = self.classifier.gradcam(pixels)
-            else:
-                probs = self.classifier.probabilities(pixels[None])[0]
+            cams, probs = self.classifier.gradcam(pixels)
         decided = self.classifier.decide(probs)[0]
-        result = {
+        return {
             "probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, probs)},
             "predicted": [l for l, on in zip(self.labels, decided) if on],
-            "pixels": pixels,
+            "cams": dict(zip(self.labels, cams)),
         }
-        if with_cams:
-            result["cams"] = dict(zip(self.labels, cams))
-        return result
 
     def classify(self, batch):
         with self.lock:
             return self.classifier.classify(batch)
-
-    def gradcam(self, pixels):
-        with self.lock:
-            return self.classifier.gradcam(pixels)
 
     def activations(self, pixels, layer):
         with self.lock:
