@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,13 +31,6 @@ def rss_mb(pid):
     for line in open(f"/proc/{pid}/status"):
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-
-
-def multipart(name, data):
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
 def call(port, method, url, body=None, headers=None):
@@ -59,6 +51,7 @@ def main():
     p.add_argument("--time-limit", type=float, default=900, help="seconds; the test stops sending after this")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
+    from benchmarks.common import multipart
     from model.data import load_dataset, split
 
     dataset = load_dataset(args.data)

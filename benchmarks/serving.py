@@ -8,32 +8,37 @@ HTTP endpoints served by waitress on loopback. Prints a markdown table for the R
 """
 import argparse
 import http.client
-import statistics
 import sys
 import threading
-import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import median_ms, multipart  # noqa: E402
 
 
-def median_ms(fn, repeats, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def multipart(field, name, data):
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+def startup_ms(data):
+    """Wall time from launching the app to its first health answer."""
+    import socket
+    import subprocess
+    import time
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "visualization.py", "--port", str(port), "--data", data],
+                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/api/health")
+                if conn.getresponse().status == 200:
+                    return (time.perf_counter() - started) * 1000
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 def main():
@@ -41,7 +46,6 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--repeats", type=int, default=50)
     args = p.parse_args()
-    import numpy as np
     from waitress import create_server
 
     from app import create_app
@@ -74,7 +78,7 @@ def main():
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     port = server.effective_port
     threading.Thread(target=server.run, daemon=True).start()
-    body, ctype = multipart("image", "photo.jpg", photo)
+    body, headers = multipart("photo.jpg", photo)
 
     def request(method, url, payload=None, headers=None):
         conn = http.client.HTTPConnection("127.0.0.1", port)
@@ -84,14 +88,16 @@ def main():
         conn.close()
         assert response.status == 200, (url, response.status)
 
-    rows.append(("HTTP `POST /api/predict`, one photo, end to end", median_ms(lambda: request("POST", "/api/predict", body, {"Content-Type": ctype}), args.repeats)))
-    rows.append(("HTTP `POST /api/predict?gradcam=sea`, one photo", median_ms(lambda: request("POST", "/api/predict?gradcam=sea", body, {"Content-Type": ctype}), args.repeats)))
-    rows.append(("HTTP `POST /` upload page, one photo with all 5 Grad-CAMs", median_ms(lambda: request("POST", "/", body, {"Content-Type": ctype, "X-Requested-With": "fetch"}), args.repeats)))
+    rows.append(("HTTP `POST /api/predict`, one photo, end to end", median_ms(lambda: request("POST", "/api/predict", body, headers), args.repeats)))
+    rows.append(("HTTP `POST /api/predict?gradcam=sea`, one photo", median_ms(lambda: request("POST", "/api/predict?gradcam=sea", body, headers), args.repeats)))
+    rows.append(("HTTP `POST /` upload page, one photo with all 5 Grad-CAMs", median_ms(lambda: request("POST", "/", body, {**headers, "X-Requested-With": "fetch"}), args.repeats)))
     rows.append(("HTTP `GET /gallery` (first page)", median_ms(lambda: request("GET", "/gallery"), args.repeats)))
     rows.append(("HTTP `GET /gallery?label=sea&show=fp&sort=error`", median_ms(lambda: request("GET", "/gallery?label=sea&show=fp&sort=error"), args.repeats)))
     server.close()
 
-    print(f"| Measurement (median of {args.repeats}) | ms |\n|---|---:|")
+    rows.append(("Start-up: `python visualization.py` until `/api/health` answers", startup_ms(args.data)))
+
+    print(f"| Measurement (median of {args.repeats}; start-up: one run) | ms |\n|---|---:|")
     for name, ms in rows:
         print(f"| {name} | {ms:.1f} |")
     print(f"\nOriginal serving path / ours: {original / ours:.1f}x slower")
