@@ -132,7 +132,7 @@ def main(argv=None):
         progress.close()
     if files:
         where = f" (see {args.csv or args.json_file})" if failed else ""
-        print(f"{predicted} photos predicted, {failed} could not be read{where}", file=sys.stderr)
+        print(f"{predicted} photo{'' if predicted == 1 else 's'} predicted, {failed} could not be read{where}", file=sys.stderr)
     sys.exit(1 if failed else 0)
 
 
