@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.backbones.torch_legacy import WeightsFileError
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.modeldir import write_model_dir
@@ -216,7 +217,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         train(args)
-    except (DataError, ValueError) as e:
+    except (DataError, WeightsFileError, ValueError) as e:
         sys.exit(f"error: {e}")
     except OSError as e:
         sys.exit(f"error: {e.filename or ''}: {e.strerror or e}")
