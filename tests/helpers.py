@@ -24,11 +24,3 @@ def make_tiny_dataset(root, n=36, seed=0):
             writer.writerow([f"{i}.jpg", *labels])
     return root
 
-
-def jpeg_bytes(path_or_image, quality=90):
-    """JPEG bytes of a path's photo or a PIL image."""
-    import io
-    im = Image.open(path_or_image) if not isinstance(path_or_image, Image.Image) else path_or_image
-    buf = io.BytesIO()
-    im.convert("RGB").save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
