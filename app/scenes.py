@@ -63,12 +63,7 @@ class Scenes:
         """Probabilities, predicted labels and Grad-CAM maps for one model-input array, in one pass."""
         with self.lock:
             cams, probs = self.classifier.gradcam(pixels)
-        decided = self.classifier.decide(probs)[0]
-        return {
-            "probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, probs)},
-            "predicted": [l for l, on in zip(self.labels, decided) if on],
-            "cams": dict(zip(self.labels, cams)),
-        }
+        return {**self.classifier.results(probs)[0], "cams": dict(zip(self.labels, cams))}
 
     def classify(self, batch):
         with self.lock:

@@ -57,12 +57,16 @@ class Classifier:
         """0/1 predictions under the model's tuned thresholds."""
         return apply_thresholds(np.atleast_2d(probs), self.thresholds, self.info.at_least_one)
 
-    def classify(self, images, batch_size=32):
-        """[{'probabilities': {label: p}, 'predicted': [labels]}] for each image."""
-        probs = self.probabilities(images, batch_size)
+    def results(self, probs):
+        """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo."""
+        probs = np.atleast_2d(probs)
         return [{"probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, row)},
                  "predicted": [l for l, on in zip(self.labels, flags) if on]}
                 for row, flags in zip(probs, self.decide(probs))]
+
+    def classify(self, images, batch_size=32):
+        """results() for each image."""
+        return self.results(self.probabilities(images, batch_size))
 
     def _gradcam_graph(self, image):
         tf = self.tf
