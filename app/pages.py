@@ -1,19 +1,17 @@
 """HTML pages: upload, photo detail with layer activations, test-set gallery, evaluation, model."""
 import base64
 import binascii
-import io
 import json
 
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from PIL import Image
 from sklearn.metrics import precision_recall_curve
-from werkzeug.exceptions import BadRequest, HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
-from app.uploads import decode, uploaded_files
-from model.metrics import HEADLINE
-from model.preprocess import decode_rgb, letterbox
+from app.uploads import analyse, uploaded_files
+from model.inference import ImageError
 
 bp = Blueprint("pages", __name__)
 PER_PAGE = 40
@@ -26,22 +24,19 @@ def scenes():
     return current_app.extensions["scenes"]
 
 
-def card(name, rgb, truth=None):
-    """Everything a result card shows for one upright RGB photo."""
+def card(name, a, truth=None):
+    """Everything a result card shows for one photo's Analysis `a`."""
     s = scenes()
-    pixels = np.asarray(letterbox(rgb, s.classifier.size))
-    result = s.analyse(pixels)
-    display = render.display_copy(rgb)
     return {
         "name": name,
-        "photo_src": render.data_uri(render.to_jpeg(display), "image/jpeg"),
-        "bars": [{"label": l, "p": result["probabilities"][l], "threshold": s.thresholds[l],
-                  "on": l in result["predicted"], "truth": None if truth is None else bool(truth[i])}
+        "photo_src": render.data_uri(render.to_jpeg(a.image), "image/jpeg"),
+        "bars": [{"label": l, "p": a.probabilities[l], "threshold": s.thresholds[l],
+                  "on": l in a.predicted, "truth": None if truth is None else bool(truth[i])}
                  for i, l in enumerate(s.labels)],
-        "predicted": result["predicted"],
-        "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(result["cams"][l]))} for l in s.labels],
-        "pixels": base64.b64encode(render.to_png(Image.fromarray(pixels))).decode(),
-        "model_input": pixels,
+        "predicted": a.predicted,
+        "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
+        "pixels": base64.b64encode(render.to_png(Image.fromarray(a.pixels))).decode(),
+        "model_input": a.pixels,
     }
 
 
@@ -53,9 +48,9 @@ def index():
 @bp.post("/")
 def upload():
     cards, errors, status = [], [], 200
-    for name, data in uploaded_files(request):
+    for name, data in uploaded_files(request, scenes().classifier):  # one photo decoded at a time
         try:
-            cards.append(card(name, decode(name, data)))
+            cards.append(card(name, analyse(scenes().classifier, name, data)))
         except HTTPException as e:
             errors.append(e.description)
             status = e.code
@@ -72,7 +67,7 @@ def layer_view(pixels, layer):
         return layers, None
     if layer not in {name for name, _, spatial in layers if spatial}:
         abort(404, description=f"no convolutional layer named {layer!r} in this model")
-    png, channels, total = render.channel_grid(s.activations(pixels, layer))
+    png, channels, total = render.channel_grid(s.classifier.activations(pixels, layer))
     return layers, {"name": layer, "src": render.data_uri(png), "channels": channels, "total": total}
 
 
@@ -82,8 +77,12 @@ def photo(photo_id):
     path = s.photo_path(photo_id)
     if path is None:
         abort(404, description=f"no photo {photo_id}" + ("" if s.dataset else ": no dataset is loaded"))
-    truth = s.dataset.labels[photo_id - 1]
-    c = card(s.dataset.images[photo_id - 1], decode_rgb(path), truth)
+    name = s.dataset.images[photo_id - 1]
+    try:
+        a = s.classifier.analyse(path)
+    except ImageError as e:
+        raise UnprocessableEntity(f"dataset photo {name} cannot be read: {e}") from None
+    c = card(name, a, s.dataset.labels[photo_id - 1])
     layers, grid = layer_view(c["model_input"], request.args.get("layer"))
     in_test = any(t.photo_id == photo_id for t in s.test_photos)
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)
@@ -93,16 +92,16 @@ def photo(photo_id):
 def inspect():
     """Detail page for an uploaded photo, sent back as the model-input PNG the upload page embedded."""
     s = scenes()
+    malformed = BadRequest("the photo to inspect is missing or malformed; upload it again from the start page")
     try:
         raw = base64.b64decode(request.form.get("pixels", ""), validate=True)
-        im = Image.open(io.BytesIO(raw))
-        if im.format != "PNG" or im.size != (s.classifier.size,) * 2 or im.mode != "RGB":
-            raise ValueError
-        im.load()
-    except (binascii.Error, ValueError, OSError):
-        raise BadRequest("the photo to inspect is missing or malformed; upload it again from the start page") from None
+        a = s.classifier.analyse(raw)
+    except (binascii.Error, ImageError):
+        raise malformed from None
+    if not raw.startswith(b"\x89PNG") or a.size != (s.classifier.size,) * 2:
+        raise malformed
     name = request.form.get("name", "photo")[:80]
-    c = card(name, im)
+    c = card(name, a)
     layers, grid = layer_view(c["model_input"], request.form.get("layer"))
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=None, in_test=False)
 
@@ -111,7 +110,11 @@ def inspect():
 def thumb(photo_id):
     if scenes().photo_path(photo_id) is None:
         abort(404, description=f"no photo {photo_id}")
-    return Response(scenes().thumbnail(photo_id), mimetype="image/jpeg",
+    try:
+        jpeg = scenes().thumbnail(photo_id)
+    except ImageError as e:
+        raise UnprocessableEntity(f"dataset photo {photo_id} cannot be read: {e}") from None
+    return Response(jpeg, mimetype="image/jpeg",
                     headers={"Cache-Control": "public, max-age=86400"})
 
 
@@ -168,19 +171,19 @@ def pr_curve_points(truth, probs, width=240, height=180):
 @bp.get("/evaluation")
 def evaluation():
     s = scenes()
-    info = s.classifier.info
+    info = s.classifier
     names, truth, probs = info.test_predictions()
     curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels)
               if truth[:, j].any()}
     data = json.dumps({"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
                        "at_least_one": info.at_least_one, "truth": truth.tolist(),
                        "probs": np.round(probs, 5).tolist()})
-    return render_template("evaluation.html", metrics=info.metrics, headline=HEADLINE, curves=curves,
+    return render_template("evaluation.html", metrics=info.metrics, headline=info.HEADLINE, curves=curves,
                            data=data, thresholds_info=info.thresholds_info)
 
 
 @bp.get("/model")
 def model_page():
     s = scenes()
-    return render_template("model.html", info=s.classifier.info, layers=s.classifier.layers(),
+    return render_template("model.html", info=s.classifier, layers=s.classifier.layers(),
                            size=s.classifier.size, dataset=s.dataset)

@@ -1,4 +1,4 @@
-"""Pictures the pages show: display copies of photos, Grad-CAM overlays, channel-map grids, thumbnails."""
+"""Pictures the pages show: photos as JPEG or PNG data, Grad-CAM overlays, channel-map grids."""
 import base64
 import io
 
@@ -6,9 +6,7 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
-from model.preprocess import letterbox
 
-DISPLAY_SIZE = 480
 OVERLAY_SIZE = 224  # the browser scales the overlay to the photo smoothly; a smaller PNG encodes faster
 THUMB_SIZE = 176
 GRID_CAP = 32  # channel maps shown per layer, most active first
@@ -31,11 +29,6 @@ def to_jpeg(image, quality=85):
 
 def data_uri(data, mime="image/png"):
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
-
-
-def display_copy(rgb, size=DISPLAY_SIZE):
-    """The upright photo letterboxed to `size` (the same framing the model saw), as a PIL image."""
-    return letterbox(rgb, size)
 
 
 def heatmap_overlay(cam, size=OVERLAY_SIZE):
@@ -62,7 +55,3 @@ def channel_grid(activation, cap=GRID_CAP, tile=72):
         img = Image.fromarray((cmap(norm)[..., :3] * 255).astype(np.uint8)).resize((tile, tile), Image.Resampling.NEAREST)
         grid.paste(img, (2 + (n % cols) * (tile + 2), 2 + (n // cols) * (tile + 2)))
     return to_png(grid), [int(c) for c in order], activation.shape[-1]
-
-
-def thumbnail(rgb, size=THUMB_SIZE):
-    return to_jpeg(letterbox(rgb, size), quality=80)

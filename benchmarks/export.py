@@ -67,7 +67,6 @@ def main():
     from model.data import load_dataset, split
     from model.export import TFLITE_FILES, export
     from model.inference import Classifier
-    from model.metrics import evaluate
     from model.modeldir import SHIPPED_MODEL_DIR
 
     dataset = load_dataset(args.data)
@@ -79,7 +78,7 @@ def main():
     photo, photo_pixels = raw[0], pixels[0]  # a typical test photo, as in benchmarks/serving.py
 
     def quality(probs):
-        m = evaluate(truth, probs, classifier.thresholds, classifier.labels, classifier.info.at_least_one)
+        m = classifier.evaluate(truth, probs)
         return m["hamming_loss"], m["exact_match"]
 
     keras_probs = classifier.probabilities(pixels)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from model.preprocess import ImageError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif", ".heic", ".heif"}
 # Decoding takes 1-2 ms a photo against 10-20 ms for the forward pass on this CPU, so on a CPU the thread
 # count hardly matters (benchmarks/batch.py); more threads keep up with a faster forward pass.
 WORKERS = min(4, os.cpu_count() or 1)

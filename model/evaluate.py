@@ -1,13 +1,13 @@
 """Evaluate a model directory on a split of the dataset.
 
-    python -m model.evaluate --data DIR [--model DIR] [--split-seed N] [--json FILE]
+    python -m model.evaluate --data DIR [--model DIR] [--split-seed N] [--json FILE] [--runtime litert|keras]
 """
 import argparse
 import json
 import sys
 
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
-from model.metrics import evaluate, format_table
+from model.metrics import format_table
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
 
 
@@ -18,11 +18,12 @@ def main(argv=None):
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
                    help=f"random_state of the split ({CONTRACT_SPLIT_SEED} = the contract split)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--runtime", choices=["litert", "keras"], default="litert", help="forward passes (default litert)")
     args = p.parse_args(argv)
     try:
         from model.inference import Classifier
         dataset = load_dataset(args.data)
-        classifier = Classifier(args.model)
+        classifier = Classifier(args.model, runtime=args.runtime)
         if dataset.label_names != classifier.labels:
             raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
         trained_on = classifier.info.metrics.get("split", {}).get("seed")
@@ -31,8 +32,7 @@ def main(argv=None):
                   "may include photos it was trained on", file=sys.stderr)
         _, _, test_idx = split(len(dataset.images), args.split_seed)
         probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
-        metrics = evaluate(dataset.labels[test_idx], probs, classifier.thresholds, classifier.labels,
-                           classifier.info.at_least_one)
+        metrics = classifier.evaluate(dataset.labels[test_idx], probs)
         print(format_table(metrics))
         if args.json:
             with open(args.json, "w") as f:

@@ -11,6 +11,7 @@ from model.backbones.efficientnet_lite import VARIANTS, build_backbone, load_ima
 ARCHITECTURES = ["efficientnet-lite0", "efficientnet-lite2", "seed-cnn"]
 SEED_CNN_SIZE = 100
 GRADCAM_LAYER = {"efficientnet": "top_activation", "seed": "seed_conv4"}
+EMBEDDING_LAYER = {"efficientnet": "pool", "seed": "seed_dense"}  # what "similar photos" compares
 
 
 def build_efficientnet(label_names, variant="lite0", size=None, dropout=0.3, pretrained=True):
@@ -54,3 +55,13 @@ def build_model(arch, label_names, pretrained=True, size=None):
 def gradcam_layer(model):
     """Name of the last convolutional feature map, where Grad-CAM looks."""
     return GRADCAM_LAYER["seed" if model.name == "seed_cnn" else "efficientnet"]
+
+
+def embedding_layer(model):
+    """Name of the layer whose output is the photo's embedding (the pooled features)."""
+    return EMBEDDING_LAYER["seed" if model.name == "seed_cnn" else "efficientnet"]
+
+
+def has_cam_head(model):
+    """True for global average pooling -> dropout -> dense: there Grad-CAM is the class activation map."""
+    return model.name != "seed_cnn"

@@ -4,7 +4,6 @@ import pytest
 
 from model.data import load_dataset, split
 from model.inference import Classifier
-from model.metrics import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -13,8 +12,7 @@ def test_results(miml_data):
     classifier = Classifier()
     _, _, test_idx = split(len(dataset.images))
     probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
-    metrics = evaluate(dataset.labels[test_idx], probs, classifier.thresholds, classifier.labels,
-                       classifier.info.at_least_one)
+    metrics = classifier.evaluate(dataset.labels[test_idx], probs)
     return classifier, dataset, test_idx, probs, metrics
 
 
