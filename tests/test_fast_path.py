@@ -1,0 +1,245 @@
+"""The one forward pass: LiteRT against Keras, class maps against Grad-CAM's gradients, DCT-scaled
+decoding of large JPEGs, phone formats, the format allow-list, concurrency, and the app's one door."""
+import ast
+import io
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from model.data import load_dataset, split
+from model.inference import Classifier
+from model.preprocess import decode, decoded_pixels, letterbox, load_image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def lite(scenes):
+    return scenes.classifier  # the app's classifier: LiteRT, a pool of two interpreters
+
+
+@pytest.fixture(scope="module")
+def keras_classifier():
+    return Classifier(runtime="keras")
+
+
+@pytest.fixture(scope="module")
+def test_split(miml_data):
+    dataset = load_dataset(miml_data)
+    return dataset, split(len(dataset.images))[2]
+
+
+def jpeg(im, quality=92):
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, test_split):
+    dataset, test_idx = test_split
+    pixels = dataset.load_photos(test_idx, lite.size)
+    a, b = lite.probabilities(pixels), keras_classifier.probabilities(pixels)
+    assert a.shape == (400, 5)
+    assert np.abs(a - b).max() < 1e-5
+    assert np.array_equal(lite.decide(a), keras_classifier.decide(b))
+    features, embedding, probs = lite.forward(pixels[:4])
+    ref = keras_classifier.forward(pixels[:4])
+    assert features.shape == (4, 7, 7, 1280) and embedding.shape == (4, 1280)
+    np.testing.assert_allclose(features, ref[0], atol=1e-4)
+    np.testing.assert_allclose(embedding, ref[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(embedding, features.mean(axis=(1, 2)), atol=1e-5)  # the pooled feature map
+
+
+def gradcam_by_gradients(model, pixels):
+    """Textbook Grad-CAM with TensorFlow's gradients: weights = spatial mean of d p / d features."""
+    import keras
+    import tensorflow as tf
+    cam_model = keras.Model(model.inputs, [model.get_layer("top_activation").output, model.output])
+    x = tf.constant(pixels[None], tf.float32)
+    maps = []
+    for label in range(model.output_shape[-1]):
+        with tf.GradientTape() as tape:
+            features, probs = cam_model(x, training=False)
+            score = probs[0, label]
+        weights = tf.reduce_mean(tape.gradient(score, features)[0], axis=(0, 1))
+        cam = tf.nn.relu(tf.einsum("hwc,c->hw", features[0], weights)).numpy()
+        maps.append(cam / max(cam.max(), 1e-12))
+    return np.stack(maps)
+
+
+def test_class_maps_equal_gradient_gradcam_on_real_photos(lite, test_split):
+    dataset, test_idx = test_split
+    for i in test_idx[:12]:
+        pixels = load_image(dataset.path(i), lite.size)
+        probs = lite.probabilities(pixels[None])[0]
+        expected = gradcam_by_gradients(lite.model, pixels)
+        got = lite.class_maps(pixels)
+        assert got.shape == (5, 7, 7) and got.min() >= 0
+        assert set(np.round(got.max(axis=(1, 2)), 6)) <= {0.0, 1.0}  # each map scaled to 1, or nowhere positive
+        for label in range(5):
+            if probs[label] * (1 - probs[label]) > 1e-5:  # a saturated sigmoid has no gradient left to follow
+                np.testing.assert_allclose(got[label], expected[label], atol=1e-4)
+
+
+def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
+    a = lite.analyse(sea_photo)
+    assert "sea" in a.predicted and set(a.probabilities) == set(lite.labels)
+    assert a.pixels.shape == (224, 224, 3) and a.pixels.dtype == np.uint8
+    assert np.array_equal(a.pixels, lite.load(sea_photo))
+    assert a.probabilities == lite.classify(a.pixels[None])[0]["probabilities"]
+    assert a.embedding.shape == (1280,)
+    np.testing.assert_allclose(np.stack([a.cams[l] for l in lite.labels]), lite.class_maps(a.pixels), atol=1e-6)
+    assert max(a.image.size) <= 480
+
+
+def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
+    """A head that is not pooling + dense gets Grad-CAM from TensorFlow's gradients, and LiteRT serves it too."""
+    import shutil
+    from model.network import build_seed_cnn
+    labels = ["desert", "mountains", "sea", "sunset", "trees"]
+    model = build_seed_cnn(labels)
+    shutil.copytree(ROOT / "model" / "shipped", tmp_path / "seed")
+    model.save(tmp_path / "seed" / "model.keras")
+    lite_seed, keras_seed = Classifier(tmp_path / "seed"), Classifier(tmp_path / "seed", runtime="keras")
+    a = lite_seed.analyse(sea_photo)
+    assert a.pixels.shape == (100, 100, 3) and a.embedding.shape == (512,)
+    assert a.cams["sea"].shape == (47, 47) and 0 <= a.cams["sea"].min() and a.cams["sea"].max() <= 1
+    k = keras_seed.analyse(sea_photo)
+    np.testing.assert_allclose(list(a.probabilities.values()), list(k.probabilities.values()), atol=1e-4)
+
+
+def test_miml_photos_decode_exactly_as_a_full_decode(test_split):
+    """Every MIML photo is under 8x the input size: the draft path never touches it (byte-identical inputs)."""
+    dataset, _ = test_split
+    for i in range(0, len(dataset.images), 10):
+        path = dataset.path(i)
+        with Image.open(path) as im:
+            reference = np.asarray(letterbox(ImageOps.exif_transpose(im).convert("RGB"), 224))
+        assert np.array_equal(load_image(path, 224), reference), path
+
+
+def test_large_jpegs_are_decoded_small_and_keep_their_labels(lite, test_split):
+    """MIML test photos upscaled to phone sizes: a 1/8-scale DCT decode gives the labels of a full decode."""
+    dataset, test_idx = test_split
+    for n, i in enumerate(test_idx[:16]):
+        with Image.open(dataset.path(i)) as im:
+            longer = (4000, 4032, 5000, 6000)[n % 4]
+            scale = longer / max(im.size)
+            big = jpeg(im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC))
+        assert decoded_pixels(big, 224) < 700_000  # at most about 1000 x 700 decoded, never the 12+ megapixels
+        drafted = load_image(big, 224)
+        full = np.asarray(letterbox(decode(big, float("inf")), 224))
+        a, b = lite.probabilities(np.stack([drafted, full]))
+        assert np.array_equal(lite.decide(a), lite.decide(b)), (dataset.images[i], a, b)
+        assert np.abs(a - b).max() < 0.05
+        assert max(lite.analyse(big).image.size) <= 480  # and no full-size display copy
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats(client, lite, sea_photo, fmt):
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(sea_photo)).save(buf, fmt, quality=90)
+    photo = buf.getvalue()
+    assert Image.open(io.BytesIO(photo)).format == fmt
+    from_jpeg, converted = lite.probabilities(np.stack([lite.load(sea_photo), lite.load(photo)]))
+    assert np.abs(from_jpeg - converted).max() < 0.05
+    r = client.post("/api/predict", data={"image": [(io.BytesIO(photo), f"phone.{fmt.lower()}")]},
+                    content_type="multipart/form-data")
+    assert r.status_code == 200 and "sea" in r.get_json()["results"][0]["predicted"]
+
+
+def test_upload_page_lists_the_phone_formats(client):
+    html = client.get("/").get_data(as_text=True)
+    assert "AVIF" in html and "HEIC" in html and ".heic" in html
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\nshowpage\n%%EOF\n"
+
+
+def other_format(fmt):
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name, make", [("figure.eps", lambda: EPS), ("icon.ico", lambda: other_format("ICO")),
+                                        ("old.pcx", lambda: other_format("PCX")), ("pic.ppm", lambda: other_format("PPM"))])
+def test_formats_outside_the_allow_list_are_415(client, name, make):
+    r = client.post("/api/predict", data={"image": [(io.BytesIO(make()), name)]}, content_type="multipart/form-data")
+    assert r.status_code == 415 and name in r.get_json()["error"] and "HEIC" in r.get_json()["error"]
+
+
+def test_concurrent_requests_equal_sequential_ones(lite, test_split):
+    dataset, test_idx = test_split
+    photos = [dataset.path(i).read_bytes() for i in test_idx[:24]]
+    sequential = [lite.analyse(p) for p in photos]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lite.analyse, photos * 2))
+        classified = list(pool.map(lambda p: lite.classify(lite.load(p)[None], batch_size=1)[0], photos))
+    for s, c in zip(sequential * 2, concurrent):
+        assert s.probabilities == c.probabilities and s.predicted == c.predicted
+        assert all(np.array_equal(s.cams[l], c.cams[l]) for l in lite.labels)
+    assert [c["probabilities"] for c in classified] == [s.probabilities for s in sequential]
+
+
+def test_the_app_reaches_the_model_only_through_classifier():
+    allowed = {"Classifier", "ImageError", "ImageTooLargeError", "UnsupportedImageError"}
+    for path in (ROOT / "app").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("model") for a in node.names), path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("model"):
+                assert node.module == "model.inference" and {a.name for a in node.names} <= allowed, (path, node.module)
+
+
+def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
+    monkeypatch.setenv("MIML_CACHE", str(tmp_path))
+    first = Classifier()
+    (cached,) = (tmp_path / "litert").glob("*.tflite")
+    from model.inference import file_sha256
+    assert cached.stem == file_sha256(ROOT / "model" / "shipped" / "model.keras")
+    cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
+    second = Classifier()
+    assert cached.stat().st_size > 10_000_000
+    assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
+
+
+def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_path, miml_data):
+    """16 blank 16-bit 6324^2 PNGs (1.2 MB) are refused unread; the worst request within the limits
+    (two 40-megapixel RGBA PNGs) raises the RSS, sampled every 2 ms while it runs, by less than 1 GB."""
+    for name, mode, dtype in (("grey16.png", None, np.uint16), ("rgba.png", "RGBA", None)):
+        im = Image.fromarray(np.zeros((6324, 6324), dtype)) if dtype else Image.new(mode, (6324, 6324))
+        im.save(tmp_path / name)
+    script = textwrap.dedent(f"""
+        import io, threading, time
+        from app import create_app
+        client = create_app().test_client()
+        def post(files):
+            return client.post("/api/predict", data={{"image": [(io.BytesIO(d), n) for n, d in files]}},
+                               content_type="multipart/form-data")
+        grey = open({str(tmp_path / "grey16.png")!r}, "rb").read()
+        rgba = open({str(tmp_path / "rgba.png")!r}, "rb").read()
+        post([("warm.jpg", open({str(miml_data / "original" / "1.jpg")!r}, "rb").read())])
+        rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096
+        before, samples, done = rss(), [], threading.Event()
+        def sample():
+            while not done.is_set():
+                samples.append(rss())
+                time.sleep(0.002)
+        threading.Thread(target=sample).start()
+        refused = post([(f"{{i}}.png", grey) for i in range(16)])
+        worst = post([("a.png", rgba), ("b.png", rgba)])
+        done.set()
+        print(refused.status_code, worst.status_code, max(samples) - before, refused.get_json()["error"])
+    """)
+    r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    refused, worst, growth, message = r.stdout.split(maxsplit=3)
+    assert (refused, worst) == ("413", "200"), r.stderr[-2000:]
+    assert "pixels" in message and "fewer" in message
+    assert int(growth) < 1024 ** 3, int(growth) / 2 ** 20
