@@ -1,7 +1,7 @@
 """Start the MIML Scenes web app.
 
     python visualization.py [--host 127.0.0.1] [--port 5000] [--model DIR] [--data DIR] [--server waitress|flask]
-                            [--runtime litert|keras]
+                            [--runtime litert|keras] [--workers N]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
@@ -22,6 +22,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads")
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert",
                    help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)")
+    p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2, one core each)")
     args = p.parse_args(argv)
     data = args.data or os.environ.get("MIML_DATA") or None
 
@@ -30,7 +31,7 @@ def main(argv=None):
     from model.data import DataError
     from model.modeldir import ModelDirError
     try:
-        app = create_app(args.model, data, runtime=args.runtime)
+        app = create_app(args.model, data, runtime=args.runtime, workers=args.workers)
     except (ModelDirError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -20,14 +20,14 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(model_dir=None, data_dir=None, scenes=None, runtime="litert"):
+def create_app(model_dir=None, data_dir=None, scenes=None, runtime="litert", workers=None):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
-    `runtime`: "litert" (default) or "keras" for every forward pass."""
+    `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FILES + 16,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False)
-    app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime)
+    app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers)
 
     from app import api, pages
     app.register_blueprint(pages.bp)

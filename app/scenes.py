@@ -28,8 +28,8 @@ class TestPhoto:
 
 
 class Scenes:
-    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=WORKERS):
-        self.classifier = Classifier(model_dir, runtime=runtime, workers=workers)
+    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None):
+        self.classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
         self.labels = self.classifier.labels
         self.thresholds = self.classifier.thresholds
         self.dataset = self.classifier.dataset(data_dir) if data_dir else None

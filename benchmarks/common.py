@@ -1,5 +1,9 @@
-"""Helpers the benchmarks share: timing medians and multipart request bodies."""
+"""Helpers the benchmarks share: timing medians, multipart request bodies, app servers on loopback."""
+import http.client
+import socket
 import statistics
+import subprocess
+import sys
 import time
 import uuid
 
@@ -22,3 +26,45 @@ def multipart(name, data, field="image"):
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
             "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+
+def call(port, method, url, body=None, headers=None, expect=None):
+    """(status, body) of one request on loopback; with `expect`, any other status raises."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request(method, url, body=body, headers=headers or {})
+        response = conn.getresponse()
+        status, payload = response.status, response.read()
+    finally:
+        conn.close()
+    if expect is not None and status != expect:
+        raise RuntimeError(f"{method} {url}: {status} {payload[:200]!r}")
+    return status, payload
+
+
+def start_server(root, args=(), timeout=180):
+    """`python visualization.py` (waitress) from folder `root` on a free port: (process, port) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "visualization.py", "--server", "waitress", "--port", str(port), *args],
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if call(port, "GET", "/api/health")[0] == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"the app in {root} did not start within {timeout} s")

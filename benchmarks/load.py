@@ -8,39 +8,14 @@ answers for 20 test photos, then sends the requests from concurrent clients: 80%
 prediction must equal the single-threaded one. Reports latency, errors and the server's memory.
 """
 import argparse
-import http.client
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-
-
-def call(port, method, url, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request(method, url, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
 
 
 def main():
@@ -51,21 +26,13 @@ def main():
     p.add_argument("--time-limit", type=float, default=900, help="seconds; the test stops sending after this")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
-    from benchmarks.common import multipart
+    from benchmarks.common import call, multipart, rss_mb, start_server
     from model.data import load_dataset, split
 
     dataset = load_dataset(args.data)
     photos = [dataset.path(int(i)).read_bytes() for i in split(len(dataset.images))[2][:20]]
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "visualization.py", "--server", "waitress", "--port", str(port),
-                               "--data", args.data], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server, port = start_server(ROOT, ["--data", args.data])
     try:
-        for _ in range(120):
-            try:
-                if call(port, "GET", "/api/health")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
         reference = [json.loads(call(port, "POST", "/api/predict", *multipart("p.jpg", b))[1])["results"][0]
                      for b in photos]
         call(port, "GET", "/gallery")

@@ -2,7 +2,7 @@
 
     python benchmarks/serving.py --data DIR [--repeats 50]
 
-Compares our serving path (traced tf.function, letterboxed 224x224 EfficientNet-Lite0) with the
+Compares our serving path (LiteRT, letterboxed 224x224 EfficientNet-Lite0) with the
 original project's (its 100x100 CNN called through model.predict per request), and times the app's
 HTTP endpoints served by waitress on loopback. Prints a markdown table for the README.
 """
@@ -13,32 +13,18 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import median_ms, multipart  # noqa: E402
+from benchmarks.common import median_ms, multipart, start_server  # noqa: E402
 
 
 def startup_ms(data):
     """Wall time from launching the app to its first health answer."""
-    import socket
-    import subprocess
     import time
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "visualization.py", "--port", str(port), "--data", data],
-                            cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/api/health")
-                if conn.getresponse().status == 200:
-                    return (time.perf_counter() - started) * 1000
-            except OSError:
-                time.sleep(0.05)
-    finally:
-        proc.terminate()
-        proc.wait()
+    proc, _ = start_server(Path(__file__).resolve().parent.parent, ["--data", data])
+    ms = (time.perf_counter() - started) * 1000
+    proc.terminate()
+    proc.wait()
+    return ms
 
 
 def main():
@@ -62,7 +48,7 @@ def main():
     pixels = clf.load(photo)
     rows = []
 
-    rows.append(("Forward pass, one preprocessed photo (tf.function)", median_ms(lambda: clf.probabilities(pixels[None]), args.repeats)))
+    rows.append(("Forward pass, one preprocessed photo (LiteRT)", median_ms(lambda: clf.probabilities(pixels[None]), args.repeats)))
     ours = median_ms(lambda: clf.classify(clf.load(photo)[None]), args.repeats)
     rows.append(("In-process prediction of one photo: JPEG bytes to labels", ours))
     seed = build_seed_cnn(clf.labels)
@@ -70,10 +56,10 @@ def main():
     original = median_ms(lambda: seed.predict(load_image(photo, 100)[None].astype("float32"), verbose=0), args.repeats)
     rows.append(("Original project's path: 100x100 CNN, `model.predict` per photo", original))
     rows.append(("Original CNN through `predict_on_batch` (for reference)", median_ms(lambda: seed.predict_on_batch(seed_pixels), args.repeats)))
-    rows.append(("Grad-CAM maps for all labels (one jacobian), no rendering", median_ms(lambda: clf.gradcam(pixels), args.repeats)))
-    rows.append(("Grad-CAM for one label, rendered as PNG overlay", median_ms(lambda: heatmap_overlay(clf.gradcam(pixels)[0][0]), args.repeats)))
-    rows.append(("Grad-CAM for all labels, rendered as PNG overlays",
-                 median_ms(lambda: [heatmap_overlay(c) for c in clf.gradcam(pixels)[0]], args.repeats)))
+    rows.append(("Class maps for all labels from a forward pass, no rendering", median_ms(lambda: clf.class_maps(pixels), args.repeats)))
+    rows.append(("Class map for one label, rendered as PNG overlay", median_ms(lambda: heatmap_overlay(clf.class_maps(pixels)[0]), args.repeats)))
+    rows.append(("Class maps for all labels, rendered as PNG overlays",
+                 median_ms(lambda: [heatmap_overlay(c) for c in clf.class_maps(pixels)], args.repeats)))
 
     server = create_server(app, host="127.0.0.1", port=0, threads=4)
     port = server.effective_port

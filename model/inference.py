@@ -32,7 +32,7 @@ from model.data import load_dataset
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import read_model_dir, ModelDirError
 from model.network import embedding_layer, gradcam_layer, has_cam_head
-from model.preprocess import (FORMAT_NAMES, ImageError, ImageTooLargeError, UnsupportedImageError,  # noqa: F401
+from model.preprocess import (ImageError, ImageTooLargeError, UnsupportedImageError,  # noqa: F401
                               decode, decoded_pixels, letterbox, load_image)
 from model.thresholds import apply_thresholds
 
