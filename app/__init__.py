@@ -38,7 +38,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=()):
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
-                      MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=LOCAL_HOSTS + list(allowed_hosts))
+                      MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
     app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir)
     app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
 
