@@ -2,13 +2,33 @@
 
     python visualization.py [--host 127.0.0.1] [--port 5000] [--model DIR] [--data DIR] [--server waitress|flask]
                             [--runtime litert|keras] [--workers N]
+                            [--allowed-host NAME ...]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
 """
 import argparse
 import os
+import socket
 import sys
+
+# waitress, set deliberately (see README, "Reliability and security"); a public deployment goes behind a reverse proxy.
+WAITRESS = {
+    "connection_limit": 500,    # open connections, slow ones included (waitress's default, 100, let 100 idle clients
+                                # lock everyone out); kept under the usual limit of 1024 open files
+    "asyncore_use_poll": True,  # poll(), not select(): no limit on file descriptor numbers
+    "channel_timeout": 30,      # seconds a connection may sit idle...
+    "cleanup_interval": 5,      # ...checked this often, so it is closed 30 to 35 s after its last byte
+    "backlog": 1024,            # connections waiting to be accepted
+}
+
+
+def check_port(host, port):
+    """Raise OSError if host:port cannot be listened on (in use, or an unknown address), before the model loads."""
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
+            s.bind(address)
 
 
 def main(argv=None):
@@ -23,23 +43,35 @@ def main(argv=None):
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert",
                    help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)")
     p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2, one core each)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)")
     args = p.parse_args(argv)
     data = args.data or os.environ.get("MIML_DATA") or None
+    try:
+        check_port(args.host, args.port)
+    except OSError as e:
+        print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from app import create_app
     from model.data import DataError
     from model.modeldir import ModelDirError
     try:
-        app = create_app(args.model, data, runtime=args.runtime, workers=args.workers)
+        app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host],
+                         runtime=args.runtime, workers=args.workers)
     except (ModelDirError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if app.config["LABEL_MISMATCH"]:
+        print(f"warning: {app.config['LABEL_MISMATCH']}", file=sys.stderr)
     url = f"http://{'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host}:{args.port}/"
     if args.server == "waitress":
         from waitress import create_server
+        # Above the app's own limit, so that the app answers a body just over it (JSON under /api/).
+        body_limit = 2 * app.config["MAX_CONTENT_LENGTH"]
         server = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                               channel_timeout=30, max_request_body_size=app.config["MAX_CONTENT_LENGTH"] + 65536)
+                               max_request_body_size=body_limit, **WAITRESS)
         print(f"MIML Scenes ready at {url}", flush=True)
         server.run()
     else:

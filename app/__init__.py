@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, SecurityError
 
 from app.scenes import Scenes
 from app.uploads import InMemoryRequest
@@ -10,6 +10,8 @@ from app.uploads import InMemoryRequest
 ROOT = Path(__file__).resolve().parent.parent
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024   # per request
 MAX_FILES = 16                          # photos per request
+MAX_FORM_PARTS = MAX_FILES + 16         # form fields and files per request
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]  # Host headers always answered (a DNS-rebinding guard)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
@@ -20,14 +22,26 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(model_dir=None, data_dir=None, scenes=None, runtime="litert", workers=None):
+def label_mismatch(scenes):
+    """A one-line warning when the dataset's labels are not the model's (the gallery cannot match them), else None."""
+    if scenes.dataset is None or scenes.dataset.label_names == scenes.labels:
+        return None
+    return (f"the model's labels ({', '.join(scenes.labels)}) are not the dataset's "
+            f"({', '.join(scenes.dataset.label_names)}): the test gallery cannot show this dataset's photos "
+            f"with this model's predictions; start with a --data and --model that belong together")
+
+
+def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), runtime="litert", workers=None):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
-    `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool."""
+    `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool.
+
+    Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
-    app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FILES + 16,
-                      MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
+                      MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
     app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers)
+    app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
 
     from app import api, pages
     app.register_blueprint(pages.bp)
@@ -45,10 +59,18 @@ def create_app(model_dir=None, data_dir=None, scenes=None, runtime="litert", wor
     @app.errorhandler(HTTPException)
     def http_error(e):
         message = e.description
-        if e.code == 413 and message == RequestEntityTooLarge.description:  # werkzeug's own: the body is too large
-            message = f"the upload is too large: at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB per request"
+        if isinstance(e, SecurityError):  # a Host header not in TRUSTED_HOSTS
+            message = (f"this server does not answer for the host {request.environ.get('HTTP_HOST', '')!r}; "
+                       f"it answers for {', '.join(app.config['TRUSTED_HOSTS'])} (add one with --allowed-host)")
+        elif e.code == 413 and message == RequestEntityTooLarge.description:  # werkzeug's own, without a reason
+            # A body within the size limit can only have gone over the form-parts limit.
+            if request.content_length is not None and request.content_length <= MAX_UPLOAD_BYTES:
+                message = f"the upload has too many form parts: at most {MAX_FORM_PARTS} per request"
+            else:
+                message = f"the upload is too large: at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB per request"
         if request.path.startswith("/api/"):
             return jsonify(error=message), e.code
-        return render_template("error.html", code=e.code, title=e.name, message=message), e.code
+        template = "bad_host.html" if isinstance(e, SecurityError) else "error.html"
+        return render_template(template, code=e.code, title=e.name, message=message), e.code
 
     return app

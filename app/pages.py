@@ -1,7 +1,6 @@
 """HTML pages: upload, photo detail with layer activations, test-set gallery, evaluation, model."""
 import base64
 import binascii
-import json
 
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, render_template, request
@@ -175,9 +174,8 @@ def evaluation():
     names, truth, probs = info.test_predictions()
     curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels)
               if truth[:, j].any()}
-    data = json.dumps({"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
-                       "at_least_one": info.at_least_one, "truth": truth.tolist(),
-                       "probs": np.round(probs, 5).tolist()})
+    data = {"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
+            "at_least_one": info.at_least_one, "truth": truth.tolist(), "probs": np.round(probs, 5).tolist()}
     return render_template("evaluation.html", metrics=info.metrics, headline=info.HEADLINE, curves=curves,
                            data=data, thresholds_info=info.thresholds_info)
 

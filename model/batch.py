@@ -6,6 +6,7 @@ decoded, so memory stays flat however many photos there are; paths come from a
 generator and each result is yielded as soon as its batch is done.
 """
 import os
+import stat
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,27 +20,49 @@ WORKERS = min(4, os.cpu_count() or 1)
 
 
 def expand(paths):
-    """Files as given; folders walked recursively for image files, depth first, each folder in name order.
+    """Files as given; folders walked for image files, depth first, each folder in name order.
 
-    Same order as sorting all the paths, but only one folder's names are held at a time.
-    Symlinked folders are not followed (as `Path.rglob`).
+    Same order as sorting all the paths, but only the names of the folders being walked are held.
+    Symlinked folders are not followed (as `Path.rglob`). An image-named entry whose type cannot be
+    read (a symlink loop) is yielded, so that reading it gives its error.
     """
     for path in map(Path, paths):
         yield from _walk(path) if path.is_dir() else [path]
 
 
-def _walk(folder):
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(entry.path)
-        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+def _walk(top):
+    """Iterative, with a stack of folder listings, so that no folder depth hits Python's recursion limit."""
+    stack = [_listing(top)]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir(follow_symlinks=False):
+            stack.append(_listing(entry.path))
+        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and _is_file_or_unreadable(entry):
             yield Path(entry.path)
 
 
-def _load(classifier, path):
-    """(image, None) or (None, why it cannot be read)."""
+def _listing(folder):
+    return iter(sorted(os.scandir(folder), key=lambda e: e.name))
+
+
+def _is_file_or_unreadable(entry):
     try:
-        with open(path, "rb") as f:  # a missing file says so, rather than "damaged"
+        return entry.is_file()
+    except OSError:  # e.g. a symlink loop (ELOOP): reading it reports why
+        return True
+
+
+def _load(classifier, path):
+    """(image, None) or (None, why it cannot be read). Opened without blocking and read only if it is a
+    regular file: a FIFO or a device given as a path would never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a missing file says so, rather than "damaged"
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None, "not a regular file"
+        with open(fd, "rb") as f:
             return classifier.load(f), None
     except (ImageError, OSError) as e:
         return None, getattr(e, "strerror", None) or str(e)

@@ -2,8 +2,10 @@
 
     python -m model.predict PATH [PATH ...] [--model DIR] [--json] [--csv FILE] [--json-file FILE] [--batch-size 32]
 
-Folders are searched recursively for images. A file that cannot be read gets an
-error entry; the others are still predicted, and the exit code is 1. Results are
+Folders are searched recursively for images. A file that cannot be read (not an image,
+a symlink loop, a FIFO or other non-regular file) gets an error entry; the others are
+still predicted, and the exit code is 1. No photo at all is one error line and exit
+code 2. Results are
 written as they come (see model/batch.py), so any number of photos runs in flat memory.
 Without an output file, one line a photo (or --json, a JSON list) goes to stdout; with
 --csv or --json-file, stderr shows progress and a summary.
@@ -12,9 +14,10 @@ import argparse
 import csv
 import json
 import sys
-import time
 
-from model.batch import expand, predict_paths
+from tqdm import tqdm
+
+from model.batch import IMAGE_SUFFIXES, expand, predict_paths
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
 
 
@@ -63,27 +66,6 @@ class Lines:
         pass
 
 
-class Progress:
-    """A one-line progress bar on stderr, redrawn at most every 0.2 s."""
-
-    def __init__(self, total):
-        self.total, self.done, self.start, self.shown = total, 0, time.perf_counter(), 0.0
-
-    def step(self):
-        self.done += 1
-        now = time.perf_counter()
-        if now - self.shown >= 0.2 or self.done == self.total:
-            self.shown, rate = now, self.done / max(now - self.start, 1e-9)
-            filled = min(30, 30 * self.done // max(self.total, 1))
-            eta = max(self.total - self.done, 0) / rate
-            print(f"\r[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{self.total} photos  "
-                  f"{rate:.1f} photos/s  {eta:.0f} s left ", end="", file=sys.stderr, flush=True)
-
-    def close(self):
-        if self.done:
-            print(file=sys.stderr)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.predict", description="Predict scene labels for photos.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (searched recursively)")
@@ -101,10 +83,12 @@ def main(argv=None):
     except ModelDirError as e:
         sys.exit(f"error: {e}")
 
+    # A file name that is not UTF-8 is written as its original bytes, as the file system has it.
+    sys.stdout.reconfigure(errors="surrogateescape")
     files, writers = [], []
     try:
         if args.csv:
-            files.append(open(args.csv, "w", newline=""))
+            files.append(open(args.csv, "w", newline="", errors="surrogateescape"))
             writers.append(CsvRows(files[-1], classifier.labels))
         if args.json_file:
             files.append(open(args.json_file, "w"))
@@ -114,7 +98,8 @@ def main(argv=None):
     if args.json or not files:
         writers.append(JsonList(sys.stdout) if args.json else Lines())
     # On a terminal, with an output file: a progress bar, after counting the photos (a second, cheap walk).
-    progress = Progress(sum(1 for _ in expand(args.paths))) if files and sys.stderr.isatty() else None
+    bar = bool(files) and sys.stderr.isatty()
+    progress = tqdm(total=sum(1 for _ in expand(args.paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr)
 
     failed = predicted = 0
     for result in predict_paths(classifier, expand(args.paths), args.batch_size):
@@ -122,14 +107,16 @@ def main(argv=None):
         predicted += "error" not in result
         for writer in writers:
             writer.write(result)
-        if progress:
-            progress.step()
+        progress.update()
+    progress.close()
     for writer in writers:
         writer.close()
     for f in files:
         f.close()
-    if progress:
-        progress.close()
+    if not predicted + failed:
+        print(f"error: no photos found in {', '.join(args.paths)} (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})",
+              file=sys.stderr)
+        sys.exit(2)
     if files:
         where = f" (see {args.csv or args.json_file})" if failed else ""
         print(f"{predicted} photo{'' if predicted == 1 else 's'} predicted, {failed} could not be read{where}", file=sys.stderr)

@@ -38,8 +38,14 @@ def tiny_model(tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def scenes(miml_data):
+    """The app's model and dataset, warmed up with one classify and one analyse of a real photo: TensorFlow
+    writes an autograph file on its first call, which a test checking that nothing is written must not see."""
     from app.scenes import Scenes
-    return Scenes(data_dir=miml_data)
+    scenes = Scenes(data_dir=miml_data)
+    photo = miml_data / "original" / scenes.dataset.images[0]
+    scenes.classifier.classify(scenes.classifier.load(photo)[None], batch_size=1)
+    scenes.classifier.analyse(photo)
+    return scenes
 
 
 @pytest.fixture()

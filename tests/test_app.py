@@ -3,10 +3,14 @@ import base64
 import io
 import json
 import re
+import shutil
 
 import pytest
 from PIL import Image
 
+from model.modeldir import SHIPPED_MODEL_DIR
+
+SCRIPT_IN_LABEL = "sea</script><script>alert(1)</script>"
 
 
 def post_photos(client, url, *files, **kw):
@@ -154,9 +158,60 @@ def test_evaluation_page_embeds_test_probabilities(client, scenes):
     assert html.count("data-threshold") == 5 and "hamming loss" in html
 
 
-def test_model_page(client, scenes):
+def test_model_page(client, scenes, miml_data):
     html = client.get("/model").get_data(as_text=True)
-    assert "Parameters" in html and f"{scenes.classifier.size} × {scenes.classifier.size}" in html
+    parameters = scenes.classifier.model.count_params()  # counted by Keras, not read from metrics.json
+    assert f"<th>Parameters</th><td>{parameters:,}</td>" in html and parameters > 3_000_000
+    assert "<th>Input</th><td>224 × 224 RGB" in html
+    tuned = json.loads((SHIPPED_MODEL_DIR / "thresholds.json").read_text())["thresholds"]
+    assert " · ".join(f"{l} {t:.3f}" for l, t in tuned.items()) in html  # desert 0.645 · mountains 0.620 · ...
+    assert f"dataset <code>{miml_data.resolve().name}</code> (2000 photos)" in html
+    assert str(miml_data.resolve().parent) not in html  # the dataset's name, never its absolute path
+
+
+@pytest.fixture(scope="module")
+def client_with_script_label(tmp_path_factory):
+    """The shipped model with its label 'sea' renamed to a name that closes a script tag."""
+    model = tmp_path_factory.mktemp("scriptlabel") / "model"
+    shutil.copytree(SHIPPED_MODEL_DIR, model)
+    for name in ("thresholds.json", "metrics.json"):
+        path = model / name
+        path.write_text(path.read_text().replace('"sea"', json.dumps(SCRIPT_IN_LABEL)))
+    csv = model / "test_predictions.csv"
+    header, rest = csv.read_text().split("\n", 1)
+    csv.write_text(header.replace("_sea", "_" + SCRIPT_IN_LABEL) + "\n" + rest)
+    from app import create_app
+    return create_app(model_dir=model).test_client()
+
+
+@pytest.mark.parametrize("url", ["/evaluation", "/model", "/gallery"])
+def test_a_label_name_cannot_inject_markup(client_with_script_label, url):
+    r = client_with_script_label.get(url)
+    html = r.get_data(as_text=True)
+    assert r.status_code == 200 and "<script>alert" not in html and "</script><script>" not in html
+    if url == "/evaluation":
+        data = json.loads(re.search(r'<script type="application/json" id="eval-data">(.*?)</script>', html, re.S).group(1))
+        assert data["labels"][2] == SCRIPT_IN_LABEL
+
+
+def test_too_many_form_parts_says_so(client):
+    fields = {f"field{i}": "x" for i in range(40)}  # a few hundred bytes: far under the size limit
+    r = client.post("/api/predict", data=fields, content_type="multipart/form-data")
+    assert r.status_code == 413
+    assert r.get_json() == {"error": "the upload has too many form parts: at most 32 per request"}
+    r = client.post("/", data=fields, content_type="multipart/form-data")
+    assert r.status_code == 413 and "too many form parts" in r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("host, status", [("localhost", 200), ("127.0.0.1:5000", 200), ("[::1]:5000", 200),
+                                          ("evil.example", 400), ("localhost.evil.example", 400)])
+def test_host_header_is_checked(client, host, status):
+    r = client.get("/api/health", headers={"Host": host})
+    assert r.status_code == status
+    if status == 400:
+        assert f"does not answer for the host '{host}'" in r.get_json()["error"]
+        page = client.get("/", headers={"Host": host})
+        assert page.status_code == 400 and "does not answer for the host" in page.get_data(as_text=True)
 
 
 def test_security_headers(client):

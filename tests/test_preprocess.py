@@ -22,18 +22,32 @@ def half_red_half_blue(w=80, h=60):
     return Image.fromarray(a)
 
 
-@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "CMYK", "1", "P", "I;16", "RGB", "I", "F"])
-def test_every_mode_becomes_rgb_uint8(mode):
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+GREY_RED, GREY_BLUE = (76,) * 3, (29,) * 3  # ITU-R 601 luma of pure red and pure blue
+
+
+@pytest.mark.parametrize("mode, left, right, tolerance", [
+    ("RGB", RED, BLUE, 2), ("RGBA", RED, BLUE, 2), ("P", RED, BLUE, 2), ("CMYK", RED, BLUE, 40),
+    ("L", GREY_RED, GREY_BLUE, 2), ("LA", GREY_RED, GREY_BLUE, 2), ("I;16", GREY_RED, GREY_BLUE, 2),
+    ("I", GREY_RED, GREY_BLUE, 2), ("F", GREY_RED, GREY_BLUE, 2),
+    ("1", GREY_RED, GREY_BLUE, 30),  # dithered black and white: right on average
+])
+def test_every_mode_becomes_rgb_uint8_letterboxed(mode, left, right, tolerance):
+    """80x60, red left and blue right, becomes 64x48 centred on 64x64 grey: bars of 8 rows above and below."""
     im = half_red_half_blue().convert("RGB")
-    if mode == "I;16":
-        im = Image.fromarray((np.asarray(im.convert("L"), np.uint16) * 257))
-        assert im.mode == "I;16"
+    if mode in ("I;16", "I"):  # 16-bit data, as 16-bit PNGs and TIFFs hold it
+        im = Image.fromarray(np.asarray(im.convert("L"), np.uint16) * 257)
+        im = im if mode == "I;16" else im.convert("I")
     else:
         im = im.convert(mode)
+    assert im.mode == mode
     fmt = "JPEG" if mode == "CMYK" else "TIFF" if mode in ("I", "F") else "PNG"
     out = load_image(encode(im, fmt), SIZE)
     assert out.shape == (SIZE, SIZE, 3) and out.dtype == np.uint8
-    assert out.std() > 10  # content survived, not a blank canvas
+    assert (out[:8] == 127).all() and (out[56:] == 127).all()  # the letterbox bars
+    assert (np.abs(out[8:56].mean(axis=(1, 2)) - 127) > 30).all()  # every row between is photo, not grey
+    for block, colour in ((out[12:52, 2:28], left), (out[12:52, 36:62], right)):
+        assert np.abs(block.reshape(-1, 3).mean(axis=0) - colour).max() <= tolerance, (block.mean(axis=(0, 1)), colour)
 
 
 def test_16bit_grey_is_scaled_not_clipped():

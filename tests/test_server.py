@@ -1,9 +1,15 @@
-"""`python visualization.py` as a user starts it."""
+"""`python visualization.py` as a user starts it: waitress's limits, Host checks, start-up errors."""
+import http.client
+import json
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
+import pytest
+
+from app import MAX_UPLOAD_BYTES
 from tests.conftest import ROOT
 
 
@@ -12,27 +18,129 @@ def start(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path, host=None, timeout=30):
+    """(status, headers, body) of a GET to 127.0.0.1:port, with an optional Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("GET", path, headers={"Host": host} if host else {})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, r.headers, body
+
+
+@pytest.fixture(scope="module")
+def server(miml_data):
+    """The app under waitress on a free port, with one extra allowed host; yields (port, process)."""
+    port = free_port()
+    proc = start("--port", str(port), "--data", str(miml_data), "--allowed-host", "scenes.example")
+    line = proc.stdout.readline()
+    assert line.strip() == f"MIML Scenes ready at http://localhost:{port}/", proc.stderr.read() if not line else line
+    yield port, proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
 def test_bad_model_or_data_is_one_line_and_exit_2(tmp_path):
     for args, fragment in [(["--model", str(tmp_path / "none")], "model directory not found"),
                            (["--data", str(tmp_path / "none")], "dataset directory not found")]:
-        proc = start(*args)
+        proc = start("--port", str(free_port()), *args)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err
         assert err.strip().splitlines()[-1].startswith("error: ") and fragment in err and "Traceback" not in err
 
 
-def test_starts_with_waitress_prints_url_and_serves(miml_data):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = start("--port", str(port), "--data", str(miml_data))
+def test_busy_port_is_one_line_and_exit_2_before_the_model_loads(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        # a missing model would be reported if the model were loaded first: the port is checked before
+        proc = start("--port", str(port), "--model", str(tmp_path / "none"))
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and out == ""
+    assert err.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
+def test_starts_with_waitress_prints_url_and_serves(server):
+    port, _ = server
+    status, _, body = get(port, "/api/health")
+    assert status == 200 and json.loads(body) == {"status": "ok"}
+    status, _, body = get(port, "/gallery")
+    assert status == 200 and b"of 400 test photos" in body
+
+
+@pytest.mark.parametrize("host, status", [("localhost:{port}", 200), ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200),
+                                          ("scenes.example", 200), ("attacker.example", 400),
+                                          ("localhost.attacker.example:{port}", 400)])
+def test_only_local_and_allowed_hosts_are_answered(server, host, status):
+    port, _ = server
+    host = host.format(port=port)
+    code, headers, body = get(port, "/api/model", host=host)
+    assert code == status
+    if status == 400:
+        error = json.loads(body)["error"]
+        assert error == (f"this server does not answer for the host '{host}'; it answers for localhost, 127.0.0.1, "
+                         "[::1], scenes.example (add one with --allowed-host)")
+        assert headers["X-Frame-Options"] == "DENY"
+        code, _, page = get(port, "/gallery", host=host)
+        assert code == 400 and b"<h1>400" in page and b"attacker.example" in page and b"400 test photos" not in page
+    else:
+        assert json.loads(body)["labels"][0] == "desert"
+
+
+def test_a_request_is_answered_while_150_slow_clients_hold_connections(server):
+    port, _ = server
+    slow = []
     try:
-        line = proc.stdout.readline()
-        assert line.strip() == f"MIML Scenes ready at http://localhost:{port}/"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=30) as r:
-            assert r.status == 200 and b'"ok"' in r.read()
+        for _ in range(150):  # each sends half a request and then nothing
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: localhost\r\n")
+            slow.append(s)
+        started = time.monotonic()
+        status, _, body = get(port, "/api/health", timeout=10)
+        assert status == 200 and json.loads(body) == {"status": "ok"}
+        assert time.monotonic() - started < 5
+    finally:
+        for s in slow:
+            s.close()
+
+
+def test_a_body_just_over_the_limit_is_answered_by_the_app(server):
+    port, _ = server
+    size = MAX_UPLOAD_BYTES + 200_000  # over the app's limit, not over waitress's
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/api/predict", body=b"x" * size,
+                 headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(size)})
+    r = conn.getresponse()
+    assert r.status == 413 and r.headers["Content-Type"] == "application/json"
+    assert json.loads(r.read()) == {"error": "the upload is too large: at most 10 MB per request"}
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    conn.close()
+
+
+def test_an_idle_connection_is_closed_after_30_to_35_seconds(server):
+    port, _ = server
+    with socket.create_connection(("127.0.0.1", port), timeout=45) as s:
+        started = time.monotonic()
+        assert s.recv(1) == b""  # closed by the server, nothing sent
+        assert 29 < time.monotonic() - started < 37
+
+
+def test_labels_that_do_not_match_warn_on_start_and_in_the_gallery(tiny_dataset):
+    port = free_port()
+    proc = start("--port", str(port), "--data", str(tiny_dataset))
+    try:
+        assert proc.stdout.readline().startswith("MIML Scenes ready")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery", timeout=30) as r:
-            assert b"of 400 test photos" in r.read()
+            page = r.read().decode()
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    warning = "the model's labels (desert, mountains, sea, sunset, trees) are not the dataset's (red, green, blue)"
+    warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and warning in warnings[0]
+    assert warning.replace("'", "&#39;") in page and 'class="notice' in page
