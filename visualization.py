@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from model.cli import add_verbose_flag, quiet_tensorflow
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python visualization.py", description="Serve the MIML Scenes web app.")
@@ -19,10 +21,11 @@ def main(argv=None):
     p.add_argument("--server", choices=["waitress", "flask"], default="waitress",
                    help="waitress (default: production WSGI server, 8 threads) or flask's development server")
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
     data = args.data or os.environ.get("MIML_DATA") or None
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(args.verbose)
     from app import create_app
     from model.data import DataError
     from model.modeldir import ModelDirError

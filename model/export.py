@@ -71,6 +71,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from model.cli import add_verbose_flag, quiet_tensorflow
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, atomic_dir, read_model_dir
 from model.graph_preprocess import preprocess_graph
 
@@ -235,9 +236,11 @@ def main(argv=None):
     p.add_argument("--data", help="dataset for the int8 calibration photos (tflite only; default: $MIML_DATA)")
     p.add_argument("--calibration", type=int, default=CALIBRATION_PHOTOS,
                    help=f"number of training photos to calibrate the int8 model on (default {CALIBRATION_PHOTOS})")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
     if args.calibration < 1:
         p.error("argument --calibration: must be at least 1")
+    quiet_tensorflow(args.verbose)
     from model.data import DataError
     try:
         files = export(args.model, args.format, args.out, args.data, args.calibration)
@@ -249,5 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines
     main()
