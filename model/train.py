@@ -193,10 +193,12 @@ def fit_model(args, dataset, splits, work):
 
 
 def choose_thresholds(args, labels, y_val, val_probs):
-    """Per-label thresholds and the 'at least one label' rule, from validation only; returns thresholds.json's content."""
+    """Per-label thresholds and the 'at least one label' rule, from validation only.
+
+    Returns the thresholds, the rule, and thresholds.json's content."""
     thresholds = tune_thresholds(y_val, val_probs, args.criterion)
     at_least_one, check = at_least_one_helps(y_val, val_probs, thresholds)
-    return {
+    return thresholds, at_least_one, {
         "labels": labels,
         "thresholds": dict(zip(labels, thresholds.tolist())),
         "criterion": args.criterion,
@@ -204,6 +206,19 @@ def choose_thresholds(args, labels, y_val, val_probs):
         "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}); never the test split",
         "at_least_one": at_least_one,
         "at_least_one_check": check,
+    }
+
+
+def training_record(args, model, work, replicas, batch_size, minutes, dataset):
+    """metrics.json's "training" section: the recipe, the run and every epoch's log row (warm-up first)."""
+    logs = [row for stage in ("warmup", "finetune") if (work / f"{stage}.log.csv").exists()
+            for row in csv.DictReader(open(work / f"{stage}.log.csv"))]
+    return {
+        "architecture": args.arch, "input_size": model.input_shape[1], "parameters": int(model.count_params()),
+        "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
+        "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size, "replicas": replicas,
+        "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
+        "checkpoint": "lowest validation loss", "history": logs,
     }
 
 
@@ -222,30 +237,21 @@ def train(args):
     from model.network import build_model
     val_probs, test_probs = predict_arrays(model, photos[val_idx]), predict_arrays(model, photos[test_idx])
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
-    thresholds_info = choose_thresholds(args, labels, y_val, val_probs)
-    rule = (np.array(list(thresholds_info["thresholds"].values())), labels, thresholds_info["at_least_one"])
-    logs = [row for stage in ("warmup", "finetune") if (work / f"{stage}.log.csv").exists()
-            for row in csv.DictReader(open(work / f"{stage}.log.csv"))]
+    thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y_val, val_probs)
     minutes = (time.time() - started) / 60
-    size = model.input_shape[1]
+    training = training_record(args, model, work, replicas, batch_size, minutes, dataset)
     metrics = {
         "labels": labels,
-        "training": {
-            "architecture": args.arch, "input_size": size, "parameters": int(model.count_params()),
-            "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
-            "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size, "replicas": replicas,
-            "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
-            "checkpoint": "lowest validation loss", "history": logs,
-        },
+        "training": training,
         "split": {"seed": args.split_seed, "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
                   "test_images": [dataset.images[i] for i in test_idx]},
-        "validation": evaluate(y_val, val_probs, *rule),
-        "test": evaluate(y_test, test_probs, *rule),
+        "validation": evaluate(y_val, val_probs, thresholds, labels, at_least_one),
+        "test": evaluate(y_test, test_probs, thresholds, labels, at_least_one),
     }
-    export = build_model(args.arch, labels, pretrained=False, size=size)  # a fresh, uncompiled copy: no optimizer state saved
+    export = build_model(args.arch, labels, pretrained=False, size=training["input_size"])  # uncompiled: no optimizer state
     export.set_weights(model.get_weights())
-    write_model_dir(out, export, thresholds_info, metrics, [dataset.images[i] for i in test_idx],
-                    y_test, test_probs, lambda path: draw_curve(logs, path))
+    write_model_dir(out, export, thresholds_info, metrics, metrics["split"]["test_images"],
+                    y_test, test_probs, lambda path: draw_curve(training["history"], path))
     shutil.rmtree(work, ignore_errors=True)
     test = metrics["test"]
     print(format_table(test))
