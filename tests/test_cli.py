@@ -98,21 +98,32 @@ def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model,
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
-def test_training_is_reproducible_with_a_seed(tiny_model, tiny_dataset, tmp_path, capsys):
+def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, tmp_path, capsys, monkeypatch):
     import re
     import warnings
-    from model.train import main
+    from model import train
     again = tmp_path / "again"
     again.mkdir()
     (again / "old.txt").write_text("replaced with --force")
-    with warnings.catch_warnings(record=True) as caught:
+    argv = ["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--force"]
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "write_model_dir", killed)  # stopped after both phases, before writing
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
         warnings.simplefilter("always")
-        main(["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--force"])
+        train.main(argv)
     assert not [w for w in caught if "shuffle" in str(w.message)]
-    assert not (again / "old.txt").exists()
     out = capsys.readouterr().out
     assert re.search(r"^warm-up \(head only\): up to 1 epochs$", out, re.M)
     assert re.search(r"^fine-tuning \(whole network\): epoch 1/1 took \d+ s; at most 0.0 min left in this phase", out, re.M)
+    assert (again / "old.txt").exists()
+
+    monkeypatch.undo()
+    train.main(argv)  # resumes from again.training: both phases are done, so it only writes
+    resumed = capsys.readouterr().out
+    assert "warm-up" not in resumed and "fine-tuning" not in resumed and "wrote" in resumed
+    assert not (again / "old.txt").exists() and not (tmp_path / "again.training").exists()
     first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, again))
     np.testing.assert_allclose(first, second, atol=1e-4)
 
