@@ -12,6 +12,8 @@ import os
 import socket
 import sys
 
+from model.cli import add_verbose_flag, quiet_tensorflow
+
 # waitress, set deliberately (see README, "Reliability and security"); a public deployment goes behind a reverse proxy.
 WAITRESS = {
     "connection_limit": 500,    # open connections, slow ones included (waitress's default, 100, let 100 idle clients
@@ -45,6 +47,7 @@ def main(argv=None):
     p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2, one core each)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
     data = args.data or os.environ.get("MIML_DATA") or None
     try:
@@ -53,7 +56,7 @@ def main(argv=None):
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow(args.verbose)
     from app import create_app
     from model.data import DataError
     from model.modeldir import ModelDirError

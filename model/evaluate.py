@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from model.cli import add_verbose_flag, quiet_tensorflow
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import format_table
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
@@ -19,7 +20,9 @@ def main(argv=None):
                    help=f"random_state of the split ({CONTRACT_SPLIT_SEED} = the contract split)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert", help="forward passes (default litert)")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         from model.inference import Classifier
         dataset = load_dataset(args.data)

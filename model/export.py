@@ -71,7 +71,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, read_model_dir
+from model.cli import add_verbose_flag, quiet_tensorflow
+from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, atomic_dir, read_model_dir
 from model.graph_preprocess import preprocess_graph
 
 FORMATS = ["saved_model", "tflite"]
@@ -181,33 +182,12 @@ def _looks_like_export(path):
         (path / "saved_model.pb").is_file() or any((path / f).is_file() for f in TFLITE_FILES.values()))
 
 
-def prepare_output(out):
-    """Check `out` can be (re)placed and create its empty temporary sibling; raises ExportError."""
+def check_output(out):
+    """Raise ExportError unless `out` is absent, empty or an earlier export (which may then be replaced)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not _looks_like_export(out):
         raise ExportError(f"{out}: exists, is not empty and is not an earlier export; choose another --out")
-    tmp = out.with_name(out.name + ".partial-write")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    except OSError as e:
-        raise ExportError(f"{out}: cannot write the export there ({e.strerror or e})") from None
-    return tmp
-
-
-def swap_into_place(tmp, out):
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old.exists() and not out.exists():
-            os.replace(old, out)  # put the earlier export back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
@@ -223,25 +203,21 @@ def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
     if fmt == "tflite":
         from model.data import load_dataset
         dataset = load_dataset(data)  # calibration photos for the int8 model; fail before any slow work
-    tmp = prepare_output(out)
+    check_output(out)
     try:
-        model = info.load_keras()
-        if model.output_shape[-1] != len(info.labels):
-            raise ModelDirError(f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
-                                f"but thresholds.json names {len(info.labels)} labels")
-        if fmt == "saved_model":
-            export_saved_model(model, info.labels, info.thresholds, info.at_least_one, tmp)
-        else:
-            export_tflite(model, calibration_photos(dataset, int(model.input_shape[1]), calibration), tmp)
-        shutil.copyfile(info.path / "thresholds.json", tmp / "thresholds.json")
-        swap_into_place(tmp, out)
+        with atomic_dir(out) as tmp:
+            model = info.load_keras()
+            if model.output_shape[-1] != len(info.labels):
+                raise ModelDirError(f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
+                                    f"but thresholds.json names {len(info.labels)} labels")
+            if fmt == "saved_model":
+                export_saved_model(model, info.labels, info.thresholds, info.at_least_one, tmp)
+            else:
+                export_tflite(model, calibration_photos(dataset, int(model.input_shape[1]), calibration), tmp)
+            shutil.copyfile(info.path / "thresholds.json", tmp / "thresholds.json")
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         where = f" at {e.filename}" if e.filename else ""
-        raise ExportError(f"{out}: cannot write the export ({e.strerror or e}{where})") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise ExportError(f"{out}: cannot write the export there ({e.strerror or e}{where})") from None
     return sorted(p for p in out.rglob("*") if p.is_file())
 
 
@@ -260,9 +236,11 @@ def main(argv=None):
     p.add_argument("--data", help="dataset for the int8 calibration photos (tflite only; default: $MIML_DATA)")
     p.add_argument("--calibration", type=int, default=CALIBRATION_PHOTOS,
                    help=f"number of training photos to calibrate the int8 model on (default {CALIBRATION_PHOTOS})")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
     if args.calibration < 1:
         p.error("argument --calibration: must be at least 1")
+    quiet_tensorflow(args.verbose)
     from model.data import DataError
     try:
         files = export(args.model, args.format, args.out, args.data, args.calibration)
@@ -274,5 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines
     main()

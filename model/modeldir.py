@@ -9,11 +9,13 @@
 It is written to a temporary sibling and renamed into place, so a run killed halfway
 leaves the previous model intact.
 """
+import contextlib
 import csv
 import json
 import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped"
 FILES = ["model.keras", "thresholds.json", "metrics.json", "test_predictions.csv"]
+MAX_JSON_BYTES = 2_000_000  # thresholds.json and metrics.json are a few kB; refuse to read a huge one whole
 
 
 class ModelDirError(Exception):
@@ -37,6 +40,8 @@ class ModelDir:
     metrics: dict
 
     def load_keras(self):
+        if not zipfile.is_zipfile(self.path / "model.keras"):
+            raise ModelDirError(f"{self.path / 'model.keras'}: not a Keras archive (truncated or damaged)")
         import keras
         try:
             return keras.saving.load_model(self.path / "model.keras", compile=False, safe_mode=True)
@@ -58,13 +63,41 @@ class ModelDir:
 
 
 def _read_json(path):
+    """The parsed file, refused (ModelDirError naming it) when missing, over MAX_JSON_BYTES or malformed."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        size = path.stat().st_size
+        if size > MAX_JSON_BYTES:
+            raise ModelDirError(f"{path}: {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for a model directory's JSON")
+        return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ModelDirError(f"{path}: missing") from None
+    except RecursionError:
+        raise ModelDirError(f"{path}: not valid JSON (nested too deeply)") from None
     except (OSError, ValueError) as e:
         raise ModelDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_thresholds(path, info):
+    """(labels, thresholds array, at_least_one) from thresholds.json's content; ModelDirError naming `path` if malformed."""
+    labels = info.get("labels") if isinstance(info, dict) else None
+    if not isinstance(labels, list) or not labels or not all(isinstance(l, str) and l for l in labels):
+        raise ModelDirError(f"{path}: needs 'labels', a list of label names")
+    twice = sorted({l for l in labels if labels.count(l) > 1})
+    if twice:
+        raise ModelDirError(f"{path}: label {twice[0]!r} appears more than once in 'labels'")
+    table = info.get("thresholds")
+    if not isinstance(table, dict) or set(table) != set(labels):
+        raise ModelDirError(f"{path}: needs 'thresholds', one entry for each of the labels")
+    for label in labels:
+        if not (_is_number(table[label]) and 0 <= table[label] <= 1):
+            raise ModelDirError(f"{path}: the threshold of {label!r} is {json.dumps(table[label])}, not a number from 0 to 1")
+    if not isinstance(info.get("at_least_one", False), bool):
+        raise ModelDirError(f"{path}: 'at_least_one' must be true or false")
+    return labels, np.array([table[l] for l in labels], dtype=np.float32), info.get("at_least_one", False)
 
 
 def read_model_dir(path=None):
@@ -76,17 +109,12 @@ def read_model_dir(path=None):
         if not (path / name).is_file():
             raise ModelDirError(f"{path / name}: missing")
     info = _read_json(path / "thresholds.json")
-    labels, table = info.get("labels") if isinstance(info, dict) else None, info.get("thresholds") if isinstance(info, dict) else None
-    if (not isinstance(labels, list) or not labels or not all(isinstance(l, str) and l for l in labels)
-            or not isinstance(table, dict) or set(table) != set(labels)
-            or not all(isinstance(table[l], (int, float)) and 0 <= table[l] <= 1 for l in labels)
-            or not isinstance(info.get("at_least_one", False), bool)):
-        raise ModelDirError(f"{path / 'thresholds.json'}: needs 'labels' (names) and 'thresholds' (one 0..1 number per label)")
+    labels, thresholds, at_least_one = _check_thresholds(path / "thresholds.json", info)
     metrics = _read_json(path / "metrics.json")
-    if not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict) for k in ("test", "validation", "training")):
+    if (not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict) for k in ("test", "validation", "training"))
+            or not isinstance(metrics.get("split", {}), dict)):
         raise ModelDirError(f"{path / 'metrics.json'}: needs 'training', 'validation' and 'test' sections")
-    return ModelDir(path, labels, np.array([table[l] for l in labels], dtype=np.float32),
-                    info.get("at_least_one", False), info, metrics)
+    return ModelDir(path, labels, thresholds, at_least_one, info, metrics)
 
 
 def _clean(value):
@@ -100,25 +128,41 @@ def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def write_model_dir(out, model, thresholds_info, metrics, test_images, test_truth, test_probs, draw_curve):
-    """Write every file into `out`.partial-write, then swap it in for `out`."""
+@contextlib.contextmanager
+def atomic_dir(out):
+    """Yield an empty temporary sibling `OUT.partial-write`; once the block succeeds, swap it in for `out`.
+
+    A block that fails (or a process killed in it) leaves the previous `out` as it was."""
     out = Path(out)
-    tmp = out.with_name(out.name + ".partial-write")
+    tmp, old = out.with_name(out.name + ".partial-write"), out.with_name(out.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save(tmp / "model.keras")
-    (tmp / "thresholds.json").write_text(json.dumps(_clean(thresholds_info), indent=2) + "\n")
-    (tmp / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
-    labels = thresholds_info["labels"]
-    with open(tmp / "test_predictions.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["image"] + [f"true_{l}" for l in labels] + [f"p_{l}" for l in labels])
-        for name, truth, probs in zip(test_images, test_truth, test_probs):
-            writer.writerow([name, *map(int, truth), *(f"{p:.6f}" for p in probs)])
-    draw_curve(tmp / "training_curve.png")
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        yield tmp
+        shutil.rmtree(old, ignore_errors=True)
+        if out.exists():
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old.exists() and not out.exists():
+                os.replace(old, out)  # put the previous one back
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_model_dir(out, model, thresholds_info, metrics, test_images, test_truth, test_probs, draw_curve):
+    """Write every file of the model directory `out`, atomically (see atomic_dir)."""
+    with atomic_dir(out) as tmp:
+        model.save(tmp / "model.keras")
+        (tmp / "thresholds.json").write_text(json.dumps(_clean(thresholds_info), indent=2) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")
+        labels = thresholds_info["labels"]
+        with open(tmp / "test_predictions.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image"] + [f"true_{l}" for l in labels] + [f"p_{l}" for l in labels])
+            for name, truth, probs in zip(test_images, test_truth, test_probs):
+                writer.writerow([name, *map(int, truth), *(f"{p:.6f}" for p in probs)])
+        draw_curve(tmp / "training_curve.png")

@@ -18,6 +18,7 @@ import sys
 from tqdm import tqdm
 
 from model.batch import IMAGE_SUFFIXES, expand, predict_paths
+from model.cli import add_verbose_flag, quiet_tensorflow
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
 
 
@@ -74,9 +75,11 @@ def main(argv=None):
     p.add_argument("--csv", metavar="FILE", help="write path, probabilities, predicted labels and error to a CSV file")
     p.add_argument("--json-file", metavar="FILE", help="write the JSON list to a file")
     p.add_argument("--batch-size", type=int, default=32, help="photos a forward pass (default 32)")
+    add_verbose_flag(p)
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    quiet_tensorflow(args.verbose)
     try:
         from model.inference import Classifier
         classifier = Classifier(args.model)

@@ -1,6 +1,6 @@
 """Train, tune and evaluate a scene classifier, and write its model directory.
 
-    python -m model.train --data DIR --out DIR [--arch efficientnet-lite0] [--epochs 20] [--seed 0] [--split-seed 100]
+    python -m model.train --data DIR --out DIR [--force] [--arch efficientnet-lite0] [--epochs 20] [--seed 0] [--split-seed 100]
 
 Protocol (every choice on validation, none on test):
 1. split: test = the contract split's 400 photos, validation = 20% of the rest;
@@ -12,7 +12,8 @@ Protocol (every choice on validation, none on test):
 4. thresholds: per label, the best validation Matthews correlation;
 5. test metrics are computed once, at the end, and only reported.
 A run that is stopped can be started again with the same command: it resumes
-from the last finished epoch.
+from the last finished epoch. An --out that already holds a model directory is
+replaced only with --force.
 """
 import argparse
 import csv
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from model.backbones.torch_legacy import WeightsFileError
+from model.cli import add_verbose_flag, quiet_tensorflow
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.modeldir import write_model_dir
@@ -50,6 +52,8 @@ def parse_args(argv=None):
                    help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)")
     p.add_argument("--distribute", choices=["none", "mirrored"], default="none",
                    help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs (batch size per replica)")
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
+    add_verbose_flag(p)
     return p.parse_args(argv)
 
 
@@ -90,8 +94,24 @@ def set_backbone_trainable(model, keras, trainable):
             layer.trainable = trainable
 
 
-def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience):
-    """One resumable fit; keeps the best-validation-loss weights in work/NAME.best.weights.h5.
+def phase_progress(keras, phase, epochs):
+    """A callback that names the phase as it starts and, after each epoch, its time and the most time left."""
+    starts, times = [], []
+
+    def epoch_end(epoch, logs):
+        times.append(time.time() - starts[-1])
+        left = (epochs - epoch - 1) * sum(times) / len(times)
+        print(f"{phase}: epoch {epoch + 1}/{epochs} took {times[-1]:.0f} s; at most {left / 60:.1f} min left "
+              "in this phase (early stopping may end it sooner)", flush=True)
+
+    return keras.callbacks.LambdaCallback(
+        on_train_begin=lambda logs: print(f"{phase}: up to {epochs} epochs", flush=True),
+        on_epoch_begin=lambda epoch, logs: starts.append(time.time()),
+        on_epoch_end=epoch_end)
+
+
+def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience, phase):
+    """One resumable fit, announced as `phase`; keeps the best-validation-loss weights in work/NAME.best.weights.h5.
     `train` is (batches, steps per epoch)."""
     best = work / f"{name}.best.weights.h5"
     if (work / f"{name}.done").exists():
@@ -104,10 +124,12 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience)
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
         keras.callbacks.CSVLogger(str(work / f"{name}.log.csv"), append=True),
+        phase_progress(keras, phase, epochs),
     ]
     batches, steps = train
+    # shuffle=False: train_batches already orders (and reorders) the samples; Keras cannot shuffle a tf.data pipeline
     model.fit(batches, validation_data=val, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=1 if sys.stdout.isatty() else 2)
+              shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
     model.load_weights(best)
     (work / f"{name}.done").touch()
 
@@ -128,25 +150,26 @@ def draw_curve(logs, path):
     plt.close(fig)
 
 
-def train(args):
-    started = time.time()
-    dataset = load_dataset(args.data)
-    labels = dataset.label_names
-    train_idx, val_idx, test_idx = split(len(dataset.images), args.split_seed)
-    out = Path(args.out)
-    work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
-    work.mkdir(parents=True, exist_ok=True)
+def refuse_to_overwrite(out, force):
+    """Stop before any work if `out` already holds something, unless --force."""
+    if not force and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
 
+
+def fit_model(args, dataset, splits, work):
+    """Build the network and train it (warm-up, then fine-tuning), resuming from `work`.
+
+    Returns the trained model, every photo at its input size, the number of replicas and the global batch size."""
     import keras
     import tensorflow as tf
-    from model.inference import predict_arrays
     from model.network import build_model
+    train_idx, val_idx, test_idx = splits
     keras.utils.set_random_seed(args.seed)
     # The default strategy is a no-op; MirroredStrategy copies the model to every GPU (one replica on a CPU).
     strategy = tf.distribute.MirroredStrategy() if args.distribute == "mirrored" else tf.distribute.get_strategy()
     batch_size = args.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
-        model = build_model(args.arch, labels, size=args.input_size)
+        model = build_model(args.arch, dataset.label_names, size=args.input_size)
         size = model.input_shape[1]
         print(f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
               f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos; "
@@ -155,59 +178,82 @@ def train(args):
         x_train, y_train = tf.constant(photos[train_idx]), tf.constant(dataset.labels[train_idx], tf.float32)
         val_ds = tf.data.Dataset.from_tensor_slices((photos[val_idx], dataset.labels[val_idx].astype("float32"))).batch(64)
 
-        def train_ds(epochs, stage):  # each stage gets its own order and augmentation
-            return train_batches(tf, x_train, y_train, batch_size, epochs, args.seed * 10 + stage)
+        def stage(name, phase, epochs, optimizer, seed):  # each stage gets its own order and augmentation
+            batches = train_batches(tf, x_train, y_train, batch_size, epochs, args.seed * 10 + seed)
+            fit_stage(model, keras, name, work, batches, val_ds, epochs, optimizer, args.patience, phase)
         if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
-            fit_stage(model, keras, "finetune", work, train_ds(args.epochs, 1), val_ds, args.epochs,
-                      keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), args.patience)
+            stage("finetune", "training from scratch", args.epochs,
+                  keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), 1)
         else:
             set_backbone_trainable(model, keras, False)
-            fit_stage(model, keras, "warmup", work, train_ds(args.warmup_epochs, 0), val_ds, args.warmup_epochs,
-                      keras.optimizers.Adam(1e-3), args.patience)
+            stage("warmup", "warm-up (head only)", args.warmup_epochs, keras.optimizers.Adam(1e-3), 0)
             set_backbone_trainable(model, keras, True)
-            fit_stage(model, keras, "finetune", work, train_ds(args.epochs, 1), val_ds, args.epochs,
-                      keras.optimizers.Adam(args.lr), args.patience)
+            stage("finetune", "fine-tuning (whole network)", args.epochs, keras.optimizers.Adam(args.lr), 1)
+    return model, photos, strategy.num_replicas_in_sync, batch_size
 
-    val_probs = predict_arrays(model, photos[val_idx])
-    test_probs = predict_arrays(model, photos[test_idx])
-    y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
+
+def choose_thresholds(args, labels, y_val, val_probs):
+    """Per-label thresholds and the 'at least one label' rule, from validation only.
+
+    Returns the thresholds, the rule, and thresholds.json's content."""
     thresholds = tune_thresholds(y_val, val_probs, args.criterion)
     at_least_one, check = at_least_one_helps(y_val, val_probs, thresholds)
-    validation = evaluate(y_val, val_probs, thresholds, labels, at_least_one)
-    test = evaluate(y_test, test_probs, thresholds, labels, at_least_one)
-    logs = [row for stage in ("warmup", "finetune") if (work / f"{stage}.log.csv").exists()
-            for row in csv.DictReader(open(work / f"{stage}.log.csv"))]
-    minutes = (time.time() - started) / 60
-
-    thresholds_info = {
+    return thresholds, at_least_one, {
         "labels": labels,
         "thresholds": dict(zip(labels, thresholds.tolist())),
         "criterion": args.criterion,
         "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
-        "chosen_on": f"validation split: {len(val_idx)} photos (split seed {args.split_seed}); never the test split",
+        "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}); never the test split",
         "at_least_one": at_least_one,
         "at_least_one_check": check,
     }
+
+
+def training_record(args, model, work, replicas, batch_size, minutes, dataset):
+    """metrics.json's "training" section: the recipe, the run and every epoch's log row (warm-up first)."""
+    logs = [row for stage in ("warmup", "finetune") if (work / f"{stage}.log.csv").exists()
+            for row in csv.DictReader(open(work / f"{stage}.log.csv"))]
+    return {
+        "architecture": args.arch, "input_size": model.input_shape[1], "parameters": int(model.count_params()),
+        "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
+        "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size, "replicas": replicas,
+        "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
+        "checkpoint": "lowest validation loss", "history": logs,
+    }
+
+
+def train(args):
+    started = time.time()
+    out = Path(args.out)
+    refuse_to_overwrite(out, args.force)
+    dataset = load_dataset(args.data)
+    labels = dataset.label_names
+    train_idx, val_idx, test_idx = split(len(dataset.images), args.split_seed)
+    work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
+    work.mkdir(parents=True, exist_ok=True)
+    model, photos, replicas, batch_size = fit_model(args, dataset, (train_idx, val_idx, test_idx), work)
+
+    from model.inference import predict_arrays
+    from model.network import build_model
+    val_probs, test_probs = predict_arrays(model, photos[val_idx]), predict_arrays(model, photos[test_idx])
+    y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
+    thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y_val, val_probs)
+    minutes = (time.time() - started) / 60
+    training = training_record(args, model, work, replicas, batch_size, minutes, dataset)
     metrics = {
         "labels": labels,
-        "training": {
-            "architecture": args.arch, "input_size": size, "parameters": int(model.count_params()),
-            "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
-            "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size,
-            "replicas": strategy.num_replicas_in_sync,
-            "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
-            "checkpoint": "lowest validation loss", "history": logs,
-        },
+        "training": training,
         "split": {"seed": args.split_seed, "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
                   "test_images": [dataset.images[i] for i in test_idx]},
-        "validation": validation,
-        "test": test,
+        "validation": evaluate(y_val, val_probs, thresholds, labels, at_least_one),
+        "test": evaluate(y_test, test_probs, thresholds, labels, at_least_one),
     }
-    export = build_model(args.arch, labels, pretrained=False, size=size)  # a fresh, uncompiled copy: no optimizer state saved
+    export = build_model(args.arch, labels, pretrained=False, size=training["input_size"])  # uncompiled: no optimizer state
     export.set_weights(model.get_weights())
-    write_model_dir(out, export, thresholds_info, metrics, [dataset.images[i] for i in test_idx],
-                    y_test, test_probs, lambda path: draw_curve(logs, path))
+    write_model_dir(out, export, thresholds_info, metrics, metrics["split"]["test_images"],
+                    y_test, test_probs, lambda path: draw_curve(training["history"], path))
     shutil.rmtree(work, ignore_errors=True)
+    test = metrics["test"]
     print(format_table(test))
     print(f"test split: Hamming loss {test['hamming_loss']:.4f}, exact match {test['exact_match']:.4f}, "
           f"mAP {test['map']:.4f}; wrote {out} in {minutes:.1f} minutes")
@@ -215,6 +261,7 @@ def train(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    quiet_tensorflow(args.verbose)
     try:
         train(args)
     except (DataError, WeightsFileError, ValueError) as e:

@@ -1,5 +1,7 @@
 import collections
+import os
 import pickle
+import pickletools
 import struct
 import sys
 import types
@@ -79,14 +81,56 @@ def test_sha256_mismatch_is_refused(tmp_path, monkeypatch):
         load_state_dict(path, sha256="0" * 64)
 
 
-def test_unexpected_pickled_objects_are_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        for header in (LEGACY_MAGIC, 1001, {}):
-            pickle.dump(header, f, protocol=2)
-        f.write(b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.")
-    with pytest.raises(WeightsFileError, match="os.system"):
-        load_state_dict(path)
+class Payload:
+    """Unpickled by a plain pickle.load, this runs a shell command."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("position", ["magic number", "state dict", "storage keys"])
+def test_pickled_code_is_refused_in_every_pickle(tmp_path, monkeypatch, position):
+    path, marker = tmp_path / "evil.pth", tmp_path / "ran"
+    write_legacy_state_dict(path, {"a": (np.ones(3), (3,), (1,))}, monkeypatch)
+    pickles = split_pickles(path.read_bytes())
+    index = {"magic number": 0, "state dict": 3, "storage keys": 4}[position]
+    pickles[index] = pickle.dumps(Payload(f"touch {marker}"), protocol=2)
+    path.write_bytes(b"".join(pickles))
+    with pytest.raises(WeightsFileError, match=r"evil\.pth: cannot read weights \(unexpected object (posix|nt)\.system\)"):
+        load_state_dict(path, sha256=sha256_of(path))  # the checksum of a crafted file proves nothing
+    assert not marker.exists()
+
+
+def split_pickles(data):
+    """The file's five pickles, then the storages' bytes as one last piece."""
+    import io
+    f, pieces = io.BytesIO(data), []
+    for _ in range(5):
+        start = f.tell()
+        for _op, _arg, _pos in pickletools.genops(f):
+            pass
+        pieces.append(data[start:f.tell()])
+    return pieces + [data[f.tell():]]
+
+
+@pytest.mark.parametrize("shape, stride, reach", [((3,), (5,), 10), ((4,), (1,), 3), ((2, 2), (2, 1), 3)])
+def test_tensor_outside_its_storage_is_refused(tmp_path, monkeypatch, shape, stride, reach):
+    path = tmp_path / "w.pth"
+    write_legacy_state_dict(path, {"a": (np.ones(3), shape, stride)}, monkeypatch)
+    with pytest.raises(WeightsFileError, match=f"w.pth: .*tensor 'a': reaches element {reach} of a storage of 3"):
+        load_state_dict(path, sha256=sha256_of(path))
+
+
+def test_storage_longer_than_the_file_is_refused(tmp_path, monkeypatch):
+    path = tmp_path / "w.pth"
+    write_legacy_state_dict(path, {"a": (np.ones(3), (3,), (1,))}, monkeypatch)
+    data = path.read_bytes()
+    path.write_bytes(data[:-4 * 3 - 8] + struct.pack("<q", 1 << 60) + data[-4 * 3:])
+    with pytest.raises(WeightsFileError, match="claims 1152921504606846976 elements, more than the file holds"):
+        load_state_dict(path, sha256=sha256_of(path))
 
 
 def test_converted_weights_are_cached(tmp_path, monkeypatch):

@@ -60,12 +60,20 @@ def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_pat
     (("model.evaluate", "--data", "/nonexistent/data"), "/nonexistent/data: dataset directory not found"),
     (("model.train", "--data", "/nonexistent/data", "--out", "/tmp/x"), "/nonexistent/data: dataset directory not found"),
     (("model.predict", "x.jpg", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
+    (("model.export", "--format", "saved_model", "--out", "/tmp/x", "--model", "/nonexistent/model"),
+     "/nonexistent/model: model directory not found"),
+    (("visualization", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
 ])
 def test_cli_errors_are_one_line(args, fragment):
     r = run(*args)
     assert r.returncode != 0
-    assert r.stderr.strip().splitlines()[-1] == f"error: {fragment}"
-    assert "Traceback" not in r.stderr
+    assert r.stderr == f"error: {fragment}\n"  # nothing else: TensorFlow's start-up lines are kept quiet too
+
+
+def test_verbose_shows_tensorflow_start_up_lines():
+    r = run("model.predict", "x.jpg", "--model", "/nonexistent/model", "--verbose")
+    assert "oneDNN custom operations are on" in r.stderr
+    assert r.stderr.endswith("error: /nonexistent/model: model directory not found\n")
 
 
 def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
@@ -81,10 +89,42 @@ def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     assert r.returncode == 1 and "model.keras" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_training_is_reproducible_with_a_seed(tiny_model, tiny_dataset, tmp_path):
+def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model, tiny_dataset):
     from model.train import main
-    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "again"), *TINY_TRAINING])
-    first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, tmp_path / "again"))
+    before = (tiny_model / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit, match=f"^error: {tiny_model}: already exists and is not empty; pass --force"):
+        main(["--data", str(tiny_dataset), "--out", str(tiny_model), *TINY_TRAINING])
+    assert (tiny_model / "metrics.json").read_bytes() == before
+    assert not tiny_model.with_name(tiny_model.name + ".training").exists()
+
+
+def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, tmp_path, capsys, monkeypatch):
+    import re
+    import warnings
+    from model import train
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "old.txt").write_text("replaced with --force")
+    argv = ["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--force"]
+
+    def killed(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "write_model_dir", killed)  # stopped after both phases, before writing
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
+        warnings.simplefilter("always")
+        train.main(argv)
+    assert not [w for w in caught if "shuffle" in str(w.message)]
+    out = capsys.readouterr().out
+    assert re.search(r"^warm-up \(head only\): up to 1 epochs$", out, re.M)
+    assert re.search(r"^fine-tuning \(whole network\): epoch 1/1 took \d+ s; at most 0.0 min left in this phase", out, re.M)
+    assert (again / "old.txt").exists()
+
+    monkeypatch.undo()
+    train.main(argv)  # resumes from again.training: both phases are done, so it only writes
+    resumed = capsys.readouterr().out
+    assert "warm-up" not in resumed and "fine-tuning" not in resumed and "wrote" in resumed
+    assert not (again / "old.txt").exists() and not (tmp_path / "again.training").exists()
+    first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, again))
     np.testing.assert_allclose(first, second, atol=1e-4)
 
 
@@ -121,3 +161,20 @@ def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
         write_model_dir(target, classifier.model, {"labels": ["x"], "thresholds": {"x": 0.5}}, {}, [], [], [], crash)
     assert (target / "thresholds.json").read_text() == before
     assert read_model_dir(target).labels == TINY_LABELS
+
+
+def test_phase_progress_prints_each_epoch_and_the_time_left(monkeypatch, capsys):
+    import keras
+    from model import train
+    clock = iter([0.0, 60.0, 60.0, 150.0])  # epoch 1 takes 60 s, epoch 2 takes 90 s
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    callback = train.phase_progress(keras, "fine-tuning", 4)
+    callback.on_train_begin({})
+    for epoch in range(2):
+        callback.on_epoch_begin(epoch, {})
+        callback.on_epoch_end(epoch, {})
+    assert capsys.readouterr().out.splitlines() == [
+        "fine-tuning: up to 4 epochs",
+        "fine-tuning: epoch 1/4 took 60 s; at most 3.0 min left in this phase (early stopping may end it sooner)",
+        "fine-tuning: epoch 2/4 took 90 s; at most 2.5 min left in this phase (early stopping may end it sooner)",
+    ]

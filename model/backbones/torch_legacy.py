@@ -3,11 +3,13 @@
 The legacy format is a run of pickles: a magic number, a protocol version, system
 info, the state dict itself (tensors refer to storages through persistent ids),
 then the list of storage keys, then each storage's raw bytes preceded by its
-element count. No torch import, and no arbitrary classes: the unpickler allows
-only the handful of globals a state dict needs.
+element count. No torch import, and no arbitrary classes: every pickle goes through
+an unpickler that allows only the handful of globals a state dict needs, the sha256 is
+required, and each tensor's offset, shape and stride are checked against its storage.
 """
 import collections
 import hashlib
+import os
 import pickle
 import struct
 
@@ -47,10 +49,14 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, *unused):
     return _TensorRef(storage, storage_offset, tuple(size), tuple(stride))
 
 
-class _StateDictUnpickler(pickle.Unpickler):
-    def __init__(self, f):
+class _Unpickler(pickle.Unpickler):
+    """Builds plain data, OrderedDicts and tensor references, nothing else: every other global is refused.
+
+    Storages (persistent ids) are accepted only where `storage_dtypes` is a dict: in the state dict."""
+
+    def __init__(self, f, storage_dtypes=None):
         super().__init__(f)
-        self.storage_dtypes = {}
+        self.storage_dtypes = storage_dtypes
 
     def find_class(self, module, name):
         if (module, name) == ("collections", "OrderedDict"):
@@ -59,39 +65,61 @@ class _StateDictUnpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if module == "torch" and name in _DTYPES:
             return name
-        raise WeightsFileError(f"unexpected object {module}.{name} in the weights file")
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 
     def persistent_load(self, pid):
-        kind, storage_type, key = pid[0], pid[1], pid[2]
-        if kind != "storage":
-            raise WeightsFileError(f"unexpected persistent id {kind!r}")
-        self.storage_dtypes[key] = _DTYPES[storage_type]
-        return key
+        if (self.storage_dtypes is None or not isinstance(pid, tuple) or len(pid) < 3 or pid[0] != "storage"
+                or pid[1] not in _DTYPES or not isinstance(pid[2], str)):
+            raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
+        self.storage_dtypes[pid[2]] = np.dtype(_DTYPES[pid[1]])
+        return pid[2]
 
 
-def load_state_dict(path, sha256=None):
-    """Return {name: numpy array} from a legacy torch.save file, checking sha256 first."""
+def _is_index_tuple(values):
+    return isinstance(values, tuple) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values)
+
+
+def _tensor(name, ref, storages):
+    """The array `ref` describes, after checking that its offset, shape and stride stay inside its storage."""
+    if not isinstance(ref, _TensorRef) or ref.storage_key not in storages:
+        raise ValueError(f"{name!r} is not a tensor with a stored storage")
+    flat = storages[ref.storage_key]
+    if not (_is_index_tuple((ref.offset,)) and _is_index_tuple(ref.shape) and _is_index_tuple(ref.stride)
+            and len(ref.shape) == len(ref.stride)):
+        raise ValueError(f"tensor {name!r}: malformed offset, shape or stride")
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+    if 0 not in ref.shape and last >= flat.size:
+        raise ValueError(f"tensor {name!r}: reaches element {last} of a storage of {flat.size}")
+    strides = tuple(s * flat.itemsize for s in ref.stride)
+    return np.array(np.lib.stride_tricks.as_strided(flat[ref.offset:], shape=ref.shape, strides=strides))
+
+
+def load_state_dict(path, sha256):
+    """Return {name: numpy array} from a legacy torch.save file, after checking its sha256.
+
+    Raises WeightsFileError, naming the file, for a wrong checksum or anything malformed."""
     try:
-        if sha256 is not None and sha256_of(path) != sha256:
+        if sha256_of(path) != sha256:
             raise WeightsFileError(f"{path}: sha256 mismatch (expected {sha256}); the file is altered or not the right one")
         with open(path, "rb") as f:
-            header = [pickle.load(f) for _ in range(3)]
+            size = os.fstat(f.fileno()).st_size
+            header = [_Unpickler(f).load() for _ in range(3)]
             if header[0] != LEGACY_MAGIC:
                 raise WeightsFileError(f"{path}: not a legacy torch.save file")
-            unpickler = _StateDictUnpickler(f)
-            refs = unpickler.load()
-            storage_keys = pickle.load(f)
+            dtypes = {}
+            refs = _Unpickler(f, dtypes).load()
+            keys = _Unpickler(f).load()
+            if not isinstance(refs, dict) or not isinstance(keys, list) or set(keys) != set(dtypes):
+                raise ValueError("the state dict and its storage keys do not match")
             storages = {}
-            for key in storage_keys:
-                dtype = np.dtype(unpickler.storage_dtypes[key])
+            for key in keys:
                 (count,) = struct.unpack("<q", f.read(8))
-                storages[key] = np.frombuffer(f.read(count * dtype.itemsize), dtype=dtype)
-    except (OSError, pickle.UnpicklingError, EOFError, struct.error) as e:
+                if not 0 <= count * dtypes[key].itemsize <= size - f.tell():
+                    raise ValueError(f"storage {key!r} claims {count} elements, more than the file holds")
+                storages[key] = np.frombuffer(f.read(count * dtypes[key].itemsize), dtype=dtypes[key])
+            return {name: _tensor(name, ref, storages) for name, ref in refs.items()}
+    except WeightsFileError:
+        raise
+    except (OSError, pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, KeyError, IndexError,
+            AttributeError, RecursionError, MemoryError) as e:
         raise WeightsFileError(f"{path}: cannot read weights ({e})") from None
-    state = {}
-    for name, ref in refs.items():
-        flat = storages[ref.storage_key]
-        strides = tuple(s * flat.itemsize for s in ref.stride)
-        view = np.lib.stride_tricks.as_strided(flat[ref.offset:], shape=ref.shape, strides=strides)
-        state[name] = np.array(view)
-    return state

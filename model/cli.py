@@ -1,0 +1,39 @@
+"""What the command-line tools share: TensorFlow's start-up log lines kept quiet unless --verbose."""
+import os
+import re
+import sys
+import tempfile
+
+# absl's INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on ...") and its notice that
+# logging is not initialised yet, both printed while TensorFlow's libraries load.
+START_UP_NOISE = re.compile(rb"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\) is called")
+
+
+def add_verbose_flag(parser):
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
+
+
+def quiet_tensorflow(verbose=False):
+    """Import TensorFlow without its start-up lines (oneDNN notice, CPU features, absl's warning), unless `verbose`.
+
+    TF_CPP_MIN_LOG_LEVEL=3 hides TensorFlow's C++ log lines (also runtime notices logged as errors, such as
+    "oneDNN supports DT_BOOL only on ..."; a failing operation still raises a Python exception with its message),
+    but the absl INFO lines printed while its libraries load ignore it: so during the import stderr goes to a
+    file, and only those lines are dropped. oneDNN itself stays on (TF_ENABLE_ONEDNN_OPTS is left alone), so
+    the numbers do not change."""
+    if verbose or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured:
+                if not START_UP_NOISE.match(line):
+                    sys.stderr.write(line.decode(errors="replace"))
