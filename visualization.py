@@ -44,7 +44,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads")
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert",
                    help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)")
-    p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2, one core each)")
+    p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)")
     add_verbose_flag(p)

@@ -34,7 +34,7 @@ def card(name, a, truth=None):
                  for i, l in enumerate(s.labels)],
         "predicted": a.predicted,
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
-        "pixels": base64.b64encode(render.to_png(Image.fromarray(a.pixels))).decode(),
+        "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
         "model_input": a.pixels,
     }
 
@@ -89,7 +89,7 @@ def photo(photo_id):
 
 @bp.post("/inspect")
 def inspect():
-    """Detail page for an uploaded photo, sent back as the model-input PNG the upload page embedded."""
+    """Detail page for an uploaded photo, sent back as the model input (lossless WebP) the upload page embedded."""
     s = scenes()
     malformed = BadRequest("the photo to inspect is missing or malformed; upload it again from the start page")
     try:
@@ -97,7 +97,7 @@ def inspect():
         a = s.classifier.analyse(raw)
     except (binascii.Error, ImageError):
         raise malformed from None
-    if not raw.startswith(b"\x89PNG") or a.size != (s.classifier.size,) * 2:
+    if raw[:4] != b"RIFF" or raw[8:12] != b"WEBP" or a.size != (s.classifier.size,) * 2:
         raise malformed
     name = request.form.get("name", "photo")[:80]
     c = card(name, a)

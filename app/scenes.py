@@ -12,7 +12,7 @@ import numpy as np
 from app import render
 from model.inference import Classifier
 
-WORKERS = 2  # interpreters in the pool, one thread each (benchmarks/serving.py: the faster choice on 2 cores)
+WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchmarks/fast_path.py: pool layouts)
 
 
 @dataclass

@@ -13,7 +13,8 @@ alone (medians):
   after warm-up and after 2000 requests (current code: both pool layouts).
 In this process: the bare Keras `predict_on_batch` of the model, the LiteRT forward pass, the
 model's FLOPs against the measured float32 matmul throughput (the compute bound), and LiteRT's raw
-throughput as one interpreter batching two photos (micro-batching) or two interpreters in parallel.
+throughput for pool layouts (interpreters x threads, 1 or 2 callers) and for micro-batching (one
+interpreter invoked on two photos at once).
 In a fresh process in each folder: batch prediction of all the dataset's photos (photos/s).
 Prints markdown tables for the README.
 """
@@ -129,17 +130,24 @@ def in_process(photo, repeats):
     m = lite.model
     three = keras.Model(m.inputs, [m.get_layer(gradcam_layer(m)).output, m.get_layer(embedding_layer(m)).output, m.output])
     flatbuffer = litert_flatbuffer(three, lite.info.path / "model.keras")
-    one, two = LiteRuntime(flatbuffer, workers=1, threads=2), LiteRuntime(flatbuffer, workers=2, threads=1)
-    pair = np.repeat(batch, 2, axis=0)
 
-    def parallel():
-        threads = [threading.Thread(target=two, args=(batch,)) for _ in range(2)]
+    def rate(runtime, callers, images, n=60):
+        """Photos/s of `callers` threads each invoking `runtime` n times on `images`."""
+        def loop():
+            for _ in range(n):
+                runtime(images)
+        runtime(images)
+        started = time.perf_counter()
+        threads = [threading.Thread(target=loop) for _ in range(callers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-    rows["microbatch_2"] = 2000 / median_ms(lambda: one(pair), repeats)
-    rows["pool_2x1"] = 2000 / median_ms(parallel, repeats)
+        return callers * n * len(images) / (time.perf_counter() - started)
+    for workers, threads in ((1, 2), (2, 1), (2, 2)):
+        runtime = LiteRuntime(flatbuffer, workers=workers, threads=threads)
+        rows[f"pool_{workers}x{threads}"] = (rate(runtime, 1, batch), rate(runtime, 2, batch))
+    rows["microbatch_2"] = rate(LiteRuntime(flatbuffer, workers=1, threads=2), 1, np.repeat(batch, 2, axis=0))
     rows["flops"] = model_flops(m)
     rows["matmul_gflops"] = matmul_gflops()
     return rows
@@ -193,11 +201,12 @@ def main():
     print(f"| 8 clients / 1 client | {old['rps_8'] / old['rps_1']:.2f}x | {new['rps_8'] / new['rps_1']:.2f}x | |")
     print(f"| Server RSS after warm-up / after 2200 requests (MB) | {old['rss_warm']:.0f} / {old['rss_after']:.0f} | "
           f"{new['rss_warm']:.0f} / {new['rss_after']:.0f} | |")
-    print(f"\nPool layouts (now): 2 interpreters x 1 thread: {new['rps_1']:.1f} -> {new['rps_8']:.1f} requests/s "
+    print(f"\nServer, pool of 2 interpreters x 2 threads (default): {new['rps_1']:.1f} -> {new['rps_8']:.1f} requests/s "
           f"(1 -> 8 clients), predict {new['predict']:.1f} ms; 1 interpreter x 2 threads: {one_interpreter['rps_1']:.1f} -> "
           f"{one_interpreter['rps_8']:.1f} requests/s, predict {one_interpreter['predict']:.1f} ms.")
-    print(f"LiteRT raw throughput: micro-batch of 2 on one 2-thread interpreter {local['microbatch_2']:.0f} photos/s; "
-          f"two 1-thread interpreters in parallel {local['pool_2x1']:.0f} photos/s.")
+    print("LiteRT alone, photos/s with 1 / 2 callers: " + "; ".join(
+        f"{k[5:]} {local[k][0]:.0f} / {local[k][1]:.0f}" for k in ("pool_1x2", "pool_2x1", "pool_2x2")) +
+        f"; micro-batches of 2 photos on one 2-thread interpreter: {local['microbatch_2']:.0f}.")
     print(f"\nIn process: bare Keras predict_on_batch {local['keras_pob']:.1f} ms; LiteRT forward {local['litert_forward']:.1f} ms; "
           f"JPEG bytes to labels {local['in_process']:.1f} ms; analyse (labels, maps, embedding) {local['analyse']:.1f} ms; "
           f"HTTP predict / bare Keras = {new['predict'] / local['keras_pob']:.2f}x.")

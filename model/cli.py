@@ -3,10 +3,13 @@ import os
 import re
 import sys
 import tempfile
+from contextlib import contextmanager
 
 # absl's INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on ...") and its notice that
-# logging is not initialised yet, both printed while TensorFlow's libraries load.
-START_UP_NOISE = re.compile(rb"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\) is called")
+# logging is not initialised yet, both printed while TensorFlow's libraries load; LiteRT's notice for its
+# first interpreter.
+START_UP_NOISE = re.compile(rb"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\) is called"
+                            rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU")
 
 
 def add_verbose_flag(parser):
@@ -24,12 +27,19 @@ def quiet_tensorflow(verbose=False):
     if verbose or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with without_start_up_noise():
+        import tensorflow  # noqa: F401
+
+
+@contextmanager
+def without_start_up_noise():
+    """Send stderr (the file descriptor: C++ writes there) to a file meanwhile; then write back all but START_UP_NOISE."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
             os.dup2(saved, 2)
             os.close(saved)

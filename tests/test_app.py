@@ -5,6 +5,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -89,9 +90,11 @@ def test_upload_fragment_and_per_file_errors(client, sea_photo):
     assert r.status_code == 415 and "bad.jpg" in r.get_data(as_text=True)
 
 
-def test_inspect_uploaded_photo_and_layers(client, sea_photo):
+def test_inspect_uploaded_photo_and_layers(client, scenes, sea_photo):
     html = post_photos(client, "/", ("a.jpg", sea_photo)).get_data(as_text=True)
     pixels = re.search(r'name="pixels" value="([^"]+)"', html).group(1)
+    sent = Image.open(io.BytesIO(base64.b64decode(pixels)))
+    assert sent.format == "WEBP" and np.array_equal(np.asarray(sent.convert("RGB")), scenes.classifier.load(sea_photo))
     r = client.post("/inspect", data={"pixels": pixels, "name": "a.jpg", "layer": "block05_dw_activation"})
     page = r.get_data(as_text=True)
     assert r.status_code == 200 and "Layer activations" in page and "block05_dw_activation</strong>" in page
