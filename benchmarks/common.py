@@ -4,6 +4,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -68,3 +69,14 @@ def start_server(root, args=(), timeout=180):
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"the app in {root} did not start within {timeout} s")
+
+
+def in_threads(fn, n):
+    """Run `fn()` in `n` threads at once; seconds until all are done."""
+    started = time.perf_counter()
+    threads = [threading.Thread(target=fn) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started

@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import call, median_ms, multipart, rss_mb, start_server  # noqa: E402
+from benchmarks.common import call, in_threads, median_ms, multipart, rss_mb, start_server  # noqa: E402
 
 BATCH_SNIPPET = """
 import sys, time
@@ -71,13 +71,7 @@ def requests_per_second(port, photos, clients, total):
                 return
             call(port, "POST", "/api/predict", *bodies[n % len(bodies)], expect=200)
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return total / (time.perf_counter() - started)
+    return total / in_threads(client, clients)
 
 
 def measure_server(root, args, photo, phone, photos, extra=()):
@@ -137,13 +131,7 @@ def in_process(photo, repeats):
             for _ in range(n):
                 runtime(images)
         runtime(images)
-        started = time.perf_counter()
-        threads = [threading.Thread(target=loop) for _ in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return callers * n * len(images) / (time.perf_counter() - started)
+        return callers * n * len(images) / in_threads(loop, callers)
     for workers, threads in ((1, 2), (2, 1), (2, 2)):
         runtime = LiteRuntime(flatbuffer, workers=workers, threads=threads)
         rows[f"pool_{workers}x{threads}"] = (rate(runtime, 1, batch), rate(runtime, 2, batch))

@@ -27,7 +27,8 @@ saved_model
 
     The in-graph preprocessing mirrors model/preprocess.py (Pillow 13, as pinned) pixel for pixel:
     - decoding: JPEG with libjpeg's accurate integer DCT, as Pillow does (TF's default DCT differs
-      by up to 5 grey levels); other formats with tf.io.decode_image(channels=0,
+      by up to 5 grey levels), and a JPEG at least 8x the input size at the same 1/2, 1/4 or 1/8
+      DCT scale Pillow's draft() picks (decode_jpeg's `ratio`); other formats with tf.io.decode_image(channels=0,
       expand_animations=False), i.e. the first frame of an animation, then greyscale to RGB and
       transparent pixels composited on neutral grey (127) as preprocess.py does;
     - letterbox: the longer side becomes the model's input size, keeping the aspect ratio, centred
@@ -41,8 +42,8 @@ saved_model
     pixels equal preprocess.load_image's exactly, so the probabilities equal the Keras path's.
     Not mirrored: EXIF orientation is NOT applied in the graph (a phone photo stored sideways
     with an EXIF orientation tag is classified as stored: send it upright), TIFF is not decoded,
-    GIF transparency is ignored, and 16-bit PNGs are reduced to 8 bits by TF (up to 2 levels
-    off). The pixel limit is checked from the header before decoding JPEG and PNG, after
+    GIF transparency is ignored, HEIC and AVIF are not decoded, and 16-bit PNGs are reduced to
+    8 bits by TF (up to 2 levels off). The pixel limit is checked from the header before decoding JPEG and PNG, after
     decoding for the other formats.
 
 tflite

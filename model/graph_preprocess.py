@@ -123,13 +123,30 @@ def _check_pixels(tf, height, width):
         message=f"image has too many pixels (limit {MAX_PIXELS:,})")
 
 
-def _decode(tf, data):
+JPEG_RATIOS = (1, 2, 4, 8)
+
+
+def _jpeg_ratio_index(tf, height, width, size):
+    """Index in JPEG_RATIOS of preprocess._open_scaled's DCT scale, as Pillow's JpegImageFile.draft picks it."""
+    longer = tf.maximum(height, width)
+    s = 2 * size / tf.cast(longer, tf.float64)
+    req_w = tf.maximum(1, tf.cast(tf.round(tf.cast(width, tf.float64) * s), tf.int32))
+    req_h = tf.maximum(1, tf.cast(tf.round(tf.cast(height, tf.float64) * s), tf.int32))
+    scale = tf.minimum(width // req_w, height // req_h)
+    index = tf.where(scale >= 8, 3, tf.where(scale >= 4, 2, tf.where(scale >= 2, 1, 0)))
+    return tf.where(longer >= 8 * size, index, 0)
+
+
+def _decode(tf, data, size):
     """Encoded photo -> uint8 [h, w, 3], checking the size from the header first where that is cheap."""
     def jpeg():
         shape = tf.io.extract_jpeg_shape(data)
         with tf.control_dependencies([_check_pixels(tf, shape[0], shape[1])]):
-            # Pillow decodes with libjpeg's accurate integer DCT; TF's default is the fast one.
-            return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+            # Pillow decodes with libjpeg's accurate integer DCT; TF's default is the fast one. A large
+            # JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT, as preprocess.py asks Pillow to.
+            branches = [lambda r=r: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE", ratio=r)
+                        for r in JPEG_RATIOS]
+            return tf.switch_case(_jpeg_ratio_index(tf, shape[0], shape[1], size), branches)
 
     def other():
         def png_header_check():  # IHDR: big-endian width and height at bytes 16..23
@@ -153,7 +170,7 @@ def _decode(tf, data):
 
 def preprocess_graph(tf, data, size):
     """Encoded photo (scalar tf.string) -> uint8 [size, size, 3], like preprocess.load_image without EXIF."""
-    image = _decode(tf, data)
+    image = _decode(tf, data, size)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     scale = size / tf.cast(tf.maximum(h, w), tf.float64)
     # Python's round() in preprocess.letterbox rounds half to even, as tf.round does.

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model.backbones.efficientnet_lite import cache_dir
+from model.backbones.torch_legacy import sha256_of
 from model.cli import without_start_up_noise
 from model.data import load_dataset
 from model.metrics import HEADLINE, evaluate
@@ -61,14 +62,6 @@ def predict_arrays(model, images, batch_size=64):
                            for i in range(0, len(images), batch_size)])
 
 
-def file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def litert_flatbuffer(three_outputs, model_path):
     """The float32 flatbuffer of `three_outputs`, converted once per model file and cached on disk.
 
@@ -76,7 +69,7 @@ def litert_flatbuffer(three_outputs, model_path):
     does not match is converted again (a half-written or damaged cache never reaches LiteRT)."""
     import tensorflow as tf
     folder = cache_dir() / "litert"
-    path = folder / f"{file_sha256(model_path)}.tflite"
+    path = folder / f"{sha256_of(model_path)}.tflite"
     check = path.with_suffix(".sha256")
     try:
         flatbuffer = path.read_bytes()
@@ -233,17 +226,20 @@ class Classifier:
         """(n, size, size, 3) uint8 -> (feature maps, embeddings, probabilities), one pass."""
         return self._forward(np.asarray(images, dtype=np.float32))
 
+    def _batched(self, images, batch_size, output):
+        """One of the forward's outputs for any number of images, `batch_size` photos a pass."""
+        images = np.asarray(images)  # a list of arrays would be converted once per pass otherwise
+        if len(images) == 0:
+            return self.forward(np.zeros((1, self.size, self.size, 3), np.uint8))[output][:0]
+        return np.concatenate([self.forward(images[i:i + batch_size])[output] for i in range(0, len(images), batch_size)])
+
     def probabilities(self, images, batch_size=32):
-        """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities, `batch_size` photos a pass."""
-        images = np.asarray(images)
-        out = [self.forward(images[i:i + batch_size])[2] for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
+        """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities."""
+        return self._batched(images, batch_size, 2)
 
     def embeddings(self, images, batch_size=32):
-        """(n, d) pooled embeddings."""
-        images = np.asarray(images)
-        out = [self.forward(images[i:i + batch_size])[1] for i in range(0, len(images), batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.model.get_layer(embedding_layer(self.model)).output.shape[-1]), np.float32)
+        """(n, size, size, 3) uint8, or a list of n images -> (n, d) pooled embeddings."""
+        return self._batched(images, batch_size, 1)
 
     def classify(self, images, batch_size=32):
         """results() for each image (model-input arrays)."""

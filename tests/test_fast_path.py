@@ -202,8 +202,8 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     monkeypatch.setenv("MIML_CACHE", str(tmp_path))
     first = Classifier()
     (cached,) = (tmp_path / "litert").glob("*.tflite")
-    from model.inference import file_sha256
-    assert cached.stem == file_sha256(ROOT / "model" / "shipped" / "model.keras")
+    from model.backbones.torch_legacy import sha256_of
+    assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
     cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
     second = Classifier()
     assert cached.stat().st_size > 10_000_000

@@ -101,5 +101,5 @@ def test_no_photos_found_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2 and r.stdout == b""
     lines = r.stderr.decode().strip().splitlines()
     assert lines[-1] == (f"error: no photos found in {tmp_path / 'empty'}, {tmp_path / 'notes'} "
-                         "(image files end in .bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
+                         "(image files end in .avif, .bmp, .gif, .heic, .heif, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
     assert not any(line.startswith("error") for line in lines[:-1]) and "Traceback" not in r.stderr.decode()
