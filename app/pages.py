@@ -1,6 +1,8 @@
 """HTML pages: upload, photo detail with layer activations, test-set gallery, evaluation, model."""
 import base64
 import binascii
+import re
+from collections import Counter
 
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, render_template, request
@@ -124,6 +126,33 @@ def choose(name, options, default):
     return value
 
 
+def label_set_arg(name):
+    """The exact label set asked for by query parameter `name` as 0/1 flags (labels separated by spaces, '+' or
+    commas; an empty value is the empty set), or None when the parameter is absent. 400 for an unknown label."""
+    value = request.args.get(name)
+    if value is None:
+        return None
+    labels = scenes().labels
+    chosen = [l for l in re.split(r"[\s,+]+", value) if l]
+    unknown = [l for l in chosen if l not in labels]
+    if unknown:
+        abort(400, description=f"{name}: unknown label {unknown[0]!r}; labels are {', '.join(labels)} "
+                               f"(an empty {name}= means no label)")
+    return np.array([l in chosen for l in labels], dtype=np.uint8)
+
+
+def label_set(labels, flags):
+    """The names of the labels whose flag is set, in label order."""
+    return tuple(l for l, on in zip(labels, flags) if on)
+
+
+def label_set_confusions(labels, truth, predicted):
+    """[(true label set, predicted label set, photos)] over the photos whose predicted set is not their true one,
+    most frequent first (ties in label order)."""
+    counts = Counter((label_set(labels, t), label_set(labels, p)) for t, p in zip(truth, predicted) if (t != p).any())
+    return [(t, p, n) for (t, p), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
 @bp.get("/gallery")
 def gallery():
     s = scenes()
@@ -135,8 +164,11 @@ def gallery():
     if show in ("fp", "fn") and not label:
         abort(400, description="choose a label to see its false positives or false negatives")
     j = s.labels.index(label) if label else None
+    exact = {"truth": label_set_arg("truth"), "predicted": label_set_arg("predicted")}
 
     def keep(t):
+        if any(flags is not None and not np.array_equal(getattr(t, key), flags) for key, flags in exact.items()):
+            return False
         involved = j is None or t.truth[j] or t.predicted[j]
         return {"all": involved,
                 "fp": j is not None and t.predicted[j] and not t.truth[j],
@@ -157,8 +189,10 @@ def gallery():
     if not 1 <= page <= pages:
         abort(404, description=f"page {page} does not exist; there are {pages}")
     shown = photos[(page - 1) * PER_PAGE: page * PER_PAGE]
+    sets = {key: " ".join(label_set(s.labels, flags)) for key, flags in exact.items() if flags is not None}
     return render_template("gallery.html", photos=shown, count=len(photos), total=len(s.test_photos),
-                           page=page, pages=pages, label=label, show=show, sort=sort, SHOW=SHOW, SORT=SORT)
+                           page=page, pages=pages, label=label, show=show, sort=sort, SHOW=SHOW, SORT=SORT,
+                           sets=sets, query={"label": label, "show": show, "sort": sort, **sets})
 
 
 def pr_curve_points(truth, probs, width=240, height=180):
@@ -172,12 +206,14 @@ def evaluation():
     s = scenes()
     info = s.classifier
     names, truth, probs = info.test_predictions()
+    confusions = label_set_confusions(s.labels, truth, info.decide(probs)) if len(truth) else []
     curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels)
               if truth[:, j].any()}
     data = {"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
             "at_least_one": info.at_least_one, "truth": truth.tolist(), "probs": np.round(probs, 5).tolist()}
     return render_template("evaluation.html", metrics=info.metrics, headline=info.HEADLINE, curves=curves,
-                           data=data, thresholds_info=info.thresholds_info)
+                           data=data, thresholds_info=info.thresholds_info, confusions=confusions,
+                           mismatched=sum(n for _, _, n in confusions), gallery=s.dataset is not None)
 
 
 @bp.get("/model")
