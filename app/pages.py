@@ -60,6 +60,12 @@ def upload():
     return render_template(template, cards=cards, errors=errors), status
 
 
+@bp.get("/batch")
+def batch():
+    """Many photos from a folder or a ZIP, predicted from the browser through /api/predict (static/batch.js)."""
+    return render_template("batch.html", per_request=current_app.config["MAX_FILES"])
+
+
 def layer_view(pixels, layer):
     """The layer list, and the channel grid of `layer` (404 for an unknown one)."""
     s = scenes()
@@ -219,14 +225,14 @@ def evaluation():
 MIML_LABELS = ["desert", "mountains", "sea", "sunset", "trees"]
 # Published results on MIML (lower is better but for exact match and average precision); None: not reported.
 PUBLISHED = [
-    {"model": "MLDF (Yang et al., ECAI 2020): deep forest on hand-crafted features", "cv": True,
+    {"model": "MLDF (Yang et al., ECAI 2020): deep forest on hand-crafted features", "kind": "5-fold CV",
      "protocol": "5-fold cross-validation over all 2000 photos",
      "hamming_loss": 0.148, "exact_match": None, "one_error": 0.239, "coverage": 0.159, "ranking_loss": 0.129,
      "average_precision": 0.842},
-    {"model": "Best honest pixel-trained CNN we know of", "cv": False,
-     "protocol": "its own held-out test photos, as published (not this split)",
+    {"model": "Best honest pixel-trained CNN we know of", "kind": "other split",
+     "protocol": "held-out test photos as published, not this split",
      "hamming_loss": 0.1265, "exact_match": 0.585},
-    {"model": "The original project's 4-layer CNN, as it reported", "cv": False,
+    {"model": "The original project's 4-layer CNN, as it reported", "kind": "single split",
      "protocol": "this 400-photo test split, but thresholds and checkpoint tuned on it",
      "hamming_loss": 0.1395, "exact_match": 0.54},
 ]
@@ -241,7 +247,8 @@ def our_comparison_row(classifier):
     test = classifier.metrics["test"]
     _, truth, probs = classifier.test_predictions()
     seed = classifier.metrics["split"]["seed"]
-    return {"model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)", "cv": False,
+    return {"model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
+            "kind": "single split",
             "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
                         f"{': the contract split' if seed == 100 else ''}), thresholds and checkpoint from validation",
             **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
