@@ -63,7 +63,8 @@ def upload():
 @bp.get("/batch")
 def batch():
     """Many photos from a folder or a ZIP, predicted from the browser through /api/predict (static/batch.js)."""
-    return render_template("batch.html", per_request=current_app.config["MAX_FILES"])
+    return render_template("batch.html", per_request=current_app.config["MAX_FILES"],
+                           max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
 
 
 def layer_view(pixels, layer):

@@ -6,7 +6,8 @@ document.documentElement.classList.add("js");
 const form = document.querySelector("[data-batch]");
 const PREDICT_URL = form.dataset.predictUrl;
 const PER_REQUEST = Number(form.dataset.perRequest);   // the server's limit of photos a request
-const REQUEST_BYTES = 9 * 1024 * 1024;                 // under its 10 MB a request, with room for the form's own bytes
+const MAX_BYTES = Number(form.dataset.maxBytes);      // the server's limit of bytes a request
+const REQUEST_BYTES = MAX_BYTES * 0.9;                 // with room for the form's own bytes
 const LANES = 2;                                       // requests in flight: one uploads while the other is predicted
 const labels = [...document.querySelectorAll("[data-batch-table] [data-label]")].map((b) => b.dataset.label);
 const tbody = document.querySelector("[data-batch-table] tbody");
@@ -183,7 +184,7 @@ form.querySelector("[data-batch-zip]").addEventListener("change", async (e) => {
   const file = e.target.files[0];
   if (!file) return;
   try {
-    run(await zipEntries(file));
+    run(await zipEntries(file, MAX_BYTES));
   } catch (err) {
     progress.hidden = false;
     status.textContent = err.message;

@@ -10,7 +10,8 @@ async function zipView(file, start, end) {
 }
 
 // [{name, size, blob: () => Promise<Blob>}] for the files in `file` (folders left out); throws on a damaged ZIP.
-async function zipEntries(file) {
+// An entry is inflated to at most `maxBytes` and never past the size the directory gives it (no ZIP bomb).
+async function zipEntries(file, maxBytes) {
   const tailStart = Math.max(0, file.size - 22 - 65535);  // the end record, after at most a 64 KB comment
   const tail = await zipView(file, tailStart, file.size);
   let end = -1;
@@ -29,18 +30,30 @@ async function zipEntries(file) {
       name: decoder.decode(new Uint8Array(dir.buffer, dir.byteOffset + p + 46, dir.getUint16(p + 28, true))),
     };
     p += 46 + dir.getUint16(p + 28, true) + dir.getUint16(p + 30, true) + dir.getUint16(p + 32, true);
-    if (!entry.name.endsWith("/")) entries.push({ name: entry.name, size: entry.size, blob: () => zipEntryBlob(file, entry) });
+    if (!entry.name.endsWith("/")) entries.push({ name: entry.name, size: entry.size, blob: () => zipEntryBlob(file, entry, maxBytes) });
   }
   return entries;
 }
 
-async function zipEntryBlob(file, entry) {
+async function zipEntryBlob(file, entry, maxBytes) {
   if (entry.flags & 1) throw new Error("encrypted ZIP entry");
+  if (entry.size > maxBytes) throw new Error(`${(entry.size / 2 ** 20).toFixed(1)} MB unzipped, over the ${maxBytes / 2 ** 20} MB a request`);
   const head = await zipView(file, entry.local, entry.local + 30);
   if (head.byteLength < 30 || head.getUint32(0, true) !== ZIP_LOCAL) throw new Error("damaged ZIP entry");
   const start = entry.local + 30 + head.getUint16(26, true) + head.getUint16(28, true);
   const data = file.slice(start, start + entry.compressed);
   if (entry.method === 0) return data;
   if (entry.method !== 8) throw new Error(`ZIP compression method ${entry.method} is not supported (only stored and deflate)`);
-  return new Response(data.stream().pipeThrough(new DecompressionStream("deflate-raw"))).blob();
+  const reader = data.stream().pipeThrough(new DecompressionStream("deflate-raw")).getReader();
+  const chunks = [];
+  for (let inflated = 0; ;) {
+    const { done, value } = await reader.read();
+    if (done) return new Blob(chunks);
+    inflated += value.length;
+    if (inflated > entry.size) {
+      reader.cancel();
+      throw new Error("damaged ZIP entry: it inflates past its stated size");
+    }
+    chunks.push(value);
+  }
 }

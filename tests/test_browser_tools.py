@@ -3,6 +3,7 @@
 Chromium runs with a fake camera (a moving test pattern) that it may use without asking."""
 import csv
 import io
+import json
 import shutil
 import zipfile
 
@@ -128,6 +129,15 @@ def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path)
         else:
             assert [float(p) for p in probs] == [expected[path]["probabilities"][l] for l in scenes.labels]
             assert predicted.split() == expected[path]["predicted"] and error == ""
+    with page.expect_download() as info:
+        page.click("[data-download=json]")
+    listed = json.loads(open(info.value.path()).read())
+    assert [r["path"] for r in listed] == [line[0] for line in lines[1:]]
+    for r in listed:
+        if r["path"] in bad:
+            assert r["probabilities"] is None and r["predicted"] == [] and bad[r["path"]] in r["error"]
+        else:
+            assert {k: r[k] for k in ("probabilities", "predicted")} == expected[r["path"]] and r["error"] is None
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the table scrolls inside its box
     page.screenshot(path=str(SHOTS / "batch-phone.png"))
@@ -150,6 +160,16 @@ def test_a_thousand_photos_without_a_reload(page, base_url, miml_data, tmp_path)
     assert page.inner_text("[data-batch-status]").startswith("Done: 1001 of 1001 photos")
 
 
+def set_stated_size(archive, name, size):
+    """Overwrite the uncompressed size the ZIP's central directory states for entry `name`."""
+    data = bytearray(archive.read_bytes())
+    at = data.index(b"PK\x01\x02")  # a central directory signature; the name must follow it too
+    while data[at + 46: at + 46 + int.from_bytes(data[at + 28: at + 30], "little")] != name.encode():
+        at = data.index(b"PK\x01\x02", at + 4)
+    data[at + 24: at + 28] = size.to_bytes(4, "little")
+    archive.write_bytes(bytes(data))
+
+
 def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  # noqa: F811
     files, expected = photos
     archive = tmp_path / "photos.zip"
@@ -160,12 +180,17 @@ def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  
         for name, (content, _) in BAD.items():
             z.writestr(name, content, compress_type=zipfile.ZIP_DEFLATED)
         z.writestr("__MACOSX/album/._1.jpg", b"resource fork")
+        z.writestr("bomb.jpg", bytes(1_000_000), compress_type=zipfile.ZIP_DEFLATED)  # 1 KB deflated
+        z.writestr("huge.jpg", b"x", compress_type=zipfile.ZIP_STORED)
+    set_stated_size(archive, "bomb.jpg", 1000)  # says 1000 bytes: inflating it stops there
+    set_stated_size(archive, "huge.jpg", 11 * 2 ** 20)  # says 11 MB: never read
     page.goto(base_url + "/batch")
     page.set_input_files("[data-batch-zip]", str(archive))
     page.wait_for_selector("[data-batch-status]:has-text('Done')", timeout=120000)
-    assert page.inner_text("[data-batch-status]").startswith("Done: 40 of 40 photos")
-    assert_full_table(page, {f"album/{p}": r for p, r in expected.items()},
-                      {n: words for n, (_, words) in BAD.items()}, scenes.labels)
+    assert page.inner_text("[data-batch-status]").startswith("Done: 42 of 42 photos")
+    bad = {n: words for n, (_, words) in BAD.items()}
+    bad.update({"bomb.jpg": "inflates past its stated size", "huge.jpg": "11.0 MB unzipped, over the 10 MB a request"})
+    assert_full_table(page, {f"album/{p}": r for p, r in expected.items()}, bad, scenes.labels)
 
     page.goto(base_url + "/batch")
     page.set_input_files("[data-batch-zip]", files=[{"name": "x.zip", "mimeType": "application/zip", "buffer": b"PK nothing"}])
