@@ -1,11 +1,13 @@
 """HTML pages: upload, photo detail with layer activations, test-set gallery, evaluation, model."""
 import base64
 import binascii
+import re
+from collections import Counter
 
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from PIL import Image
-from sklearn.metrics import precision_recall_curve
+from sklearn.metrics import label_ranking_average_precision_score, precision_recall_curve
 from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
@@ -56,6 +58,13 @@ def upload():
     status = 200 if cards else status
     template = "_results.html" if request.headers.get("X-Requested-With") == "fetch" else "index.html"
     return render_template(template, cards=cards, errors=errors), status
+
+
+@bp.get("/batch")
+def batch():
+    """Many photos from a folder or a ZIP, predicted from the browser through /api/predict (static/batch.js)."""
+    return render_template("batch.html", per_request=current_app.config["MAX_FILES"],
+                           max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
 
 
 def layer_view(pixels, layer):
@@ -124,6 +133,33 @@ def choose(name, options, default):
     return value
 
 
+def label_set_arg(name):
+    """The exact label set asked for by query parameter `name` as 0/1 flags (labels separated by spaces, '+' or
+    commas; an empty value is the empty set), or None when the parameter is absent. 400 for an unknown label."""
+    value = request.args.get(name)
+    if value is None:
+        return None
+    labels = scenes().labels
+    chosen = [l for l in re.split(r"[\s,+]+", value) if l]
+    unknown = [l for l in chosen if l not in labels]
+    if unknown:
+        abort(400, description=f"{name}: unknown label {unknown[0]!r}; labels are {', '.join(labels)} "
+                               f"(an empty {name}= means no label)")
+    return np.array([l in chosen for l in labels], dtype=np.uint8)
+
+
+def label_set(labels, flags):
+    """The names of the labels whose flag is set, in label order."""
+    return tuple(l for l, on in zip(labels, flags) if on)
+
+
+def label_set_confusions(labels, truth, predicted):
+    """[(true label set, predicted label set, photos)] over the photos whose predicted set is not their true one,
+    most frequent first (ties in label order)."""
+    counts = Counter((label_set(labels, t), label_set(labels, p)) for t, p in zip(truth, predicted) if (t != p).any())
+    return [(t, p, n) for (t, p), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+
+
 @bp.get("/gallery")
 def gallery():
     s = scenes()
@@ -135,8 +171,11 @@ def gallery():
     if show in ("fp", "fn") and not label:
         abort(400, description="choose a label to see its false positives or false negatives")
     j = s.labels.index(label) if label else None
+    exact = {"truth": label_set_arg("truth"), "predicted": label_set_arg("predicted")}
 
     def keep(t):
+        if any(flags is not None and not np.array_equal(getattr(t, key), flags) for key, flags in exact.items()):
+            return False
         involved = j is None or t.truth[j] or t.predicted[j]
         return {"all": involved,
                 "fp": j is not None and t.predicted[j] and not t.truth[j],
@@ -157,8 +196,10 @@ def gallery():
     if not 1 <= page <= pages:
         abort(404, description=f"page {page} does not exist; there are {pages}")
     shown = photos[(page - 1) * PER_PAGE: page * PER_PAGE]
+    sets = {key: " ".join(label_set(s.labels, flags)) for key, flags in exact.items() if flags is not None}
     return render_template("gallery.html", photos=shown, count=len(photos), total=len(s.test_photos),
-                           page=page, pages=pages, label=label, show=show, sort=sort, SHOW=SHOW, SORT=SORT)
+                           page=page, pages=pages, label=label, show=show, sort=sort, SHOW=SHOW, SORT=SORT,
+                           sets=sets, query={"label": label, "show": show, "sort": sort, **sets})
 
 
 def pr_curve_points(truth, probs, width=240, height=180):
@@ -172,16 +213,62 @@ def evaluation():
     s = scenes()
     info = s.classifier
     names, truth, probs = info.test_predictions()
+    confusions = label_set_confusions(s.labels, truth, info.decide(probs)) if len(truth) else []
     curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels)
               if truth[:, j].any()}
     data = {"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
             "at_least_one": info.at_least_one, "truth": truth.tolist(), "probs": np.round(probs, 5).tolist()}
     return render_template("evaluation.html", metrics=info.metrics, headline=info.HEADLINE, curves=curves,
-                           data=data, thresholds_info=info.thresholds_info)
+                           data=data, thresholds_info=info.thresholds_info, confusions=confusions,
+                           mismatched=sum(n for _, _, n in confusions), gallery=s.dataset is not None)
+
+
+MIML_LABELS = ["desert", "mountains", "sea", "sunset", "trees"]
+# Published results on MIML (lower is better but for exact match and average precision); None: not reported.
+PUBLISHED = [
+    {"model": "MLDF (Yang et al., ECAI 2020): deep forest on hand-crafted features", "kind": "5-fold CV",
+     "protocol": "5-fold cross-validation over all 2000 photos",
+     "hamming_loss": 0.148, "exact_match": None, "one_error": 0.239, "coverage": 0.159, "ranking_loss": 0.129,
+     "average_precision": 0.842},
+    {"model": "Best honest pixel-trained CNN we know of", "kind": "other split",
+     "protocol": "held-out test photos as published, not this split",
+     "hamming_loss": 0.1265, "exact_match": 0.585},
+    {"model": "The original project's 4-layer CNN, as it reported", "kind": "single split",
+     "protocol": "this 400-photo test split, but thresholds and checkpoint tuned on it",
+     "hamming_loss": 0.1395, "exact_match": 0.54},
+]
+COMPARED = {"hamming_loss": ("Hamming loss", "lower"), "exact_match": ("exact match", "higher"),
+            "one_error": ("one-error", "lower"), "coverage": ("coverage / labels", "lower"),
+            "ranking_loss": ("ranking loss", "lower"), "average_precision": ("average precision", "higher")}
+
+
+def our_comparison_row(classifier):
+    """The model's test metrics in the published results' terms: coverage per label (MIML's coverage, i.e.
+    sklearn's coverage_error - 1, over the number of labels) and example-based average precision (LRAP)."""
+    test = classifier.metrics["test"]
+    _, truth, probs = classifier.test_predictions()
+    seed = classifier.metrics["split"]["seed"]
+    return {"model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
+            "kind": "single split",
+            "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
+                        f"{': the contract split' if seed == 100 else ''}), thresholds and checkpoint from validation",
+            **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
+            "coverage": test["coverage"] / len(classifier.labels),
+            "average_precision": float(label_ranking_average_precision_score(truth, probs)) if len(truth) else None}
 
 
 @bp.get("/model")
 def model_page():
     s = scenes()
-    return render_template("model.html", info=s.classifier, layers=s.classifier.layers(),
-                           size=s.classifier.size, dataset=s.dataset)
+    rows = [our_comparison_row(s.classifier)] + (PUBLISHED if s.labels == MIML_LABELS else [])
+    return render_template("model.html", info=s.classifier, layers=s.classifier.layers(), size=s.classifier.size,
+                           dataset=s.dataset, rows=rows, compared=COMPARED,
+                           curve=s.classifier.training_curve_png() is not None)
+
+
+@bp.get("/model/training_curve.png")
+def training_curve():
+    png = scenes().classifier.training_curve_png()
+    if png is None:
+        abort(404, description="this model directory has no training_curve.png")
+    return Response(png, mimetype="image/png", headers={"Cache-Control": "max-age=3600"})

@@ -184,6 +184,11 @@ class Classifier:
     def name(self):
         return self.info.path.name
 
+    def training_curve_png(self):
+        """The model directory's training_curve.png as bytes, or None when it has none."""
+        path = self.info.path / "training_curve.png"
+        return path.read_bytes() if path.is_file() else None
+
     def test_predictions(self):
         """(image names, true 0/1 labels, probabilities) stored at training for the test split."""
         return self.info.test_predictions()

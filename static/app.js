@@ -40,6 +40,7 @@ function setupUpload() {
     }
   }
 
+  setupCamera(send);
   form.addEventListener("submit", (e) => { e.preventDefault(); send([...input.files]); });
   input.addEventListener("change", () => send([...input.files]));
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
@@ -49,6 +50,46 @@ function setupUpload() {
     const files = [...(e.clipboardData?.files || [])].filter((f) => f.type.startsWith("image/"));
     if (files.length) { e.preventDefault(); send(files); }
   });
+}
+
+// The camera (getUserMedia: https or localhost only): a video frame drawn to a canvas, sent as a JPEG through `send`.
+function setupCamera(send) {
+  const box = document.querySelector("[data-camera]");
+  if (!box) return;
+  const video = box.querySelector("[data-camera-video]");
+  const view = box.querySelector("[data-camera-view]");
+  const status = box.querySelector("[data-camera-status]");
+  let stream = null;
+  const stop = () => {
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    stream = null;
+    video.srcObject = null;
+    view.hidden = true;
+  };
+  box.querySelector("[data-camera-start]").addEventListener("click", async () => {
+    if (!navigator.mediaDevices?.getUserMedia) {
+      status.textContent = "This browser offers no camera to this page (it needs https or localhost).";
+      return;
+    }
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+      video.srcObject = stream;
+      view.hidden = false;
+      status.textContent = "";
+    } catch (err) {
+      status.textContent = `No camera: ${err.message}`;
+    }
+  });
+  box.querySelector("[data-camera-shoot]").addEventListener("click", () => {
+    if (!video.videoWidth) { status.textContent = "The camera has not started yet."; return; }
+    const canvas = document.createElement("canvas");
+    canvas.width = video.videoWidth;
+    canvas.height = video.videoHeight;
+    canvas.getContext("2d").drawImage(video, 0, 0);
+    const name = `camera-${new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-")}.jpg`;
+    canvas.toBlob((blob) => send([new File([blob], name, { type: "image/jpeg" })]), "image/jpeg", 0.92);
+  });
+  box.querySelector("[data-camera-stop]").addEventListener("click", stop);
 }
 
 bindOpacity(document);
