@@ -111,9 +111,7 @@ def matmul_gflops(n=2048, repeats=10):
 
 
 def in_process(photo, repeats):
-    import keras
-    from model.inference import Classifier, LiteRuntime, litert_flatbuffer
-    from model.network import embedding_layer, gradcam_layer
+    from model.inference import Classifier, LiteRuntime, litert_flatbuffer, with_outputs
     lite = Classifier()
     pixels = lite.load(photo)[None]
     batch = pixels.astype(np.float32)
@@ -122,8 +120,7 @@ def in_process(photo, repeats):
             "in_process": median_ms(lambda: lite.classify(lite.load(photo)[None]), repeats),
             "analyse": median_ms(lambda: lite.analyse(photo), repeats)}
     m = lite.model
-    three = keras.Model(m.inputs, [m.get_layer(gradcam_layer(m)).output, m.get_layer(embedding_layer(m)).output, m.output])
-    flatbuffer = litert_flatbuffer(three, lite.info.path / "model.keras")
+    flatbuffer = litert_flatbuffer(with_outputs(m, lite.tta), lite.info.path / "model.keras", lite.tta)
 
     def rate(runtime, callers, images, n=60):
         """Photos/s of `callers` threads each invoking `runtime` n times on `images`."""

@@ -211,6 +211,9 @@ def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
             if model.output_shape[-1] != len(info.labels):
                 raise ModelDirError(f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
                                     f"but thresholds.json names {len(info.labels)} labels")
+            if info.thresholds_info.get("tta") == "flip":  # the thresholds were tuned on the mean with the mirror
+                from model.network import flip_tta
+                model = flip_tta(model)
             if fmt == "saved_model":
                 export_saved_model(model, info.labels, info.thresholds, info.at_least_one, tmp)
             else:

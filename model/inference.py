@@ -9,6 +9,11 @@ outputs: the last convolutional feature map, the pooled embedding and the
 probabilities. `runtime="keras"` runs the same three outputs through a traced
 `tf.function` instead, for comparison and tests.
 
+Test-time augmentation: a model directory whose thresholds.json says `"tta": "flip"` (its
+thresholds tuned on validation that way) is run on each photo and its mirror image in one pass,
+inside the flatbuffer: the probabilities and embeddings are the two means, the feature map the
+mean of the photo's and the mirror's flipped back, so class maps stay where the photo has them.
+
 Class maps: our head is global average pooling, dropout and one dense sigmoid per
 label, so Grad-CAM's weights (the spatial mean of d p / d F) are the dense kernel
 times a positive scalar per label, which the per-label normalisation cancels:
@@ -33,7 +38,7 @@ from model.cli import without_start_up_noise
 from model.data import load_dataset
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import read_model_dir, ModelDirError
-from model.network import embedding_layer, gradcam_layer, has_cam_head
+from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
 from model.preprocess import (ImageError, ImageTooLargeError, UnsupportedImageError,  # noqa: F401
                               decode, decoded_pixels, letterbox, load_image)
 from model.thresholds import apply_thresholds
@@ -62,14 +67,23 @@ def predict_arrays(model, images, batch_size=64):
                            for i in range(0, len(images), batch_size)])
 
 
-def litert_flatbuffer(three_outputs, model_path):
-    """The float32 flatbuffer of `three_outputs`, converted once per model file and cached on disk.
+def with_outputs(model, tta="none"):
+    """`model` with three outputs: the last feature map, the pooled embedding, the probabilities;
+    with tta="flip", each the mean over the photo and its mirror image (the mirror's map flipped back)."""
+    import keras
+    three = keras.Model(model.inputs, [model.get_layer(gradcam_layer(model)).output,
+                                       model.get_layer(embedding_layer(model)).output, model.output])
+    return flip_tta(three, spatial=(0,)) if tta == "flip" else three
 
-    The cache is `<model sha256>.tflite` with the flatbuffer's own sha256 beside it; a file that
+
+def litert_flatbuffer(three_outputs, model_path, tta="none"):
+    """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached.
+
+    The cache is `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it; a file that
     does not match is converted again (a half-written or damaged cache never reaches LiteRT)."""
     import tensorflow as tf
     folder = cache_dir() / "litert"
-    path = folder / f"{sha256_of(model_path)}.tflite"
+    path = folder / f"{sha256_of(model_path)}{'' if tta == 'none' else '-' + tta}.tflite"
     check = path.with_suffix(".sha256")
     try:
         flatbuffer = path.read_bytes()
@@ -146,8 +160,8 @@ class Classifier:
 
     HEADLINE = HEADLINE  # the metrics a summary shows, in order
 
-    def __init__(self, model_dir=None, runtime="litert", workers=1):
-        import keras
+    def __init__(self, model_dir=None, runtime="litert", workers=1, tta=None):
+        """`tta`: None for the model directory's own setting, or "none" / "flip" to override it (for comparisons)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.info = read_model_dir(model_dir)
@@ -160,14 +174,13 @@ class Classifier:
                                 f"but thresholds.json names {len(self.labels)} labels")
         self.size = self.model.input_shape[1]
         self.runtime = runtime
-        three = keras.Model(self.model.inputs, [self.model.get_layer(gradcam_layer(self.model)).output,
-                                                self.model.get_layer(embedding_layer(self.model)).output,
-                                                self.model.output])
-        self._forward = (LiteRuntime(litert_flatbuffer(three, self.info.path / "model.keras"), workers)
+        self.tta = tta or self.info.thresholds_info.get("tta", "none")
+        three = with_outputs(self.model, self.tta)
+        self._forward = (LiteRuntime(litert_flatbuffer(three, self.info.path / "model.keras", self.tta), workers)
                          if runtime == "litert" else KerasRuntime(three))
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
-        self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(three)
+        self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
         self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
         self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
 
@@ -252,9 +265,12 @@ class Classifier:
 
     def class_maps(self, pixels, features=None):
         """(labels, h, w) maps in 0..1 for one model input; `features` from its forward pass when known."""
-        if self._cam_kernel is None:
+        if self._cam_kernel is None:  # gradients of the plain pass; with flip TTA, the mean with the mirror's
             with self._keras_lock:
-                return self._gradcam(np.asarray(pixels, np.float32)).numpy()
+                cams = self._gradcam(np.asarray(pixels, np.float32)).numpy()
+                if self.tta == "flip":
+                    cams = (cams + self._gradcam(np.asarray(pixels[:, ::-1], np.float32)).numpy()[:, :, ::-1]) / 2
+            return cams / np.maximum(cams.max(axis=(1, 2), keepdims=True), 1e-12)
         if features is None:
             features = self.forward(pixels[None])[0]
         cams = np.maximum(np.einsum("hwc,cl->lhw", features[0], self._cam_kernel), 0)

@@ -23,6 +23,9 @@ import numpy as np
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped"
 FILES = ["model.keras", "thresholds.json", "metrics.json", "test_predictions.csv"]
+# Test-time augmentation the thresholds were tuned with (thresholds.json "tta"): none, or the mean of the
+# photo and its mirror image ("flip").
+TTA_MODES = ("none", "flip")
 MAX_JSON_BYTES = 2_000_000  # thresholds.json and metrics.json are a few kB; refuse to read a huge one whole
 
 
@@ -97,6 +100,8 @@ def _check_thresholds(path, info):
             raise ModelDirError(f"{path}: the threshold of {label!r} is {json.dumps(table[label])}, not a number from 0 to 1")
     if not isinstance(info.get("at_least_one", False), bool):
         raise ModelDirError(f"{path}: 'at_least_one' must be true or false")
+    if info.get("tta", "none") not in TTA_MODES:
+        raise ModelDirError(f"{path}: 'tta' must be one of {', '.join(TTA_MODES)}")
     return labels, np.array([table[l] for l in labels], dtype=np.float32), info.get("at_least_one", False)
 
 

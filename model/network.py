@@ -65,3 +65,14 @@ def embedding_layer(model):
 def has_cam_head(model):
     """True for global average pooling -> dropout -> dense: there Grad-CAM is the class activation map."""
     return model.name != "seed_cnn"
+
+
+def flip_tta(model, spatial=()):
+    """`model` run on the photo and its mirror image, each output the mean of the two; outputs whose index is
+    in `spatial` are feature maps, flipped back before the mean so they stay where the photo has them."""
+    image = keras.Input(model.input_shape[1:], name="image")
+    plain, mirrored = model(image), model(keras.ops.flip(image, axis=2))
+    if not isinstance(plain, (list, tuple)):
+        return keras.Model(image, (plain + mirrored) / 2, name=f"{model.name}_flip_tta")
+    return keras.Model(image, [(p + (keras.ops.flip(m, axis=2) if i in spatial else m)) / 2
+                               for i, (p, m) in enumerate(zip(plain, mirrored))], name=f"{model.name}_flip_tta")

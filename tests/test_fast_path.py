@@ -30,6 +30,12 @@ def keras_classifier():
 
 
 @pytest.fixture(scope="module")
+def plain():
+    """The shipped model without test-time augmentation: one pass on the photo as it is."""
+    return Classifier(tta="none")
+
+
+@pytest.fixture(scope="module")
 def test_split(miml_data):
     dataset = load_dataset(miml_data)
     return dataset, split(len(dataset.images))[2]
@@ -73,18 +79,34 @@ def gradcam_by_gradients(model, pixels):
     return np.stack(maps)
 
 
-def test_class_maps_equal_gradient_gradcam_on_real_photos(lite, test_split):
+def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
     dataset, test_idx = test_split
     for i in test_idx[:12]:
-        pixels = load_image(dataset.path(i), lite.size)
-        probs = lite.probabilities(pixels[None])[0]
-        expected = gradcam_by_gradients(lite.model, pixels)
-        got = lite.class_maps(pixels)
+        pixels = load_image(dataset.path(i), plain.size)
+        probs = plain.probabilities(pixels[None])[0]
+        expected = gradcam_by_gradients(plain.model, pixels)
+        got = plain.class_maps(pixels)
         assert got.shape == (5, 7, 7) and got.min() >= 0
         assert set(np.round(got.max(axis=(1, 2)), 6)) <= {0.0, 1.0}  # each map scaled to 1, or nowhere positive
         for label in range(5):
             if probs[label] * (1 - probs[label]) > 1e-5:  # a saturated sigmoid has no gradient left to follow
                 np.testing.assert_allclose(got[label], expected[label], atol=1e-4)
+
+
+def test_flip_tta_averages_the_photo_and_its_mirror(plain, sea_photo, test_split):
+    """In one pass: probabilities and embeddings are the two means, the feature map the mean with the mirror's
+    flipped back, so the class maps of a mirrored photo are the mirror of its class maps."""
+    flip = Classifier(tta="flip")
+    dataset, test_idx = test_split
+    x = dataset.load_photos(test_idx[:8], plain.size)
+    f, e, p = plain.forward(x)
+    fm, em, pm = plain.forward(x[:, :, ::-1])
+    ff, ef, pf = flip.forward(x)
+    np.testing.assert_allclose(pf, (p + pm) / 2, atol=1e-6)
+    np.testing.assert_allclose(ef, (e + em) / 2, atol=1e-5)
+    np.testing.assert_allclose(ff, (f + fm[:, :, ::-1]) / 2, atol=1e-5)
+    np.testing.assert_allclose(flip.class_maps(x[0][:, ::-1]), flip.class_maps(x[0])[:, :, ::-1], atol=1e-5)
+    assert Classifier(tta="flip", runtime="keras").classify(x) == flip.classify(x)
 
 
 def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
@@ -203,7 +225,7 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     first = Classifier()
     (cached,) = (tmp_path / "litert").glob("*.tflite")
     from model.backbones.torch_legacy import sha256_of
-    assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
+    assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras") + "-flip"  # the TTA mode is in the key
     cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
     second = Classifier()
     assert cached.stat().st_size > 10_000_000

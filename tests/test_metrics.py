@@ -20,6 +20,10 @@ def test_metrics_by_hand():
     # coverage (MIML: steps down the ranking to cover all true labels, minus one):
     # rows need depth 1, 2, 3, 2 -> mean 2, minus 1
     assert m["coverage"] == pytest.approx(1.0)
+    assert m["coverage_normalised"] == pytest.approx(1.0 / 3)  # the literature's figure: over 3 labels
+    # example-based average precision: for each true label, (true labels ranked at or above it) / its rank:
+    # row 0: 1; row 1: c 1/1, b 2/2; row 2: b 1/1, a 2/3; row 3: c 1/2
+    assert m["average_precision"] == pytest.approx((1 + 1 + (1 + 2 / 3) / 2 + 1 / 2) / 4)
     # ranking loss: mis-ordered (true, false) pairs / all pairs per photo: 0, 0, 1/2 (a < c), 1/2 (c < a)
     assert m["ranking_loss"] == pytest.approx((0 + 0 + 0.5 + 0.5) / 4)
     a = m["per_label"]["a"]  # a: truth 1,0,1,0; predicted 1,0,0,1

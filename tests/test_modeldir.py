@@ -23,7 +23,7 @@ def test_shipped_model_directory_reads(model_dir):
     info = read_model_dir(model_dir)
     assert info.labels == ["desert", "mountains", "sea", "sunset", "trees"]
     assert info.thresholds.tolist() == pytest.approx([THRESHOLDS["thresholds"][l] for l in info.labels])
-    assert info.at_least_one is False
+    assert info.at_least_one is THRESHOLDS["at_least_one"] is True  # chosen on validation (see thresholds.json)
 
 
 @pytest.mark.parametrize("name, content, message", [
@@ -36,6 +36,7 @@ def test_shipped_model_directory_reads(model_dir):
     ("thresholds.json", with_thresholds(labels=["desert", 7]), "needs 'labels', a list of label names"),
     ("thresholds.json", with_thresholds(thresholds={"desert": 0.5}), "needs 'thresholds', one entry for each of the labels"),
     ("thresholds.json", with_thresholds(at_least_one=1), "'at_least_one' must be true or false"),
+    ("thresholds.json", with_thresholds(tta="rotate"), "'tta' must be one of none, flip"),
     ("thresholds.json", "[" * 200_000 + "]" * 200_000, r"not valid JSON \(nested too deeply\)"),
     ("metrics.json", '{"a": ' * 200_000 + "1" + "}" * 200_000, r"not valid JSON \(nested too deeply\)"),
     ("metrics.json", '{"training": {}, "validation": {}, "test": {}, "split": []}', "needs 'training', 'validation' and 'test'"),
