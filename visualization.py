@@ -6,6 +6,8 @@
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
+With a dataset, the embeddings of its photos (similar photos, /map) are computed in the
+background after start-up, or read from the cache.
 """
 import argparse
 import os
@@ -61,8 +63,8 @@ def main(argv=None):
     from model.data import DataError
     from model.modeldir import ModelDirError
     try:
-        app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host],
-                         runtime=args.runtime, workers=args.workers)
+        app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host], runtime=args.runtime,
+                         workers=args.workers, explore=True)
     except (ModelDirError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

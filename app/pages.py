@@ -9,6 +9,7 @@ from sklearn.metrics import precision_recall_curve
 from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
+from app.explore import similar_on_card
 from app.uploads import analyse, uploaded_files
 from model.inference import ImageError
 
@@ -23,8 +24,8 @@ def scenes():
     return current_app.extensions["scenes"]
 
 
-def card(name, a, truth=None):
-    """Everything a result card shows for one photo's Analysis `a`."""
+def card(name, a, truth=None, photo_id=None):
+    """Everything a result card shows for one photo's Analysis `a`: `truth` and `photo_id` for a dataset photo."""
     s = scenes()
     return {
         "name": name,
@@ -36,6 +37,7 @@ def card(name, a, truth=None):
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
         "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
         "model_input": a.pixels,
+        "similar": similar_on_card(a.embedding, exclude=None if photo_id is None else photo_id - 1),
     }
 
 
@@ -81,7 +83,7 @@ def photo(photo_id):
         a = s.classifier.analyse(path)
     except ImageError as e:
         raise UnprocessableEntity(f"dataset photo {name} cannot be read: {e}") from None
-    c = card(name, a, s.dataset.labels[photo_id - 1])
+    c = card(name, a, s.dataset.labels[photo_id - 1], photo_id=photo_id)
     layers, grid = layer_view(c["model_input"], request.args.get("layer"))
     in_test = any(t.photo_id == photo_id for t in s.test_photos)
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)

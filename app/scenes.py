@@ -28,12 +28,15 @@ class TestPhoto:
 
 
 class Scenes:
-    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None):
+    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None, explore=False):
+        """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
+        for similar photos and /map."""
         self.classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
         self.labels = self.classifier.labels
         self.thresholds = self.classifier.thresholds
         self.dataset = self.classifier.dataset(data_dir) if data_dir else None
         self.test_photos = self._test_photos() if self.dataset else []
+        self.atlas = self.classifier.atlas(self.dataset).start() if explore and self.dataset else None
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
 
