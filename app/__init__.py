@@ -32,10 +32,11 @@ def label_mismatch(scenes):
 
 
 def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), runtime="litert", workers=None,
-               explore=False):
+               explore=False, feedback_dir=None):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
     `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool;
-    `explore`: similar photos and the map (the dataset's embeddings, computed in the background).
+    `explore`: similar photos and the map (the dataset's embeddings, computed in the background);
+    `feedback_dir`: collect corrected labels there (app/feedback.py).
 
     Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
@@ -43,7 +44,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
     app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers,
-                                                      explore=explore)
+                                                      explore=explore, feedback_dir=feedback_dir)
     app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
 
     from app import api, explore, pages
@@ -53,7 +54,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
 
     @app.context_processor
     def labels():
-        return {"all_labels": app.extensions["scenes"].labels}
+        return {"all_labels": app.extensions["scenes"].labels, "feedback_on": app.extensions["scenes"].feedback is not None}
 
     @app.after_request
     def secure(response):

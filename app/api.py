@@ -1,4 +1,4 @@
-"""JSON API: /api/predict, /api/model, /api/health (and app/explore.py: /api/map).
+"""JSON API: /api/predict, /api/model, /api/health (and app/explore.py: /api/map, /api/feedback).
 Errors are {"error": "..."} with a 4xx status (503 while the dataset's embeddings are computed)."""
 import base64
 

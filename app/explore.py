@@ -1,10 +1,11 @@
-"""Exploring the model: similar dataset photos and the embedding map (/map, /api/map).
+"""Exploring the model: similar dataset photos, the embedding map (/map, /api/map) and label feedback (/api/feedback).
 
 The dataset's embeddings come from `scenes().atlas` (model/atlas.py through the Classifier), computed in the
 background after start-up: until they are ready, what needs them answers 503 with the progress."""
 from flask import Blueprint, current_app, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
 
+from app.uploads import load, uploaded_files
 
 bp = Blueprint("explore", __name__)
 MAX_SIMILAR = 50
@@ -63,3 +64,22 @@ def map_page():
 def map_points():
     return jsonify(points=ready_atlas().points())
 
+
+@bp.post("/api/feedback")
+def feedback():
+    s = scenes()
+    if s.feedback is None:
+        raise NotFound("feedback is off: start the app with --feedback DIR to collect corrected labels")
+    if "labels" not in request.form:
+        raise BadRequest("send the true labels in the form field 'labels', comma-separated (empty for none)")
+    labels = [l.strip() for l in request.form["labels"].split(",") if l.strip()]
+    unknown = [l for l in labels if l not in s.labels]
+    if unknown:
+        raise BadRequest(f"unknown label {unknown[0]!r}; labels are {', '.join(s.labels)}")
+    files = uploaded_files(request, s.classifier)
+    if len(files) != 1:
+        raise BadRequest(f"send one photo for feedback, not {len(files)}")
+    name, data = files[0]
+    load(s.classifier, name, data)  # a photo the model can read, or its 4xx
+    saved, created = s.feedback.save(data, labels)
+    return jsonify(image=saved, labels=[l for l in s.labels if l in labels], created=created), 201 if created else 200

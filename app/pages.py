@@ -24,8 +24,9 @@ def scenes():
     return current_app.extensions["scenes"]
 
 
-def card(name, a, truth=None, photo_id=None):
-    """Everything a result card shows for one photo's Analysis `a`: `truth` and `photo_id` for a dataset photo."""
+def card(name, a, truth=None, photo_id=None, upload_index=None):
+    """Everything a result card shows for one photo's Analysis `a`: `truth` and `photo_id` for a dataset photo,
+    `upload_index` for the position of an uploaded one in its request (the feedback form posts it again)."""
     s = scenes()
     return {
         "name": name,
@@ -38,6 +39,7 @@ def card(name, a, truth=None, photo_id=None):
         "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
         "model_input": a.pixels,
         "similar": similar_on_card(a.embedding, exclude=None if photo_id is None else photo_id - 1),
+        "upload_index": upload_index,
     }
 
 
@@ -49,9 +51,9 @@ def index():
 @bp.post("/")
 def upload():
     cards, errors, status = [], [], 200
-    for name, data in uploaded_files(request, scenes().classifier):  # one photo decoded at a time
+    for i, (name, data) in enumerate(uploaded_files(request, scenes().classifier)):  # one photo decoded at a time
         try:
-            cards.append(card(name, analyse(scenes().classifier, name, data)))
+            cards.append(card(name, analyse(scenes().classifier, name, data), upload_index=i))
         except HTTPException as e:
             errors.append(e.description)
             status = e.code

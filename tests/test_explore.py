@@ -1,5 +1,5 @@
-"""Exploring the model: similar photos (/api/predict?similar=K, cards), the embedding map (/api/map, /map) and
-the atlas cache, on 61 MIML photos copied into a small dataset."""
+"""Exploring the model: similar photos (/api/predict?similar=K, cards), the embedding map (/api/map, /map),
+the atlas cache, and label feedback (/api/feedback), on 61 MIML photos copied into a small dataset."""
 import csv
 import io
 import json
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
+from app.feedback import Feedback
 from model.atlas import dataset_key
 from model.data import load_dataset, split
 from tests.conftest import ROOT
@@ -59,6 +60,12 @@ def reference(explore_scenes):
     c, d = explore_scenes.classifier, explore_scenes.dataset
     images = d.load_photos(range(len(d.images)), c.size)
     return c.embeddings(images), c.probabilities(images)
+
+
+@pytest.fixture()
+def feedback_dir(explore_scenes, tmp_path, monkeypatch):
+    monkeypatch.setattr(explore_scenes, "feedback", Feedback(tmp_path / "feedback", explore_scenes.labels))
+    return tmp_path / "feedback"
 
 
 def post(client, url, data, name="photo.jpg", **fields):
@@ -143,6 +150,7 @@ def test_cards_show_the_closest_photos(explore_client, explore_scenes):
     assert similar_links(upload) == [s["photo_id"] for s in own[:6]] and similar_links(upload)[0] == 10
     detail = explore_client.get("/photo/10").get_data(as_text=True)
     assert similar_links(detail) == [s["photo_id"] for s in own[1:7]]  # the photo itself left out
+    assert "Correct the labels" not in upload  # feedback is off
 
 
 # --- the map ----------------------------------------------------------------------------------------
@@ -194,6 +202,82 @@ def test_cache_key_follows_the_model_and_the_listing(explore_scenes, small_data,
     shutil.copytree(small_data, copy)
     (copy / "original" / d.images[0]).write_bytes(b"x" + (copy / "original" / d.images[0]).read_bytes())
     assert key != dataset_key("a" * 64, load_dataset(copy))
+
+
+# --- feedback ---------------------------------------------------------------------------------------
+
+def rows(folder):
+    with open(folder / "labels.csv", newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_feedback_saves_the_photo_and_one_row_per_photo(explore_client, explore_scenes, feedback_dir):
+    import hashlib
+    d = explore_scenes.dataset
+    photo, other = d.path(0).read_bytes(), d.path(1).read_bytes()
+    name = hashlib.sha256(photo).hexdigest()[:16] + ".jpg"
+    r = post(explore_client, "/api/feedback", photo, labels="trees, sea")
+    assert r.status_code == 201 and r.get_json() == {"image": name, "labels": ["sea", "trees"], "created": True}
+    assert (feedback_dir / "original" / name).read_bytes() == photo
+    assert rows(feedback_dir) == [["image", *LABELS], [name, "0", "0", "1", "0", "1"]]
+    r = post(explore_client, "/api/feedback", photo, "again.jpg", labels="")
+    assert r.status_code == 200 and r.get_json()["created"] is False
+    assert post(explore_client, "/api/feedback", other, labels="desert").status_code == 201
+    assert rows(feedback_dir)[1] == [name, "0", "0", "0", "0", "0"] and len(rows(feedback_dir)) == 3
+    dataset = load_dataset(feedback_dir)  # what model.train --data reads
+    assert dataset.images[0] == name and dataset.labels.tolist() == [[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]
+    assert sorted(p.name for p in (feedback_dir / "original").iterdir()) == sorted(dataset.images)
+
+
+@pytest.mark.parametrize("fields, data, status, words", [
+    ({"labels": "sea,volcano"}, None, 400, "unknown label 'volcano'; labels are desert, mountains"),
+    ({}, None, 400, "send the true labels in the form field 'labels'"),
+    ({"labels": "sea"}, b"just some text", 415, "photo.jpg: not an image format"),
+    ({"labels": "sea"}, b"", 400, "photo.jpg: the file is empty"),
+])
+def test_feedback_bad_requests(explore_client, explore_scenes, feedback_dir, fields, data, status, words):
+    data = explore_scenes.dataset.path(0).read_bytes() if data is None else data
+    r = post(explore_client, "/api/feedback", data, **fields)
+    assert r.status_code == status and words in r.get_json()["error"]
+    assert not (feedback_dir / "labels.csv").exists() and not any((feedback_dir / "original").iterdir())
+
+
+def test_feedback_takes_one_photo(explore_client, explore_scenes, feedback_dir):
+    d = explore_scenes.dataset
+    files = [(io.BytesIO(d.path(i).read_bytes()), f"{i}.jpg") for i in (0, 1)]
+    r = explore_client.post("/api/feedback", data={"image": files, "labels": "sea"}, content_type="multipart/form-data")
+    assert r.status_code == 400 and r.get_json()["error"] == "send one photo for feedback, not 2"
+    assert not (feedback_dir / "labels.csv").exists()
+
+
+def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scenes, feedback_dir, small_data, tmp_path):
+    """The README's steps (hard links, labels.csv rows appended) give a dataset model.train reads."""
+    post(explore_client, "/api/feedback", explore_scenes.dataset.path(2).read_bytes(), labels="sunset")
+    merged = tmp_path / "merged"
+    (merged / "original").mkdir(parents=True)
+    for photo in [*(small_data / "original").iterdir(), *(feedback_dir / "original").iterdir()]:
+        os.link(photo, merged / "original" / photo.name)
+    lines = (small_data / "labels.csv").read_text().splitlines() + (feedback_dir / "labels.csv").read_text().splitlines()[1:]
+    (merged / "labels.csv").write_text("\n".join(lines) + "\n")
+    dataset = load_dataset(merged)
+    assert len(dataset.images) == 62 and dataset.labels[-1].tolist() == [0, 0, 0, 1, 0]
+
+
+def test_feedback_folder_of_other_labels_stops_the_app(tmp_path):
+    (tmp_path / "labels.csv").write_text("image,cats,dogs\n")
+    from tests.test_server import free_port, start
+    proc = start("--port", str(free_port()), "--feedback", str(tmp_path))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1] == (f"error: {tmp_path / 'labels.csv'}: its header is 'image,cats,dogs', "
+                                            "not the model's 'image,desert,mountains,sea,sunset,trees'")
+
+
+def test_feedback_without_the_option_is_404(client, sea_photo):
+    r = post(client, "/api/feedback", sea_photo, labels="sea")
+    assert r.status_code == 404 and "start the app with --feedback DIR" in r.get_json()["error"]
+
+
 
 
 # --- in the browser -----------------------------------------------------------------------------------
@@ -269,3 +353,21 @@ def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     assert status == 503 and body["error"].startswith("computing similar photos: ") and 0 <= body["progress"] < 1
     assert again == 200 and len(points["points"]) == 61
     assert len(list((tmp_path / "atlas").glob("*.npz"))) == 1
+
+
+def test_feedback_flow_in_the_browser(page, explore_url, explore_scenes, feedback_dir, tmp_path):  # noqa: F811
+    photo = tmp_path / "beach.jpg"
+    photo.write_bytes(explore_scenes.dataset.path(5).read_bytes())
+    page.goto(explore_url + "/")
+    page.set_input_files("input[type=file]", str(photo))
+    card = page.locator("[data-card]")
+    card.wait_for(timeout=30000)
+    card.locator("summary", has_text="Correct the labels").click()
+    for label in LABELS:
+        card.locator(f"input[name=labels][value={label}]").set_checked(label in ("sea", "sunset"))
+    card.locator("[data-feedback] button").click()
+    status = card.locator("[data-feedback-status]")
+    page.wait_for_function("e => e.textContent.startsWith('Saved as')", arg=status.element_handle())
+    assert status.inner_text().endswith(": sea, sunset")
+    assert rows(feedback_dir)[1][1:] == ["0", "0", "1", "1", "0"]
+    page.screenshot(path=str(SHOTS / "feedback.png"), full_page=True)
