@@ -26,16 +26,17 @@ def predict():
     atlas = ready_atlas() if k else None
     results = []
     for name, data in uploaded_files(request, s.classifier):  # one photo decoded at a time
-        if label is None and k is None:
-            result = s.classifier.classify(load(s.classifier, name, data)[None], batch_size=1)[0]
-        else:  # the class map and the embedding come from the same forward pass
+        if label is None:  # one forward pass gives the probabilities and the embedding
+            _, embeddings, probs = s.classifier.forward(load(s.classifier, name, data)[None])
+            embedding, result = embeddings[0], s.classifier.results(probs)[0]
+        else:  # the class map comes from the same forward pass
             a = analyse(s.classifier, name, data)
-            result = {"probabilities": a.probabilities, "predicted": a.predicted}
-            if label is not None:
-                png = render.heatmap_overlay(a.cams[label])
-                result["gradcam"] = {"label": label, "png_base64": base64.b64encode(png).decode()}
-            if k:
-                result["similar"] = atlas.similar(a.embedding, k)
+            embedding = a.embedding
+            png = render.heatmap_overlay(a.cams[label])
+            result = {"probabilities": a.probabilities, "predicted": a.predicted,
+                      "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()}}
+        if k:
+            result["similar"] = atlas.similar(embedding, k)
         results.append({"filename": name, **result})
     return jsonify(results=results, thresholds=s.thresholds)
 

@@ -319,6 +319,11 @@ def test_map_hover_shows_the_thumbnail_and_click_opens_the_photo(page, explore_u
     errors = sum(p["split"] == "test" and p["truth"] != p["predicted"] for p in points)
     assert page.locator("[data-map-legend] li").last.inner_text() == f"test photo predicted wrongly ({errors})"
     page.screenshot(path=str(SHOTS / "map-predicted.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function("c => c.getBoundingClientRect().width < 390", arg=canvas.element_handle())
+    page.screenshot(path=str(SHOTS / "map-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.wait_for_function("c => c.getBoundingClientRect().width > 700", arg=canvas.element_handle())
     page.mouse.click(x, y)
     page.wait_for_url(f"**/photo/{point['photo_id']}")
     assert page.locator("[data-similar] li").count() == 6
