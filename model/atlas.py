@@ -4,8 +4,7 @@ An `Atlas` is computed once per (model file, dataset listing) in a background th
 (`<cache dir>/atlas/<key>.npz`, written atomically), so a second start reads it, before it answers any
 request, instead of running the model on every photo. Until it is ready, `status()` says how far it has got.
 
-Similar photos: exact cosine search with numpy, one (n, d) x (d,) product (2000 x 1280 here, well
-under a millisecond). The map: PCA to 50 dimensions, then t-SNE to 2 (scikit-learn), scaled into 0..1.
+Similar photos: exact cosine search with numpy, one (n, d) x (d,) product (2000 x 1280 here: 0.5 ms). The map: PCA to 50 dimensions, then t-SNE to 2 (scikit-learn), scaled into 0..1.
 """
 import hashlib
 import io
@@ -157,7 +156,9 @@ class Atlas:
         """The k dataset photos whose embeddings are closest to `embedding` by cosine, most similar first;
         `exclude`: a 0-based index left out (the photo itself)."""
         self._check()
-        sims = self.unit @ (embedding / max(float(np.linalg.norm(embedding)), 1e-12))
+        # einsum, not `@`: OpenBLAS would split this product over threads that wait for the cores LiteRT's
+        # threads are spinning on, about 5 ms a request in the server; einsum's one loop takes 0.5 ms.
+        sims = np.einsum("nd,d->n", self.unit, embedding / max(float(np.linalg.norm(embedding)), 1e-12))
         if exclude is not None:
             sims[exclude] = -np.inf
         k = min(k, len(sims) - (exclude is not None))
