@@ -375,4 +375,26 @@ def test_feedback_flow_in_the_browser(page, explore_url, explore_scenes, feedbac
     page.wait_for_function("e => e.textContent.startsWith('Saved as')", arg=status.element_handle())
     assert status.inner_text().endswith(": sea, sunset")
     assert rows(feedback_dir)[1][1:] == ["0", "0", "1", "1", "0"]
+    assert "uploads are stored only when you save their true labels" in page.locator("footer").inner_text()
     page.screenshot(path=str(SHOTS / "feedback.png"), full_page=True)
+
+
+def test_map_page_shows_the_progress_then_draws(browser, explore_url, explore_scenes, monkeypatch, tmp_path):  # noqa: F811
+    """Chromium logs each 503 the page polls as a console error, so only script errors count here."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    ready = explore_scenes.atlas
+    computing = explore_scenes.classifier.atlas(explore_scenes.dataset, tmp_path)  # not started: stays at 40%
+    computing.progress = 0.4
+    monkeypatch.setattr(explore_scenes, "atlas", computing)
+    page.goto(explore_url + "/map")
+    status = page.locator("[data-map-status]")
+    page.wait_for_function("e => e.textContent === 'computing similar photos: 40%'", arg=status.element_handle())
+    assert page.locator("[data-map-progress]").evaluate("e => e.value") == pytest.approx(0.4)
+    page.screenshot(path=str(SHOTS / "map-computing.png"))
+    monkeypatch.setattr(explore_scenes, "atlas", ready)  # the page polls every second
+    page.locator("canvas[data-ready]").wait_for(timeout=10000)
+    assert status.inner_text() == f"{len(explore_scenes.dataset.images)} photos"
+    page.close()
+    assert not errors
