@@ -1,11 +1,13 @@
 """Start the MIML Scenes web app.
 
     python visualization.py [--host 127.0.0.1] [--port 5000] [--model DIR] [--data DIR] [--server waitress|flask]
-                            [--runtime litert|keras] [--workers N]
+                            [--runtime litert|keras] [--workers N] [--feedback DIR]
                             [--allowed-host NAME ...]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
+With a dataset, the embeddings of its photos (similar photos, /map) are computed in the
+background after start-up, or read from the cache.
 """
 import argparse
 import os
@@ -45,6 +47,8 @@ def main(argv=None):
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert",
                    help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)")
     p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2)")
+    p.add_argument("--feedback", metavar="DIR",
+                   help="let users correct the labels of uploaded photos; stored in DIR as a dataset (labels.csv + original/)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)")
     add_verbose_flag(p)
@@ -58,12 +62,13 @@ def main(argv=None):
 
     quiet_tensorflow(args.verbose)
     from app import create_app
+    from app.feedback import FeedbackError
     from model.data import DataError
     from model.modeldir import ModelDirError
     try:
-        app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host],
-                         runtime=args.runtime, workers=args.workers)
-    except (ModelDirError, DataError) as e:
+        app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host], runtime=args.runtime,
+                         workers=args.workers, explore=True, feedback_dir=args.feedback)
+    except (ModelDirError, DataError, FeedbackError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if app.config["LABEL_MISMATCH"]:

@@ -31,25 +31,30 @@ def label_mismatch(scenes):
             f"with this model's predictions; start with a --data and --model that belong together")
 
 
-def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), runtime="litert", workers=None):
+def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), runtime="litert", workers=None,
+               explore=False, feedback_dir=None):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
-    `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool.
+    `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool;
+    `explore`: similar photos and the map (the dataset's embeddings, computed in the background);
+    `feedback_dir`: collect corrected labels there (app/feedback.py).
 
     Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
-    app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers)
+    app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers,
+                                                      explore=explore, feedback_dir=feedback_dir)
     app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
 
-    from app import api, pages
+    from app import api, explore, pages
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(explore.bp)
 
     @app.context_processor
     def labels():
-        return {"all_labels": app.extensions["scenes"].labels}
+        return {"all_labels": app.extensions["scenes"].labels, "feedback_on": app.extensions["scenes"].feedback is not None}
 
     @app.after_request
     def secure(response):
@@ -69,7 +74,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
             else:
                 message = f"the upload is too large: at most {MAX_UPLOAD_BYTES // (1024 * 1024)} MB per request"
         if request.path.startswith("/api/"):
-            return jsonify(error=message), e.code
+            return jsonify(error=message, **getattr(e, "extra", {})), e.code
         template = "bad_host.html" if isinstance(e, SecurityError) else "error.html"
         return render_template(template, code=e.code, title=e.name, message=message), e.code
 

@@ -1,10 +1,12 @@
-"""JSON API: /api/predict, /api/model, /api/health. Errors are {"error": "..."} with a 4xx status."""
+"""JSON API: /api/predict, /api/model, /api/health (and app/explore.py: /api/map, /api/feedback).
+Errors are {"error": "..."} with a 4xx status (503 while the dataset's embeddings are computed)."""
 import base64
 
 from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from app import render
+from app.explore import ready_atlas, similar_count
 from app.uploads import analyse, load, uploaded_files
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -20,15 +22,21 @@ def predict():
     label = request.args.get("gradcam")
     if label is not None and label not in s.labels:
         raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(s.labels)}")
+    k = similar_count(request.args.get("similar"))
+    atlas = ready_atlas() if k else None
     results = []
     for name, data in uploaded_files(request, s.classifier):  # one photo decoded at a time
-        if label is None:
-            result = s.classifier.classify(load(s.classifier, name, data)[None], batch_size=1)[0]
+        if label is None:  # one forward pass gives the probabilities and the embedding
+            _, embeddings, probs = s.classifier.forward(load(s.classifier, name, data)[None])
+            embedding, result = embeddings[0], s.classifier.results(probs)[0]
         else:  # the class map comes from the same forward pass
             a = analyse(s.classifier, name, data)
+            embedding = a.embedding
             png = render.heatmap_overlay(a.cams[label])
             result = {"probabilities": a.probabilities, "predicted": a.predicted,
                       "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()}}
+        if k:
+            result["similar"] = atlas.similar(embedding, k)
         results.append({"filename": name, **result})
     return jsonify(results=results, thresholds=s.thresholds)
 

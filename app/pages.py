@@ -11,6 +11,7 @@ from sklearn.metrics import label_ranking_average_precision_score, precision_rec
 from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
+from app.explore import similar_on_card
 from app.uploads import analyse, uploaded_files
 from model.inference import ImageError
 
@@ -25,8 +26,9 @@ def scenes():
     return current_app.extensions["scenes"]
 
 
-def card(name, a, truth=None):
-    """Everything a result card shows for one photo's Analysis `a`."""
+def card(name, a, truth=None, photo_id=None, upload_index=None):
+    """Everything a result card shows for one photo's Analysis `a`: `truth` and `photo_id` for a dataset photo,
+    `upload_index` for the position of an uploaded one in its request (the feedback form posts it again)."""
     s = scenes()
     return {
         "name": name,
@@ -38,6 +40,8 @@ def card(name, a, truth=None):
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
         "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
         "model_input": a.pixels,
+        "similar": similar_on_card(a.embedding, exclude=None if photo_id is None else photo_id - 1),
+        "upload_index": upload_index,
     }
 
 
@@ -49,9 +53,9 @@ def index():
 @bp.post("/")
 def upload():
     cards, errors, status = [], [], 200
-    for name, data in uploaded_files(request, scenes().classifier):  # one photo decoded at a time
+    for i, (name, data) in enumerate(uploaded_files(request, scenes().classifier)):  # one photo decoded at a time
         try:
-            cards.append(card(name, analyse(scenes().classifier, name, data)))
+            cards.append(card(name, analyse(scenes().classifier, name, data), upload_index=i))
         except HTTPException as e:
             errors.append(e.description)
             status = e.code
@@ -90,7 +94,7 @@ def photo(photo_id):
         a = s.classifier.analyse(path)
     except ImageError as e:
         raise UnprocessableEntity(f"dataset photo {name} cannot be read: {e}") from None
-    c = card(name, a, s.dataset.labels[photo_id - 1])
+    c = card(name, a, s.dataset.labels[photo_id - 1], photo_id=photo_id)
     layers, grid = layer_view(c["model_input"], request.args.get("layer"))
     in_test = any(t.photo_id == photo_id for t in s.test_photos)
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)

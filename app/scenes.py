@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app import render
+from app.feedback import Feedback
 from model.inference import Classifier
 
 WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchmarks/fast_path.py: pool layouts)
@@ -28,12 +29,16 @@ class TestPhoto:
 
 
 class Scenes:
-    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None):
+    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None, explore=False, feedback_dir=None):
+        """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
+        for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
         self.classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
         self.labels = self.classifier.labels
         self.thresholds = self.classifier.thresholds
         self.dataset = self.classifier.dataset(data_dir) if data_dir else None
         self.test_photos = self._test_photos() if self.dataset else []
+        self.atlas = self.classifier.atlas(self.dataset).start() if explore and self.dataset else None
+        self.feedback = Feedback(feedback_dir, self.labels) if feedback_dir else None
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
 

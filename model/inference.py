@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from model.atlas import Atlas
 from model.backbones.efficientnet_lite import cache_dir
 from model.backbones.torch_legacy import sha256_of
 from model.cli import without_start_up_noise
@@ -209,6 +210,11 @@ class Classifier:
     def dataset(self, path):
         """The dataset in `path` (model.data.Dataset); raises model.data.DataError."""
         return load_dataset(path)
+
+    def atlas(self, dataset, folder=None):
+        """model.atlas.Atlas of `dataset` (a Dataset) under this model, not started: embeddings,
+        probabilities and map of every photo, cached in `folder` (default: <cache dir>/atlas)."""
+        return Atlas(self, dataset, folder)
 
     # --- decisions ---------------------------------------------------------------------
     def decide(self, probs):

@@ -1,5 +1,7 @@
 // Progressive enhancement for the upload and photo pages: drag-and-drop, paste, in-place results,
-// and the Grad-CAM opacity slider. Without JavaScript the same forms post and the server renders it all.
+// the Grad-CAM opacity slider, and the "correct the labels" forms (they post the photo the browser
+// still holds: uploads are never stored on the server). Without JavaScript the same forms post and
+// the server renders it all (feedback needs JavaScript).
 "use strict";
 document.documentElement.classList.add("js");
 
@@ -12,6 +14,29 @@ function bindOpacity(root) {
     });
     slider.addEventListener("input", apply);
     apply();
+  });
+}
+
+function bindFeedback(root, files) {
+  root.querySelectorAll("[data-feedback]").forEach((form) => {
+    const status = form.querySelector("[data-feedback-status]");
+    form.addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const file = files[Number(form.dataset.uploadIndex)];
+      const body = new FormData();
+      body.append("image", file, file.name || "pasted.png");
+      body.append("labels", [...form.querySelectorAll("input[name=labels]:checked")].map((c) => c.value).join(","));
+      status.textContent = "Saving…";
+      try {
+        const response = await fetch(form.action, { method: "POST", body });
+        const answer = await response.json();
+        if (!response.ok) throw new Error(answer.error);
+        const labels = answer.labels.length ? answer.labels.join(", ") : "no label";
+        status.textContent = `${answer.created ? "Saved" : "Updated"} as ${answer.image}: ${labels}`;
+      } catch (err) {
+        status.textContent = `Not saved: ${err.message}`;
+      }
+    });
   });
 }
 
@@ -34,6 +59,7 @@ function setupUpload() {
       if (response.status === 413 && !html.includes("error-card")) throw new Error("the upload is too large (10 MB per request at most)");
       results.innerHTML = html;
       bindOpacity(results);
+      bindFeedback(results, files);
       status.textContent = response.ok ? "" : "Some files could not be read.";
     } catch (err) {
       status.textContent = `Upload failed: ${err.message}`;
