@@ -80,7 +80,7 @@ def read_bytes(path):
 
 def read_and_decode(batch, size):
     """A Ray Data batch {'path'} -> {'path', 'image' (n, size, size, 3) uint8, 'error' ('' when readable)}."""
-    from model.preprocess import ImageError, load_image
+    from model.preprocess import ImageError, load_image  # ImageError is a ValueError: named for the reader
     paths = list(batch["path"])
     images = np.zeros((len(paths), size, size, 3), np.uint8)
     errors = []
@@ -88,7 +88,7 @@ def read_and_decode(batch, size):
         try:
             images[i] = load_image(read_bytes(path), size)
             errors.append("")
-        except (ImageError, OSError) as e:
+        except (ImageError, OSError, ValueError) as e:  # ValueError: a URI pyarrow cannot read (unknown scheme)
             errors.append(why(e))
     return {"path": np.array(paths, dtype=object), "image": images, "error": np.array(errors, dtype=object)}
 

@@ -1,6 +1,7 @@
 """Train, tune and evaluate a scene classifier, and write its model directory.
 
     python -m model.train --data DIR --out DIR [--force] [--arch efficientnet-lite0] [--epochs 20] [--seed 0] [--split-seed 100]
+                          [--distribute none|mirrored|multi-worker]   (multi-worker: one process a worker, with TF_CONFIG)
 
 Protocol (every choice on validation, none on test):
 1. split: test = the contract split's 400 photos, validation = 20% of the rest;
