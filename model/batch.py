@@ -54,18 +54,28 @@ def _is_file_or_unreadable(entry):
         return True
 
 
+def open_regular(path):
+    """The file opened for reading, without blocking, if it is a regular file; else OSError("not a regular file"):
+    a FIFO or a device given as a path would never end. A missing file says so, rather than "damaged"."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError("not a regular file")
+    return open(fd, "rb")
+
+
+def why(error):
+    """The message of an ImageError or OSError, as an error row gives it ("No such file or directory")."""
+    return getattr(error, "strerror", None) or str(error)
+
+
 def _load(classifier, path):
-    """(image, None) or (None, why it cannot be read). Opened without blocking and read only if it is a
-    regular file: a FIFO or a device given as a path would never end."""
+    """(image, None) or (None, why it cannot be read)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a missing file says so, rather than "damaged"
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None, "not a regular file"
-        with open(fd, "rb") as f:
+        with open_regular(path) as f:
             return classifier.load(f), None
     except (ImageError, OSError) as e:
-        return None, getattr(e, "strerror", None) or str(e)
+        return None, why(e)
 
 
 def decoded(classifier, paths, workers=WORKERS, ahead=64):

@@ -1,6 +1,7 @@
 """Predict the labels of photos.
 
     python -m model.predict PATH [PATH ...] [--model DIR] [--json] [--csv FILE] [--json-file FILE] [--batch-size 32]
+    python -m model.predict SOURCE [SOURCE ...] --engine ray [--address ADDRESS] [--actors N] --csv FILE | --parquet DIR
 
 Folders are searched recursively for images. A file that cannot be read (not an image,
 a symlink loop, a FIFO or other non-regular file) gets an error entry; the others are
@@ -9,6 +10,8 @@ code 2. Results are
 written as they come (see model/batch.py), so any number of photos runs in flat memory.
 Without an output file, one line a photo (or --json, a JSON list) goes to stdout; with
 --csv or --json-file, stderr shows progress and a summary.
+`--engine ray` runs the same pipeline on Ray Data (model/ray_batch.py): locally or on a cluster,
+the same CSV rows; SOURCE may also be a glob, a text file of paths, or a URI pyarrow reads.
 """
 import argparse
 import csv
@@ -19,7 +22,7 @@ from tqdm import tqdm
 
 from model.batch import IMAGE_SUFFIXES, expand, predict_paths
 from model.cli import add_verbose_flag, quiet_tensorflow
-from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
+from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, read_model_dir
 
 
 class JsonList:
@@ -67,6 +70,22 @@ class Lines:
         pass
 
 
+def predict_locally(args, classifier, writers, to_files):
+    """The in-process engine (model/batch.py): (predicted, failed)."""
+    # On a terminal, with an output file: a progress bar, after counting the photos (a second, cheap walk).
+    bar = to_files and sys.stderr.isatty()
+    progress = tqdm(total=sum(1 for _ in expand(args.paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr)
+    failed = predicted = 0
+    for result in predict_paths(classifier, expand(args.paths), args.batch_size):
+        failed += "error" in result
+        predicted += "error" not in result
+        for writer in writers:
+            writer.write(result)
+        progress.update()
+    progress.close()
+    return predicted, failed
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.predict", description="Predict scene labels for photos.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (searched recursively)")
@@ -75,14 +94,27 @@ def main(argv=None):
     p.add_argument("--csv", metavar="FILE", help="write path, probabilities, predicted labels and error to a CSV file")
     p.add_argument("--json-file", metavar="FILE", help="write the JSON list to a file")
     p.add_argument("--batch-size", type=int, default=32, help="photos a forward pass (default 32)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: Ray Data, on a local Ray or the cluster at --address")
+    p.add_argument("--address", help="with --engine ray: the Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--actors", type=int, default=1, help="with --engine ray: model copies, one a Ray actor (default 1)")
+    p.add_argument("--parquet", metavar="DIR", help="with --engine ray: write the rows as Parquet files into DIR")
     add_verbose_flag(p)
     args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
+    if args.batch_size < 1 or args.actors < 1:
+        p.error("--batch-size and --actors must be at least 1")
+    if args.engine == "ray" and (bool(args.csv) == bool(args.parquet) or args.json or args.json_file):
+        p.error("--engine ray writes one of --csv FILE or --parquet DIR")
+    if args.engine != "ray" and (args.parquet or args.address):
+        p.error("--parquet and --address go with --engine ray")
     quiet_tensorflow(args.verbose)
     try:
-        from model.inference import Classifier
-        classifier = Classifier(args.model)
+        if args.engine == "ray":
+            labels = list(read_model_dir(args.model).labels)  # the model itself loads in the Ray actors
+        else:
+            from model.inference import Classifier
+            classifier = Classifier(args.model)
+            labels = classifier.labels
     except ModelDirError as e:
         sys.exit(f"error: {e}")
 
@@ -92,26 +124,19 @@ def main(argv=None):
     try:
         if args.csv:
             files.append(open(args.csv, "w", newline="", errors="surrogateescape"))
-            writers.append(CsvRows(files[-1], classifier.labels))
+            writers.append(CsvRows(files[-1], labels))
         if args.json_file:
             files.append(open(args.json_file, "w"))
             writers.append(JsonList(files[-1]))
     except OSError as e:
         sys.exit(f"error: {e.filename}: {e.strerror}")
-    if args.json or not files:
+    if args.json or not (files or args.parquet):
         writers.append(JsonList(sys.stdout) if args.json else Lines())
-    # On a terminal, with an output file: a progress bar, after counting the photos (a second, cheap walk).
-    bar = bool(files) and sys.stderr.isatty()
-    progress = tqdm(total=sum(1 for _ in expand(args.paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr)
-
-    failed = predicted = 0
-    for result in predict_paths(classifier, expand(args.paths), args.batch_size):
-        failed += "error" in result
-        predicted += "error" not in result
-        for writer in writers:
-            writer.write(result)
-        progress.update()
-    progress.close()
+    if args.engine == "ray":  # Ray Data shows its own progress
+        from model import ray_batch
+        predicted, failed = ray_batch.run(args, writers, labels)
+    else:
+        predicted, failed = predict_locally(args, classifier, writers, bool(files))
     for writer in writers:
         writer.close()
     for f in files:
@@ -120,8 +145,8 @@ def main(argv=None):
         print(f"error: no photos found in {', '.join(args.paths)} (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})",
               file=sys.stderr)
         sys.exit(2)
-    if files:
-        where = f" (see {args.csv or args.json_file})" if failed else ""
+    if files or args.parquet:
+        where = f" (see {args.csv or args.json_file or args.parquet})" if failed else ""
         print(f"{predicted} photo{'' if predicted == 1 else 's'} predicted, {failed} could not be read{where}", file=sys.stderr)
     sys.exit(1 if failed else 0)
 

@@ -1,6 +1,7 @@
 """Train, tune and evaluate a scene classifier, and write its model directory.
 
     python -m model.train --data DIR --out DIR [--force] [--arch efficientnet-lite0] [--epochs 20] [--seed 0] [--split-seed 100]
+                          [--distribute none|mirrored|multi-worker]   (multi-worker: one process a worker, with TF_CONFIG)
 
 Protocol (every choice on validation, none on test):
 1. split: test = the contract split's 400 photos, validation = 20% of the rest;
@@ -17,6 +18,7 @@ replaced only with --force.
 """
 import argparse
 import csv
+import os
 import shutil
 import sys
 import time
@@ -50,8 +52,10 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="random seed for weights, shuffling and augmentation")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
                    help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)")
-    p.add_argument("--distribute", choices=["none", "mirrored"], default="none",
-                   help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs (batch size per replica)")
+    p.add_argument("--distribute", choices=["none", "mirrored", "multi-worker"], default="none",
+                   help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs; multi-worker: "
+                        "MultiWorkerMirroredStrategy over the workers TF_CONFIG names, this process being one "
+                        "(batch size per replica)")
     p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
     add_verbose_flag(p)
     return p.parse_args(argv)
@@ -110,6 +114,33 @@ def phase_progress(keras, phase, epochs):
         on_epoch_end=epoch_end)
 
 
+def model_tf(model):
+    import tensorflow as tf
+    return tf
+
+
+def build_from_plain_batch(model, batches):
+    """Two workarounds for Keras 3's fit under MultiWorkerMirroredStrategy (tensorflow/tensorflow#72388).
+    1. fit builds the model by averaging the first distributed batch with strategy.reduce, which fails on its
+       PerReplica values ("Attempt to convert a value (PerReplica ...) to a Tensor"); it only needs the shapes:
+       give it one batch as it is, before distribution.
+    2. Each step averages its scalar logs (loss, mAP) over the workers with strategy.reduce(..., axis=0),
+       which fails on a scalar ("Invalid reduction dimension 0"): reduce scalars with axis=None."""
+    from keras.src.backend.tensorflow import trainer
+    build, batch = model._maybe_symbolic_build, next(iter(batches))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(data_batch=batch)
+    if not getattr(trainer.reduce_per_replica, "scalar_safe", False):
+        reduce = trainer.reduce_per_replica
+
+        def reduce_per_replica(values, strategy, reduction):
+            if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
+                return trainer.tree.map_structure(
+                    lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+            return reduce(values, strategy, reduction)
+        reduce_per_replica.scalar_safe = True
+        trainer.reduce_per_replica = reduce_per_replica
+
+
 def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience, phase):
     """One resumable fit, announced as `phase`; keeps the best-validation-loss weights in work/NAME.best.weights.h5.
     `train` is (batches, steps per epoch)."""
@@ -127,6 +158,8 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience,
         phase_progress(keras, phase, epochs),
     ]
     batches, steps = train
+    if isinstance(model.distribute_strategy, model_tf(model).distribute.MultiWorkerMirroredStrategy):
+        build_from_plain_batch(model, batches)
     # shuffle=False: train_batches already orders (and reorders) the samples; Keras cannot shuffle a tf.data pipeline
     model.fit(batches, validation_data=val, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
               shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
@@ -156,6 +189,21 @@ def refuse_to_overwrite(out, force):
         raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
 
 
+def make_strategy(tf, distribute):
+    """The default strategy (a no-op); MirroredStrategy, a copy of the model on every GPU (one replica on a
+    CPU); or MultiWorkerMirroredStrategy, one process a machine, each started with TF_CONFIG naming all the
+    workers and its own index: every worker trains its share of each global batch, gradients are summed
+    across workers, and all end with the same weights."""
+    if distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if distribute == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--distribute multi-worker needs TF_CONFIG: the workers' host:port list and this "
+                             "worker's index (see README, \"At scale\")")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
 def fit_model(args, dataset, splits, work):
     """Build the network and train it (warm-up, then fine-tuning), resuming from `work`.
 
@@ -164,9 +212,8 @@ def fit_model(args, dataset, splits, work):
     import tensorflow as tf
     from model.network import build_model
     train_idx, val_idx, test_idx = splits
+    strategy = make_strategy(tf, args.distribute)  # first: a multi-worker strategy must precede any TensorFlow op
     keras.utils.set_random_seed(args.seed)
-    # The default strategy is a no-op; MirroredStrategy copies the model to every GPU (one replica on a CPU).
-    strategy = tf.distribute.MirroredStrategy() if args.distribute == "mirrored" else tf.distribute.get_strategy()
     batch_size = args.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
         model = build_model(args.arch, dataset.label_names, size=args.input_size)
@@ -235,7 +282,11 @@ def train(args):
 
     from model.inference import predict_arrays
     from model.network import build_model
-    val_probs, test_probs = predict_arrays(model, photos[val_idx]), predict_arrays(model, photos[test_idx])
+    # The model to write, with the trained weights: uncompiled (no optimizer state) and outside any distribution
+    # strategy, so that each worker of a multi-worker run predicts its photos alone (not gathered from all).
+    export = build_model(args.arch, labels, pretrained=False, size=model.input_shape[1])
+    export.set_weights(model.get_weights())
+    val_probs, test_probs = predict_arrays(export, photos[val_idx]), predict_arrays(export, photos[test_idx])
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
     thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y_val, val_probs)
     minutes = (time.time() - started) / 60
@@ -248,8 +299,6 @@ def train(args):
         "validation": evaluate(y_val, val_probs, thresholds, labels, at_least_one),
         "test": evaluate(y_test, test_probs, thresholds, labels, at_least_one),
     }
-    export = build_model(args.arch, labels, pretrained=False, size=training["input_size"])  # uncompiled: no optimizer state
-    export.set_weights(model.get_weights())
     write_model_dir(out, export, thresholds_info, metrics, metrics["split"]["test_images"],
                     y_test, test_probs, lambda path: draw_curve(training["history"], path))
     shutil.rmtree(work, ignore_errors=True)
