@@ -47,6 +47,8 @@ def main(argv=None):
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert",
                    help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)")
     p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2)")
+    p.add_argument("--no-explore", action="store_true",
+                   help="skip the dataset's embeddings (similar photos, the map): nothing runs in the background")
     p.add_argument("--feedback", metavar="DIR",
                    help="let users correct the labels of uploaded photos; stored in DIR as a dataset (labels.csv + original/)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
@@ -67,7 +69,7 @@ def main(argv=None):
     from model.modeldir import ModelDirError
     try:
         app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host], runtime=args.runtime,
-                         workers=args.workers, explore=True, feedback_dir=args.feedback)
+                         workers=args.workers, explore=not args.no_explore, feedback_dir=args.feedback)
     except (ModelDirError, DataError, FeedbackError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

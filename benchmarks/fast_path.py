@@ -168,8 +168,8 @@ def main():
         archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_rev], capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
         old = measure_server(baseline, args, photo, phone, photos)
-        new = measure_server(ROOT, args, photo, phone, photos)
-        one_interpreter = measure_server(ROOT, args, photo, phone, photos, ["--workers", "1"])
+        new = measure_server(ROOT, args, photo, phone, photos, ["--no-explore"])
+        one_interpreter = measure_server(ROOT, args, photo, phone, photos, ["--no-explore", "--workers", "1"])
         old_batch, new_batch = batch_rate(baseline, Path(args.data) / "original"), batch_rate(ROOT, Path(args.data) / "original")
     local = in_process(photo, args.repeats)
 

@@ -31,7 +31,7 @@ def main():
 
     dataset = load_dataset(args.data)
     photos = [dataset.path(int(i)).read_bytes() for i in split(len(dataset.images))[2][:20]]
-    server, port = start_server(ROOT, ["--data", args.data])
+    server, port = start_server(ROOT, ["--data", args.data, "--no-explore"])
     try:
         reference = [json.loads(call(port, "POST", "/api/predict", *multipart("p.jpg", b))[1])["results"][0]
                      for b in photos]

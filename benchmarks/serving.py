@@ -20,7 +20,7 @@ def startup_ms(data):
     """Wall time from launching the app to its first health answer."""
     import time
     started = time.perf_counter()
-    proc, _ = start_server(Path(__file__).resolve().parent.parent, ["--data", data])
+    proc, _ = start_server(Path(__file__).resolve().parent.parent, ["--data", data, "--no-explore"])
     ms = (time.perf_counter() - started) * 1000
     proc.terminate()
     proc.wait()

@@ -38,7 +38,7 @@ def get(port, path, host=None, timeout=30):
 def server(miml_data):
     """The app under waitress on a free port, with one extra allowed host; yields (port, process)."""
     port = free_port()
-    proc = start("--port", str(port), "--data", str(miml_data), "--allowed-host", "scenes.example")
+    proc = start("--port", str(port), "--data", str(miml_data), "--allowed-host", "scenes.example", "--no-explore")
     line = proc.stdout.readline()
     assert line.strip() == f"MIML Scenes ready at http://localhost:{port}/", proc.stderr.read() if not line else line
     yield port, proc
