@@ -22,7 +22,7 @@ BATCH = 8  # photos a forward pass: as fast as 32 here, and the interpreter it l
 
 
 def dataset_key(model_sha256, dataset):
-    """sha256 of the model file's sha256 and the dataset's listing (each photo's name and size)."""
+    """sha256 of the model (its file's sha256 and TTA mode) and the dataset's listing (each photo's name and size)."""
     h = hashlib.sha256(model_sha256.encode())
     for i, name in enumerate(dataset.images):
         h.update(f"\n{name}\t{dataset.path(i).stat().st_size}".encode())
@@ -90,8 +90,9 @@ class Atlas:
         return self
 
     def _cache_path(self):
-        from model.inference import file_sha256
-        return self.folder / f"{dataset_key(file_sha256(self.classifier.info.path / 'model.keras'), self.dataset)}.npz"
+        from model.backbones.torch_legacy import sha256_of
+        model = f"{sha256_of(self.classifier.info.path / 'model.keras')}-{self.classifier.tta}"  # TTA changes the embeddings
+        return self.folder / f"{dataset_key(model, self.dataset)}.npz"
 
     def wait(self, timeout=None):
         """Block until done (or `timeout` seconds); RuntimeError if it failed."""

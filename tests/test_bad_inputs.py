@@ -182,3 +182,38 @@ def test_wrong_methods(client, method, url):
     assert r.status_code == 405
     if url.startswith("/api/"):
         assert "error" in r.get_json()
+
+
+def test_inspect_with_a_decompression_bomb_is_400(client):
+    import base64
+    bomb = base64.b64encode(png_with_size(50000, 50000)).decode()
+    r = client.post("/inspect", data={"pixels": bomb, "name": "x.png"})
+    assert r.status_code == 400 and "malformed" in r.get_data(as_text=True)
+
+
+def test_a_damaged_dataset_photo_is_422_not_500(tmp_path, miml_data):
+    """/photo/N and its thumbnail name the photo that cannot be read; the other photos still show."""
+    from app import create_app
+    from app.scenes import Scenes
+    (tmp_path / "original").mkdir()
+    rows = (miml_data / "labels.csv").read_text().splitlines()[:3]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    for row in rows[1:]:
+        name = row.split(",")[0]
+        (tmp_path / "original" / name).write_bytes((miml_data / "original" / name).read_bytes())
+    damaged = rows[2].split(",")[0]
+    (tmp_path / "original" / damaged).write_bytes((miml_data / "original" / damaged).read_bytes()[:300])
+    client = create_app(scenes=Scenes(data_dir=tmp_path)).test_client()
+    for url, named in (("/photo/2", damaged), ("/photo/2/thumb.jpg", "2")):
+        r = client.get(url)
+        assert r.status_code == 422 and f"dataset photo {named} cannot be read" in r.get_data(as_text=True), url
+    assert client.get("/photo/1").status_code == 200 and client.get("/photo/1/thumb.jpg").status_code == 200
+
+
+def test_the_layer_browser_keeps_at_most_8_layer_models(scenes):
+    c = scenes.classifier
+    pixels = np.zeros((c.size, c.size, 3), np.uint8)
+    spatial = [name for name, _, is_conv in c.layers() if is_conv][:12]
+    for name in spatial:
+        assert c.activations(pixels, name).ndim == 3
+    assert c._layer_model.cache_info().currsize == 8 and c._layer_model.cache_info().maxsize == 8
