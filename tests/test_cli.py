@@ -58,9 +58,9 @@ def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_pat
 
 @pytest.mark.parametrize("args, fragment", [
     (("model.evaluate", "--data", "/nonexistent/data"), "/nonexistent/data: dataset directory not found"),
-    (("model.train", "--data", "/nonexistent/data", "--out", "/tmp/x"), "/nonexistent/data: dataset directory not found"),
+    (("model.train", "--data", "/nonexistent/data", "--out", "/nonexistent/out"), "/nonexistent/data: dataset directory not found"),
     (("model.predict", "x.jpg", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
-    (("model.export", "--format", "saved_model", "--out", "/tmp/x", "--model", "/nonexistent/model"),
+    (("model.export", "--format", "saved_model", "--out", "/nonexistent/out", "--model", "/nonexistent/model"),
      "/nonexistent/model: model directory not found"),
     (("visualization", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
 ])

@@ -30,8 +30,8 @@ def test_our_row_and_the_published_rows(client, scenes):
     ours = rows["efficientnet-lite0 (this model)"]
     test = scenes.classifier.metrics["test"]
     _, truth, probs = scenes.classifier.test_predictions()
-    assert float(ours["hamming_loss"]) == round(test["hamming_loss"], 4) == 0.0575
-    assert float(ours["exact_match"]) == 0.7825 and float(ours["one_error"]) == 0.0525
+    assert float(ours["hamming_loss"]) == round(test["hamming_loss"], 4) == 0.0555
+    assert float(ours["exact_match"]) == 0.79 and float(ours["one_error"]) == 0.0525
     assert abs(float(ours["coverage"]) - (coverage_error(truth, probs) - 1) / 5) < 5e-5
     assert abs(float(ours["ranking_loss"]) - test["ranking_loss"]) < 5e-5
     assert abs(float(ours["average_precision"]) - label_ranking_average_precision_score(truth, probs)) < 5e-5
