@@ -5,6 +5,7 @@ from flask import Blueprint, current_app, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from app import render
+from app.training import requested_classifier
 from app.uploads import analyse, load, uploaded_files
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -16,21 +17,21 @@ def scenes():
 
 @bp.post("/predict")
 def predict():
-    s = scenes()
+    c = requested_classifier()  # ?model=ID, else the model the pages use
     label = request.args.get("gradcam")
-    if label is not None and label not in s.labels:
-        raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(s.labels)}")
+    if label is not None and label not in c.labels:
+        raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(c.labels)}")
     results = []
-    for name, data in uploaded_files(request, s.classifier):  # one photo decoded at a time
+    for name, data in uploaded_files(request, c):  # one photo decoded at a time
         if label is None:
-            result = s.classifier.classify(load(s.classifier, name, data)[None], batch_size=1)[0]
+            result = c.classify(load(c, name, data)[None], batch_size=1)[0]
         else:  # the class map comes from the same forward pass
-            a = analyse(s.classifier, name, data)
+            a = analyse(c, name, data)
             png = render.heatmap_overlay(a.cams[label])
             result = {"probabilities": a.probabilities, "predicted": a.predicted,
                       "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()}}
         results.append({"filename": name, **result})
-    return jsonify(results=results, thresholds=s.thresholds)
+    return jsonify(results=results, thresholds=c.thresholds)
 
 
 @bp.get("/model")

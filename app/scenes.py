@@ -29,13 +29,16 @@ class TestPhoto:
 
 class Scenes:
     def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None):
-        self.classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
-        self.labels = self.classifier.labels
-        self.thresholds = self.classifier.thresholds
-        self.dataset = self.classifier.dataset(data_dir) if data_dir else None
-        self.test_photos = self._test_photos() if self.dataset else []
+        classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
+        self.dataset = classifier.dataset(data_dir) if data_dir else None
+        self.use(classifier)
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
+
+    def use(self, classifier):
+        """Serve `classifier` from now on (the model the pages use; /models switches it)."""
+        self.classifier, self.labels, self.thresholds = classifier, classifier.labels, classifier.thresholds
+        self.test_photos = self._test_photos() if self.dataset else []
 
     def _test_photos(self):
         """The stored test predictions (computed once, at training), joined to the dataset's photos."""
