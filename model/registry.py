@@ -127,8 +127,8 @@ class Registry:
         dataset = Path(training.get("dataset", ""))
         dataset_id = (dataset.name if dataset.parent == self.root / "datasets"
                       else DATA if self.data_dir and dataset == self.data_dir else str(dataset))
-        created = training.get("created") or datetime.fromtimestamp(
-            (path / "model.keras").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+        created = training.get("created") or (None if model_id == SHIPPED else datetime.fromtimestamp(
+            (path / "model.keras").stat().st_mtime, timezone.utc).isoformat(timespec="seconds"))
         return {"id": model_id, "labels": info.labels, "architecture": training.get("architecture"),
                 "mode": training.get("mode", "full"), "created": created, "dataset": dataset_id,
                 "metrics": {k: info.metrics["test"].get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")}}
@@ -142,7 +142,7 @@ class Registry:
                     trained.append(self._describe(path.name, path))
                 except ModelDirError:
                     continue  # half-written or damaged: not offered
-        return [self._describe(SHIPPED, SHIPPED_MODEL_DIR)] + sorted(trained, key=lambda m: m["created"], reverse=True)
+        return [self._describe(SHIPPED, SHIPPED_MODEL_DIR)] + sorted(trained, key=lambda m: (m["created"], m["id"]), reverse=True)
 
     def delete_model(self, model_id):
         if model_id == SHIPPED:
