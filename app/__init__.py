@@ -37,7 +37,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
     `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool;
     `runs_dir`: where uploaded datasets and trained models live (training, /models and /compare need it; without
-    `model_dir` the model chosen there is served).
+    `model_dir` the model chosen there is served, and a given `scenes` must hold that one).
 
     Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
@@ -45,8 +45,9 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
     registry = Registry(runs_dir, data_dir) if runs_dir else None
-    if registry and model_dir is None and scenes is None:
-        model_dir = registry.model_path(registry.active())
+    served = registry.active() if registry and model_dir is None else None  # None: --model serves a directory
+    if served and scenes is None:
+        model_dir = registry.model_path(served)
     app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers)
     app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
 
@@ -55,7 +56,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
     app.register_blueprint(api.bp)
     if registry:
         from app import training
-        training.init(app, registry, runtime, workers)
+        training.init(app, registry, served, runtime, workers)
 
     @app.context_processor
     def labels():

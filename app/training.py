@@ -66,12 +66,14 @@ class LoadedModels:
             return list(self._loaded)
 
 
-def init(app, registry, runtime, workers):
-    """Register the blueprint and what it keeps: the registry and the loaded models (the served one among them)."""
+def init(app, registry, served, runtime, workers):
+    """Register the blueprint and what it keeps: the registry and the loaded models, among them the served
+    one, registry id `served` (None when --model serves a directory of its own until a switch)."""
     app.extensions["registry"] = registry
     app.extensions["models"] = LoadedModels(registry, runtime, workers)
-    app.extensions["active_model"] = registry.active()
-    app.extensions["models"].put(app.extensions["active_model"], app.extensions["scenes"].classifier)
+    app.extensions["active_model"] = served
+    if served:
+        app.extensions["models"].put(served, app.extensions["scenes"].classifier)
     app.config.update(MAX_DATASET_BYTES=MAX_DATASET_BYTES, TRAINING=True)  # TRAINING: the nav shows Train and Models
     app.register_blueprint(bp)
 
@@ -134,12 +136,13 @@ def list_datasets():
 @bp.post("/api/jobs")
 def start_job():
     body = json_body()
-    unknown = set(body) - {"dataset", "mode", "epochs"}
+    unknown = set(body) - {"dataset", "mode", "epochs", "backbone"}
     if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}; send dataset, mode and (full mode) epochs")
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}; send dataset, mode, and epochs (full mode) "
+                         "or backbone (quick mode)")
     if "dataset" not in body or "mode" not in body:
         raise BadRequest("send 'dataset' (an id from GET /api/datasets) and 'mode' ('quick' or 'full')")
-    job = registry().start_job(body["dataset"], body["mode"], body.get("epochs"))
+    job = registry().start_job(body["dataset"], body["mode"], body.get("epochs"), body.get("backbone"))
     return jsonify(job=job), 202, {"Location": url_for("training.job_status", job_id=job)}
 
 

@@ -1,6 +1,6 @@
 """Quick training: a logistic head on the frozen backbone's pooled embeddings.
 
-    python -m model.quick --data DIR --out DIR [--backbone MODEL_DIR] [--cache DIR] [--split-seed 100]
+    python -m model.quick --data DIR --out DIR [--backbone shipped|imagenet|MODEL_DIR] [--cache DIR] [--split-seed 100]
 
 The protocol is model.train's: the same split (fixed seed), the regularisation strength and the thresholds
 chosen on validation, the test photos used once, for the report. The result is an ordinary model directory:
@@ -72,7 +72,8 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
 
 
 def head_probabilities(embeddings, kernel, bias):
-    return (1 / (1 + np.exp(-(embeddings @ kernel + bias)))).astype(np.float32)
+    from scipy.special import expit  # the logistic function without overflow warnings
+    return expit(embeddings @ kernel + bias).astype(np.float32)
 
 
 def build_quick_model(backbone, labels, kernel, bias):
@@ -87,8 +88,22 @@ def build_quick_model(backbone, labels, kernel, bias):
     return model
 
 
-def train_quick(data, out, cache, backbone_dir=None, split_seed=CONTRACT_SPLIT_SEED, progress=None):
+def imagenet_backbone(cache, arch="efficientnet-lite0"):
+    """A model directory holding `arch` with its ImageNet weights (the head is a placeholder, never used),
+    written once under `cache`: the backbone for photos the shipped model may have been fine-tuned on."""
+    folder = Path(cache) / f"imagenet-{arch}"
+    if not (folder / "model.keras").is_file():
+        from model.network import build_model
+        model = build_model(arch, ["unused"])
+        training = {"architecture": arch, "input_size": model.input_shape[1], "backbone": "ImageNet weights only"}
+        write_model_dir(folder, model, {"labels": ["unused"], "thresholds": {"unused": 0.5}},
+                        {"training": training, "validation": {}, "test": {}}, [], [], [], lambda path: None)
+    return folder
+
+
+def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_SEED, progress=None):
     """Train on the dataset in `data` and write the model directory `out`; returns its metrics.
+    `backbone`: "shipped" (fine-tuned on MIML), "imagenet", or a model directory.
     `progress(fraction, message, seconds left or None)` reports as it goes."""
     from model.inference import Classifier
     from model.train import choose_thresholds
@@ -97,7 +112,8 @@ def train_quick(data, out, cache, backbone_dir=None, split_seed=CONTRACT_SPLIT_S
     report(0.02, "reading the dataset and the backbone", None)
     dataset = load_dataset(data)
     labels = dataset.label_names
-    backbone = Classifier(backbone_dir or SHIPPED_MODEL_DIR)
+    backbone = Classifier({"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone)
+                          or imagenet_backbone(cache))
     train_idx, val_idx, test_idx = split(len(dataset.images), split_seed)
     paths = [dataset.path(i) for i in range(len(dataset.images))]
     x = cached_embeddings(backbone, paths, cache, lambda f, left: report(
@@ -138,7 +154,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.quick", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--backbone", help="model directory whose backbone is used (default: the shipped model)")
+    p.add_argument("--backbone", default="shipped",
+                   help="shipped (default: the shipped model's, fine-tuned on MIML), imagenet, or a model directory")
     p.add_argument("--cache", default="runs/embeddings", help="embedding cache folder (default runs/embeddings)")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED)
     add_verbose_flag(p)

@@ -28,6 +28,7 @@ from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir
 SHIPPED = "shipped"
 DATA = "data"                 # the --data dataset
 MODES = ("quick", "full")
+BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
 ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 LIVE = ("queued", "running")
@@ -166,12 +167,15 @@ class Registry:
         write_json(self.root / "active.json", {"model": model_id})
 
     # --- jobs ----------------------------------------------------------------------------------
-    def start_job(self, dataset_id, mode, epochs=None, train_args=()):
+    def start_job(self, dataset_id, mode, epochs=None, backbone=None, train_args=()):
         """Start training on a dataset in a separate process -> the job id (also the model's id).
 
-        `train_args`: extra `model.train` arguments for full mode (tests keep a run tiny with them)."""
+        `backbone` (quick mode): "shipped" (default) or "imagenet"; `train_args`: extra `model.train`
+        arguments for full mode (tests keep a run tiny with them)."""
         if mode not in MODES:
             raise RegistryError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if backbone is not None and (mode != "quick" or backbone not in BACKBONES):
+            raise RegistryError(f"backbone is for quick mode: one of {', '.join(BACKBONES)}, not {backbone!r}")
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS):
             raise RegistryError(f"epochs must be a whole number from 1 to {MAX_EPOCHS}, not {epochs!r}")
         if mode == "quick" and epochs is not None:
@@ -190,7 +194,7 @@ class Registry:
             write_json(folder / "status.json", status)
             spec = {"folder": str(folder), "data": str(data), "mode": mode, "epochs": epochs,
                     "out": str(self.root / "models" / job_id), "cache": str(self.root / "embeddings"),
-                    "train_args": list(train_args)}
+                    "backbone": backbone or "shipped", "train_args": list(train_args)}
             process = multiprocessing.get_context("spawn").Process(target=run_job, args=(spec,), daemon=True)
             process.start()
             self._running = (job_id, process)
@@ -256,7 +260,7 @@ def run_job(spec):
             from model.cli import quiet_tensorflow
             quiet_tensorflow()
             from model.quick import train_quick
-            train_quick(spec["data"], spec["out"], spec["cache"], progress=report)
+            train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
         else:
             run_full(spec, report)
         status.update(state="done", progress=1.0, message="done", eta_s=None, model=Path(spec["out"]).name)
@@ -277,6 +281,7 @@ def run_full(spec, report):
     warmup = int(args[args.index("--warmup-epochs") + 1]) if "--warmup-epochs" in args else 2
     total = warmup + epochs
     curve, times, log = [], [], []
+    state = [0.03, "starting model.train", None]  # progress, message, seconds left
     with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
         process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in process.stdout:
@@ -284,16 +289,16 @@ def run_full(spec, report):
             log_file.flush()
             log.append(line.strip())
             losses = dict(LOSS.findall(line))
-            if "val_loss" in losses:
-                curve.append({"epoch": len(curve) + 1, "loss": float(losses["loss"]), "val_loss": float(losses["val_loss"])})
             m = EPOCH_LINE.match(line.strip())
-            if m:
+            if "val_loss" in losses:  # Keras's epoch summary
+                curve.append({"epoch": len(curve) + 1, "loss": float(losses["loss"]), "val_loss": float(losses["val_loss"])})
+            elif m:  # model.train's: the epoch's time, so an ETA
                 times.append(float(m["took"]))
-                done = len(times)
-                report(0.05 + 0.9 * done / total, f"{m['phase']}: epoch {m['n']}/{m['of']}",
-                       (total - done) * sum(times) / done, curve=curve)
-            elif line.strip() and not curve:
-                report(0.03, line.strip()[:200], None, curve=curve)
+                state = [0.05 + 0.9 * len(times) / total, f"{m['phase']}: epoch {m['n']}/{m['of']}",
+                         (total - len(times)) * sum(times) / len(times)]
+            elif line.strip() and not times:  # what it does before the first epoch ends
+                state[1] = line.strip()[:200]
+            report(*state, curve=curve)
         if process.wait() != 0:
             raise RuntimeError(next((l for l in reversed(log) if l.startswith("error")), None)
                                or f"model.train failed (exit code {process.returncode}); see {log_file.name}")

@@ -46,6 +46,7 @@ trainForm.addEventListener("submit", async (event) => {
   const form = new FormData(trainForm);
   const job = { dataset: form.get("dataset"), mode: form.get("mode") };
   if (job.mode === "full") job.epochs = Number(form.get("epochs"));
+  else job.backbone = form.get("backbone");
   try {
     const started = await send(trainForm.action, {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(job) });

@@ -87,3 +87,25 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
     page.locator("tr[data-model='strict-copy'] [data-delete]").click()
     page.locator("tr[data-model='strict-copy']").wait_for(state="detached")
     assert not strict.exists()
+
+
+def test_full_mode_progress_draws_the_learning_curve(page, base_url, runs):  # noqa: F811
+    """The page's side of a full run (the job itself is tests/test_training_full.py's): the server's answers are
+    stood in for, a run in its fourth epoch of 22 with its losses so far."""
+    curve = [{"epoch": i + 1, "loss": 0.6 / (i + 1) ** 0.5, "val_loss": 0.55 / (i + 1) ** 0.4} for i in range(4)]
+    status = {"job": "full-x", "state": "running", "progress": 0.21, "message": "fine-tuning (whole network): epoch 2/20",
+              "eta_s": 754, "model": None, "curve": curve}
+    page.route("**/api/jobs", lambda route: route.fulfill(status=202, json={"job": "full-x"}))
+    page.route("**/api/jobs/full-x", lambda route: route.fulfill(json=status))
+    page.goto(base_url + "/train")
+    page.check("input[name=mode][value=full]")
+    page.evaluate("() => { document.querySelector('[data-datasets]').append(new Option('x', 'x', true, true));"
+                  " document.querySelector('[data-train] button[type=submit]').disabled = false; }")  # no dataset here
+    page.click("[data-train] button[type=submit]")
+    page.locator("[data-job-curve] polyline.val").wait_for()
+    points = page.locator("[data-job-curve] polyline.train").get_attribute("points").split()
+    assert len(points) == 4 and float(points[0].split(",")[1]) < float(points[-1].split(",")[1])  # loss falls: y grows
+    assert page.locator("[data-job-text]").inner_text() == (
+        "running: 21% · fine-tuning (whole network): epoch 2/20, about 13 min left")
+    page.locator("[data-job-curve]").screenshot(path=str(SHOTS / "train-curve.png"))
+    page.screenshot(path=str(SHOTS / "train-full-progress.png"), full_page=True)

@@ -139,6 +139,20 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     assert "sea" in default["results"][0]["predicted"]  # without ?model= the model in use (shipped) answers
 
 
+def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
+    """For photos the shipped model may have been fine-tuned on (MIML's), quick mode can use ImageNet's weights."""
+    from model.quick import train_quick
+    out = runs / "imagenet-quick"
+    metrics = train_quick(runs / "datasets" / own_dataset[0]["dataset"], out, runs / "embeddings", "imagenet")
+    assert metrics["training"]["backbone"].endswith("imagenet-efficientnet-lite0")
+    assert (runs / "embeddings" / "imagenet-efficientnet-lite0" / "model.keras").is_file()  # written once, in runs/
+    classifier = Classifier(out)
+    names, truth, stored = classifier.test_predictions()
+    pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
+    np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
+    assert metrics["test"]["map"] > 0.7
+
+
 def test_a_second_job_is_refused_while_one_runs_and_cancelling_stops_it(client, own_dataset, runs):
     dataset = own_dataset[0]["dataset"]
     first = client.post("/api/jobs", json={"dataset": dataset, "mode": "quick"}).get_json()["job"]
@@ -162,6 +176,8 @@ def test_a_second_job_is_refused_while_one_runs_and_cancelling_stops_it(client, 
     ({"dataset": "x", "mode": "full", "epochs": "ten"}, 400, "epochs must be a whole number"),
     ({"dataset": "x", "mode": "full", "epochs": 0}, 400, "epochs must be a whole number"),
     ({"dataset": "x", "mode": "quick", "rate": 1}, 400, "unknown field 'rate'"),
+    ({"dataset": "x", "mode": "quick", "backbone": "resnet"}, 400, "backbone is for quick mode: one of shipped, imagenet"),
+    ({"dataset": "x", "mode": "full", "backbone": "imagenet"}, 400, "backbone is for quick mode"),
 ])
 def test_bad_job_requests_say_what_is_wrong(client, body, status, message):
     r = client.post("/api/jobs", json=body)
@@ -311,6 +327,11 @@ def test_models_switch_survives_a_restart_and_deleting_asks_or_refuses(client, q
     from app import create_app
     restarted = create_app(runs_dir=runs).test_client()  # a new server on the same runs folder
     assert restarted.get("/api/model").get_json()["labels"] == OWN_LABELS
+    from model.modeldir import SHIPPED_MODEL_DIR
+    given = create_app(model_dir=SHIPPED_MODEL_DIR, runs_dir=runs).test_client()  # --model wins over the choice
+    assert given.get("/api/model").get_json()["labels"] == ["desert", "mountains", "sea", "sunset", "trees"]
+    assert not any(m["active"] for m in given.get("/api/models").get_json())
+    assert "given with <code>--model</code>" in given.get("/models").get_data(as_text=True)
 
     r = client.post("/models/delete", data={"model": model_id})
     assert r.status_code == 400 and "tick the box" in r.get_data(as_text=True)
