@@ -320,6 +320,9 @@ def test_models_switch_survives_a_restart_and_deleting_asks_or_refuses(client, q
 
     assert client.post("/api/models/active", json={"model": model_id}).status_code == 200
     assert app.extensions["scenes"].labels == OWN_LABELS
+    page = client.get("/model").get_data(as_text=True)  # the pages read the quick model's directory unchanged
+    assert "quick mode: logistic regression per label on the frozen pooled embedding" in page
+    assert client.get("/evaluation").status_code == 200 and "labels: water, golden, green" in page
     assert [m["id"] for m in client.get("/api/models").get_json() if m["active"]] == [model_id]
     r = client.delete(f"/api/models/{model_id}")
     assert r.status_code == 409 and "switch to another model" in r.get_json()["error"]
