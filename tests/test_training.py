@@ -8,6 +8,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from model.inference import Classifier
 from model.modeldir import read_model_dir
@@ -236,14 +237,19 @@ def test_a_file_that_is_not_a_photo_is_left_out_and_named(client, miml_data, run
     labels = dict(list(relabelled(miml_data).items())[:4])
     labels["notes.jpg"] = (1, 0, 0)
     labels["missing.jpg"] = (0, 1, 0)
+    labels["huge.png"] = (0, 0, 1)
+    huge = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(huge, "PNG")  # 48 megapixels in 50 kB
     members = {"mine/labels.csv": labels_csv(labels), "mine/original/notes.jpg": b"this is a text file, not a photo",
+               "mine/original/huge.png": huge.getvalue(),
                **{f"mine/original/{image}": (miml_data / "original" / image).read_bytes() for image in list(labels)[:4]}}
     r = upload(client, zip_bytes(members))
     info = r.get_json()
     assert r.status_code == 201 and info["photos"] == 4
     assert {s["image"]: s["error"] for s in info["skipped"]} == {
         "notes.jpg": "not an image format we can read (JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF, HEIC work)",
-        "missing.jpg": "listed in the labels but not in the ZIP"}
+        "missing.jpg": "listed in the labels but not in the ZIP",
+        "huge.png": "image has too many pixels (limit 40,000,000)"}
     folder = runs / "datasets" / info["dataset"]
     assert sorted(p.name for p in (folder / "original").iterdir()) == sorted(list(labels)[:4])
     assert len(list(csv.reader(open(folder / "labels.csv")))) == 5
