@@ -273,6 +273,13 @@ EPOCH_LINE = re.compile(r"^(?P<phase>.+?): epoch (?P<n>\d+)/(?P<of>\d+) took (?P
 LOSS = re.compile(r"\b(val_loss|loss): ([\d.]+(?:e-?\d+)?)")
 
 
+def die_with_parent():
+    """In the child, before it runs: SIGTERM when the job process ends, however it ends (Linux's PR_SET_PDEATHSIG),
+    so a job killed alone (or with its server) leaves no model.train behind."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
 def run_full(spec, report):
     """`python -m model.train` in a subprocess, its per-epoch lines turned into progress, ETA and a curve."""
     epochs = spec["epochs"] or 20
@@ -283,7 +290,8 @@ def run_full(spec, report):
     curve, times, log = [], [], []
     state = [0.03, "starting model.train", None]  # progress, message, seconds left
     with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=die_with_parent)
         for line in process.stdout:
             log_file.write(line)
             log_file.flush()

@@ -78,3 +78,20 @@ def test_cancelling_a_full_job_stops_model_train_too(registry):
     with pytest.raises(RegistryError, match="already ended"):
         registry.cancel_job(job)
     assert os.path.isdir(registry.root / "jobs" / job)  # its status stays readable
+
+
+def test_a_job_process_that_dies_is_reported_failed_and_takes_model_train_with_it(registry):
+    import signal
+    job = registry.start_job("data", "full", epochs=5, train_args=TINY)
+    started = time.time()
+    while not train_processes(job):
+        assert time.time() - started < 60
+        time.sleep(0.2)
+    os.kill(registry._running[1].pid, signal.SIGKILL)  # the job's process alone, as if the server's machine had killed it
+    registry._running[1].join(10)
+    status = registry.job(job)
+    assert status["state"] == "failed" and status["message"] == "the training process ended unexpectedly (exit code -9)"
+    deadline = time.time() + 10
+    while train_processes(job) and time.time() < deadline:
+        time.sleep(0.2)
+    assert train_processes(job) == []
