@@ -1,8 +1,8 @@
 """Start the MIML Scenes web app.
 
     python visualization.py [--host 127.0.0.1] [--port 5000] [--model DIR] [--data DIR] [--server waitress|flask]
-                            [--runtime litert|keras] [--workers N] [--feedback DIR]
-                            [--allowed-host NAME ...]
+                            [--runtime litert|keras] [--workers N] [--feedback DIR] [--no-explore]
+                            [--runs DIR] [--allowed-host NAME ...]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
@@ -13,6 +13,7 @@ import argparse
 import os
 import socket
 import sys
+from pathlib import Path
 
 from model.cli import add_verbose_flag, quiet_tensorflow
 
@@ -51,6 +52,8 @@ def main(argv=None):
                    help="skip the dataset's embeddings (similar photos, the map): nothing runs in the background")
     p.add_argument("--feedback", metavar="DIR",
                    help="let users correct the labels of uploaded photos; stored in DIR as a dataset (labels.csv + original/)")
+    p.add_argument("--runs", default=str(Path(__file__).resolve().parent / "runs"),
+                   help="folder for uploaded datasets and trained models (default: runs/ beside this file)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)")
     add_verbose_flag(p)
@@ -69,8 +72,9 @@ def main(argv=None):
     from model.modeldir import ModelDirError
     try:
         app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host], runtime=args.runtime,
-                         workers=args.workers, explore=not args.no_explore, feedback_dir=args.feedback)
-    except (ModelDirError, DataError, FeedbackError) as e:
+                         workers=args.workers, explore=not args.no_explore, feedback_dir=args.feedback,
+                         runs_dir=args.runs)
+    except (ModelDirError, DataError, FeedbackError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if app.config["LABEL_MISMATCH"]:
@@ -79,7 +83,7 @@ def main(argv=None):
     if args.server == "waitress":
         from waitress import create_server
         # Above the app's own limit, so that the app answers a body just over it (JSON under /api/).
-        body_limit = 2 * app.config["MAX_CONTENT_LENGTH"]
+        body_limit = 2 * max(app.config["MAX_CONTENT_LENGTH"], app.config.get("MAX_DATASET_BYTES", 0))
         server = create_server(app, host=args.host, port=args.port, threads=args.threads,
                                max_request_body_size=body_limit, **WAITRESS)
         print(f"MIML Scenes ready at {url}", flush=True)

@@ -6,6 +6,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, SecurityEr
 
 from app.scenes import Scenes
 from app.uploads import InMemoryRequest
+from model.inference import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024   # per request
@@ -32,17 +33,23 @@ def label_mismatch(scenes):
 
 
 def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), runtime="litert", workers=None,
-               explore=False, feedback_dir=None):
+               explore=False, feedback_dir=None, runs_dir=None):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
     `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool;
     `explore`: similar photos and the map (the dataset's embeddings, computed in the background);
-    `feedback_dir`: collect corrected labels there (app/feedback.py).
+    `feedback_dir`: collect corrected labels there (app/feedback.py);
+    `runs_dir`: where uploaded datasets and trained models live (training, /models and /compare need it; without
+    `model_dir` the model chosen there is served, and a given `scenes` must hold that one).
 
     Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400."""
     app = Flask(__name__, template_folder=str(ROOT / "templates"), static_folder=str(ROOT / "static"))
     app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
+    registry = Registry(runs_dir, data_dir) if runs_dir else None
+    served = registry.active() if registry and model_dir is None else None  # None: --model serves a directory
+    if served and scenes is None:
+        model_dir = registry.model_path(served)
     app.extensions["scenes"] = scenes or Scenes(model_dir, data_dir, runtime=runtime, workers=workers,
                                                       explore=explore, feedback_dir=feedback_dir)
     app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
@@ -51,6 +58,9 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(explore.bp)
+    if registry:
+        from app import training
+        training.init(app, registry, served, runtime, workers)
 
     @app.context_processor
     def labels():

@@ -7,6 +7,7 @@ from werkzeug.exceptions import BadRequest
 
 from app import render
 from app.explore import ready_atlas, similar_count
+from app.training import requested_classifier
 from app.uploads import analyse, load, uploaded_files
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -18,19 +19,21 @@ def scenes():
 
 @bp.post("/predict")
 def predict():
-    s = scenes()
+    s, c = scenes(), requested_classifier()  # ?model=ID, else the model the pages use
     label = request.args.get("gradcam")
-    if label is not None and label not in s.labels:
-        raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(s.labels)}")
+    if label is not None and label not in c.labels:
+        raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(c.labels)}")
     k = similar_count(request.args.get("similar"))
+    if k and c is not s.classifier:
+        raise BadRequest("similar photos come from the model the pages use; leave out ?model= to get them")
     atlas = ready_atlas() if k else None
     results = []
-    for name, data in uploaded_files(request, s.classifier):  # one photo decoded at a time
+    for name, data in uploaded_files(request, c):  # one photo decoded at a time
         if label is None:  # one forward pass gives the probabilities and the embedding
-            _, embeddings, probs = s.classifier.forward(load(s.classifier, name, data)[None])
-            embedding, result = embeddings[0], s.classifier.results(probs)[0]
+            _, embeddings, probs = c.forward(load(c, name, data)[None])
+            embedding, result = embeddings[0], c.results(probs)[0]
         else:  # the class map comes from the same forward pass
-            a = analyse(s.classifier, name, data)
+            a = analyse(c, name, data)
             embedding = a.embedding
             png = render.heatmap_overlay(a.cams[label])
             result = {"probabilities": a.probabilities, "predicted": a.predicted,
@@ -38,7 +41,7 @@ def predict():
         if k:
             result["similar"] = atlas.similar(embedding, k)
         results.append({"filename": name, **result})
-    return jsonify(results=results, thresholds=s.thresholds)
+    return jsonify(results=results, thresholds=c.thresholds)
 
 
 @bp.get("/model")

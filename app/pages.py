@@ -94,7 +94,8 @@ def photo(photo_id):
         a = s.classifier.analyse(path)
     except ImageError as e:
         raise UnprocessableEntity(f"dataset photo {name} cannot be read: {e}") from None
-    c = card(name, a, s.dataset.labels[photo_id - 1], photo_id=photo_id)
+    truth = s.dataset.labels[photo_id - 1] if s.dataset.label_names == s.labels else None  # only in the model's labels
+    c = card(name, a, truth, photo_id=photo_id)
     layers, grid = layer_view(c["model_input"], request.args.get("layer"))
     in_test = any(t.photo_id == photo_id for t in s.test_photos)
     return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)

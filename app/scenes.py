@@ -32,15 +32,20 @@ class Scenes:
     def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None, explore=False, feedback_dir=None):
         """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
         for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
-        self.classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
-        self.labels = self.classifier.labels
-        self.thresholds = self.classifier.thresholds
-        self.dataset = self.classifier.dataset(data_dir) if data_dir else None
-        self.test_photos = self._test_photos() if self.dataset else []
-        self.atlas = self.classifier.atlas(self.dataset).start() if explore and self.dataset else None
+        classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
+        self.dataset = classifier.dataset(data_dir) if data_dir else None
+        self.explore = explore
+        self.use(classifier)
         self.feedback = Feedback(feedback_dir, self.labels) if feedback_dir else None
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
+
+    def use(self, classifier):
+        """Serve `classifier` from now on (the model the pages use; /models switches it)."""
+        self.classifier, self.labels, self.thresholds = classifier, classifier.labels, classifier.thresholds
+        self.test_photos = self._test_photos() if self.dataset else []
+        # similar photos and the map belong to the model that embeds them (each model's own cache)
+        self.atlas = classifier.atlas(self.dataset).start() if self.explore and self.dataset else None
 
     def _test_photos(self):
         """The stored test predictions (computed once, at training), joined to the dataset's photos."""

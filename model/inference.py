@@ -42,6 +42,7 @@ from model.modeldir import read_model_dir, ModelDirError
 from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
 from model.preprocess import (ImageError, ImageTooLargeError, UnsupportedImageError,  # noqa: F401
                               decode, decoded_pixels, letterbox, load_image)
+from model.registry import Registry, RegistryError  # noqa: F401  (the app's door to the runs folder)
 from model.thresholds import apply_thresholds
 
 RUNTIMES = ("litert", "keras")

@@ -1,0 +1,260 @@
+"""Training from the browser and the model registry: datasets, jobs, models, switching and comparing.
+
+    POST /api/datasets            a ZIP (multipart field `file`) -> 201 {"dataset", "photos", "labels", "skipped"}
+    GET  /api/datasets            the datasets (--data first)
+    POST /api/jobs                {"dataset", "mode": "quick"|"full", "epochs"} -> 202 {"job"}; 409 while one runs
+    GET  /api/jobs/ID             {"state", "progress", "message", "eta_s", "model", "curve", ...}
+    DELETE /api/jobs/ID           cancel
+    GET  /api/models              every model, the shipped one first
+    POST /api/models/active       {"model": ID}: the model the pages use (kept in RUNS/active.json)
+    DELETE /api/models/ID         delete a trained model (never the shipped one, nor the one in use)
+    /train, /models, /compare     the pages
+
+Everything model-side is `model.registry.Registry` (reached through model.inference). Loaded models are kept
+in memory, at most MODELS_IN_MEMORY, the least recently used going first.
+"""
+import threading
+from pathlib import Path
+from collections import OrderedDict
+
+from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
+from werkzeug.exceptions import BadRequest, default_exceptions
+
+from app import render
+from model.inference import Classifier, ImageError, RegistryError
+
+bp = Blueprint("training", __name__)
+MODELS_IN_MEMORY = 3
+MAX_DATASET_BYTES = 200 * 1024 * 1024   # one uploaded ZIP
+COMPARE_GALLERY = 60                    # disagreements shown
+
+
+class LoadedModels:
+    """Classifiers by model id, at most `bound` in memory; the least recently used goes first."""
+
+    def __init__(self, registry, runtime, workers, bound=MODELS_IN_MEMORY):
+        self.registry, self.runtime, self.workers, self.bound = registry, runtime, workers, bound
+        self._loaded = OrderedDict()
+        self._lock = threading.Lock()  # loads one model at a time: a second request for it waits, then shares it
+
+    def put(self, model_id, classifier):
+        with self._lock:
+            self._keep(model_id, classifier)
+
+    def _keep(self, model_id, classifier):
+        self._loaded[model_id] = classifier
+        self._loaded.move_to_end(model_id)
+        while len(self._loaded) > self.bound:
+            self._loaded.popitem(last=False)
+
+    def get(self, model_id):
+        """The loaded model `model_id`; RegistryError (404) for an unknown one."""
+        with self._lock:
+            if model_id in self._loaded:
+                self._loaded.move_to_end(model_id)
+                return self._loaded[model_id]
+            classifier = Classifier(self.registry.model_path(model_id), runtime=self.runtime, workers=self.workers or 2)
+            self._keep(model_id, classifier)
+            return classifier
+
+    def forget(self, model_id):
+        with self._lock:
+            self._loaded.pop(model_id, None)
+
+    def ids(self):
+        with self._lock:
+            return list(self._loaded)
+
+
+def init(app, registry, served, runtime, workers):
+    """Register the blueprint and what it keeps: the registry and the loaded models, among them the served
+    one, registry id `served` (None when --model serves a directory of its own until a switch)."""
+    app.extensions["registry"] = registry
+    app.extensions["models"] = LoadedModels(registry, runtime, workers)
+    app.extensions["active_model"] = served
+    if served:
+        app.extensions["models"].put(served, app.extensions["scenes"].classifier)
+    app.config.update(MAX_DATASET_BYTES=MAX_DATASET_BYTES, TRAINING=True)  # TRAINING: the nav shows Train and Models
+    app.register_blueprint(bp)
+
+    @app.errorhandler(RegistryError)
+    def registry_error(e):
+        return app.handle_http_exception(default_exceptions[e.status](str(e)))
+
+
+def registry():
+    return current_app.extensions["registry"]
+
+
+def models():
+    return current_app.extensions["models"]
+
+
+def requested_classifier():
+    """The model of `?model=ID` when given (400 without a runs folder, 404 for an unknown id), else the one in use."""
+    model_id = request.args.get("model")
+    if model_id is None:
+        return current_app.extensions["scenes"].classifier
+    if "models" not in current_app.extensions:
+        raise BadRequest("this server has no runs folder, so ?model= has nothing to choose from")
+    return models().get(model_id)
+
+
+def switch(model_id):
+    """Serve `model_id` on every page from now on, and remember it across restarts."""
+    from app import label_mismatch
+    classifier = models().get(model_id)
+    registry().set_active(model_id)
+    scenes = current_app.extensions["scenes"]
+    scenes.use(classifier)
+    current_app.extensions["active_model"] = model_id
+    current_app.config["LABEL_MISMATCH"] = label_mismatch(scenes)
+
+
+def json_body():
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("send a JSON object (Content-Type: application/json)")
+    return body
+
+
+# --- API -----------------------------------------------------------------------------------------
+@bp.post("/api/datasets")
+def upload_dataset():
+    request.max_content_length = current_app.config["MAX_DATASET_BYTES"]
+    upload = request.files.get("file")
+    if upload is None or not upload.filename:
+        raise BadRequest("no ZIP received: send it in the multipart form field 'file'")
+    return jsonify(registry().import_zip(upload.stream, upload.filename)), 201
+
+
+@bp.get("/api/datasets")
+def list_datasets():
+    return jsonify(registry().datasets())
+
+
+@bp.post("/api/jobs")
+def start_job():
+    body = json_body()
+    unknown = set(body) - {"dataset", "mode", "epochs", "backbone"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}; send dataset, mode, and epochs (full mode) "
+                         "or backbone (quick mode)")
+    if "dataset" not in body or "mode" not in body:
+        raise BadRequest("send 'dataset' (an id from GET /api/datasets) and 'mode' ('quick' or 'full')")
+    job = registry().start_job(body["dataset"], body["mode"], body.get("epochs"), body.get("backbone"))
+    return jsonify(job=job), 202, {"Location": url_for("training.job_status", job_id=job)}
+
+
+@bp.get("/api/jobs/<job_id>")
+def job_status(job_id):
+    return jsonify(registry().job(job_id))
+
+
+@bp.delete("/api/jobs/<job_id>")
+def cancel_job(job_id):
+    return jsonify(registry().cancel_job(job_id))
+
+
+@bp.get("/api/models")
+def list_models():
+    active = current_app.extensions["active_model"]
+    return jsonify([{**m, "active": m["id"] == active} for m in registry().models()])
+
+
+@bp.post("/api/models/active")
+def use_model():
+    model_id = json_body().get("model")
+    if not isinstance(model_id, str):
+        raise BadRequest("send {\"model\": ID} with an id from GET /api/models")
+    switch(model_id)
+    return jsonify(active=model_id)
+
+
+def delete(model_id):
+    registry().delete_model(model_id)
+    models().forget(model_id)
+
+
+@bp.delete("/api/models/<model_id>")
+def delete_model(model_id):
+    delete(model_id)
+    return jsonify(deleted=model_id)
+
+
+# --- pages ---------------------------------------------------------------------------------------
+@bp.get("/train")
+def train_page():
+    live = registry().live_job()
+    return render_template("train.html", datasets=registry().datasets(), job=live,
+                           max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024))
+
+
+@bp.get("/models")
+def models_page():
+    return render_template("models.html", models=registry().models(), active=current_app.extensions["active_model"],
+                           loaded=models().ids(), bound=MODELS_IN_MEMORY)
+
+
+@bp.post("/models/use")
+def use_model_form():
+    switch(request.form.get("model", ""))
+    return redirect(url_for("training.models_page"), 303)
+
+
+@bp.post("/models/delete")
+def delete_model_form():
+    if request.form.get("confirm") != "yes":
+        raise BadRequest("deleting a model cannot be undone: tick the box that confirms it")
+    delete(request.form.get("model", ""))
+    return redirect(url_for("training.models_page"), 303)
+
+
+def shared_test_photos(a, b):
+    """(names, truth, (probabilities of a, of b)) over the test photos both models stored, same name and truth."""
+    names_a, truth_a, probs_a = a.test_predictions()
+    names_b, truth_b, probs_b = b.test_predictions()
+    where_b = {name: i for i, name in enumerate(names_b)}
+    pairs = [(i, where_b[n]) for i, n in enumerate(names_a) if n in where_b and (truth_a[i] == truth_b[where_b[n]]).all()]
+    ia, ib = [p[0] for p in pairs], [p[1] for p in pairs]
+    return [names_a[i] for i in ia], truth_a[ia], (probs_a[ia], probs_b[ib])
+
+
+@bp.get("/compare")
+def compare():
+    ids = [request.args.get("a", ""), request.args.get("b", "")]
+    if not all(ids):
+        raise BadRequest("choose two models: /compare?a=ID&b=ID (ids from the Models page)")
+    a, b = (models().get(i) for i in ids)
+    if a.labels != b.labels:
+        raise BadRequest(f"the models have different labels ({', '.join(a.labels)} against {', '.join(b.labels)}): "
+                         "only models with the same labels can be compared")
+    names, truth, probs = shared_test_photos(a, b)
+    if not names:
+        raise BadRequest("the two models share no test photos (same file name and true labels), so there is "
+                         "nothing to compare them on")
+    metrics = [a.evaluate(truth, probs[0]), b.evaluate(truth, probs[1])]
+    decided = [a.decide(probs[0]), b.decide(probs[1])]
+    differ = [i for i in range(len(names)) if (decided[0][i] != decided[1][i]).any()]
+
+    def chosen(flags):
+        return [l for l, on in zip(a.labels, flags) if on]
+    photos = [{"name": names[i], "truth": chosen(truth[i]), "a": chosen(decided[0][i]), "b": chosen(decided[1][i]),
+               "a_right": (decided[0][i] == truth[i]).all(), "b_right": (decided[1][i] == truth[i]).all()}
+              for i in differ[:COMPARE_GALLERY]]
+    return render_template("compare.html", ids=ids, metrics=metrics, headline=a.HEADLINE, n=len(names),
+                           differ=len(differ), photos=photos, labels=a.labels)
+
+
+@bp.get("/compare/thumb/<model_id>/<image>")
+def compare_thumb(model_id, image):
+    """A thumbnail of one of the model's test photos, read from the dataset it was trained on."""
+    c = models().get(model_id)
+    if image not in c.test_predictions()[0]:
+        abort(404, description=f"{image!r} is not one of model {model_id!r}'s test photos")
+    try:
+        jpeg = render.to_jpeg(c.display_image(Path(c.metrics["training"]["dataset"]) / "original" / image,
+                                              render.THUMB_SIZE), quality=80)
+    except (ImageError, OSError) as e:
+        abort(404, description=f"{image}: cannot be read from the model's dataset ({e})")
+    return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -1,0 +1,312 @@
+"""The runs folder: uploaded datasets, trained models, training jobs and the model the app serves.
+
+    RUNS/datasets/ID/      labels.csv + original/ (model.datasets.import_zip), dataset.json
+    RUNS/models/ID/        model directories (model.modeldir), written by quick or full training
+    RUNS/jobs/ID/          status.json (written atomically by the job's process), log.txt
+    RUNS/embeddings/       quick mode's embedding cache
+    RUNS/active.json       {"model": ID}: the model the pages use, kept across restarts
+
+Nothing is written outside RUNS. A job runs in its own process (multiprocessing "spawn": TensorFlow and
+fork do not mix), the leader of its own process group, so cancelling ends it and anything it started.
+One job runs at a time.
+"""
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir
+
+SHIPPED = "shipped"
+DATA = "data"                 # the --data dataset
+MODES = ("quick", "full")
+BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
+MAX_EPOCHS = 100
+ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+LIVE = ("queued", "running")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RegistryError(Exception):
+    """A request the registry refuses; `status` is the HTTP status that fits it."""
+    status = 400
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status or self.status
+
+
+def now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path, value):
+    """Write `value` as JSON to `path` atomically (readers see the old file or the new one, never half)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
+def read_json(path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def checked_id(value, what):
+    if not isinstance(value, str) or not ID.match(value):
+        raise RegistryError(f"{what} must be an id of lowercase letters, digits and dashes, not {value!r}", 404)
+    return value
+
+
+class Registry:
+    def __init__(self, runs, data_dir=None):
+        self.root = Path(runs)
+        self.data_dir = Path(data_dir) if data_dir else None
+        for sub in ("datasets", "models", "jobs", "embeddings"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._running = None  # (job id, Process) of the job this server started
+
+    # --- datasets ------------------------------------------------------------------------------
+    def import_zip(self, source, filename):
+        """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
+        from model.datasets import DatasetError, import_zip, slug
+        dataset_id = slug(filename)
+        try:
+            result = import_zip(source, self.root / "datasets" / dataset_id)
+        except DatasetError as e:
+            raise RegistryError(str(e)) from None
+        info = {"dataset": dataset_id, "name": Path(filename or "").name, "created": now(), **result}
+        write_json(self.root / "datasets" / dataset_id / "dataset.json", info)
+        return info
+
+    def datasets(self):
+        """[{"dataset", "name", "photos", "labels", "created"}], --data first, then the newest uploads."""
+        out = []
+        if self.data_dir:
+            from model.data import DataError, load_dataset
+            try:
+                d = load_dataset(self.data_dir)
+                out.append({"dataset": DATA, "name": f"--data {self.data_dir.name}", "photos": len(d.images),
+                            "labels": d.label_names, "created": None})
+            except DataError:
+                pass
+        infos = [read_json(p / "dataset.json") for p in (self.root / "datasets").iterdir()]
+        infos = sorted((i for i in infos if i), key=lambda i: i["created"], reverse=True)
+        return out + [{k: i[k] for k in ("dataset", "name", "photos", "labels", "created")} for i in infos]
+
+    def dataset_path(self, dataset_id):
+        if dataset_id == DATA and self.data_dir:
+            return self.data_dir
+        path = self.root / "datasets" / checked_id(dataset_id, "dataset")
+        if not (path / "dataset.json").is_file():
+            raise RegistryError(f"no dataset {dataset_id!r}; upload one first (GET /api/datasets lists them)", 404)
+        return path
+
+    # --- models --------------------------------------------------------------------------------
+    def model_path(self, model_id):
+        if model_id == SHIPPED:
+            return SHIPPED_MODEL_DIR
+        path = self.root / "models" / checked_id(model_id, "model")
+        if not (path / "model.keras").is_file():
+            raise RegistryError(f"no model {model_id!r} (GET /api/models lists them)", 404)
+        return path
+
+    def _describe(self, model_id, path):
+        info = read_model_dir(path)
+        training = info.metrics["training"]
+        dataset = Path(training.get("dataset", ""))
+        dataset_id = (dataset.name if dataset.parent == self.root / "datasets"
+                      else DATA if self.data_dir and dataset == self.data_dir else str(dataset))
+        created = training.get("created") or (None if model_id == SHIPPED else datetime.fromtimestamp(
+            (path / "model.keras").stat().st_mtime, timezone.utc).isoformat(timespec="seconds"))
+        return {"id": model_id, "labels": info.labels, "architecture": training.get("architecture"),
+                "mode": training.get("mode", "full"), "created": created, "dataset": dataset_id,
+                "metrics": {k: info.metrics["test"].get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")}}
+
+    def models(self):
+        """Every model: the shipped one first, then the trained ones, newest first."""
+        trained = []
+        for path in (self.root / "models").iterdir():
+            if ID.match(path.name):
+                try:
+                    trained.append(self._describe(path.name, path))
+                except ModelDirError:
+                    continue  # half-written or damaged: not offered
+        return [self._describe(SHIPPED, SHIPPED_MODEL_DIR)] + sorted(trained, key=lambda m: (m["created"], m["id"]), reverse=True)
+
+    def delete_model(self, model_id):
+        if model_id == SHIPPED:
+            raise RegistryError("the shipped model cannot be deleted", 403)
+        path = self.model_path(model_id)
+        if self.active() == model_id:
+            raise RegistryError(f"model {model_id!r} is the one in use; switch to another model before deleting it", 409)
+        shutil.rmtree(path)
+
+    def active(self):
+        """The id of the model the pages use (the shipped one unless switched); a deleted choice falls back."""
+        chosen = (read_json(self.root / "active.json") or {}).get("model", SHIPPED)
+        try:
+            self.model_path(chosen)
+            return chosen
+        except RegistryError:
+            return SHIPPED
+
+    def set_active(self, model_id):
+        self.model_path(model_id)
+        write_json(self.root / "active.json", {"model": model_id})
+
+    # --- jobs ----------------------------------------------------------------------------------
+    def start_job(self, dataset_id, mode, epochs=None, backbone=None, train_args=()):
+        """Start training on a dataset in a separate process -> the job id (also the model's id).
+
+        `backbone` (quick mode): "shipped" (default) or "imagenet"; `train_args`: extra `model.train`
+        arguments for full mode (tests keep a run tiny with them)."""
+        if mode not in MODES:
+            raise RegistryError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if backbone is not None and (mode != "quick" or backbone not in BACKBONES):
+            raise RegistryError(f"backbone is for quick mode: one of {', '.join(BACKBONES)}, not {backbone!r}")
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS):
+            raise RegistryError(f"epochs must be a whole number from 1 to {MAX_EPOCHS}, not {epochs!r}")
+        if mode == "quick" and epochs is not None:
+            raise RegistryError("quick mode has no epochs (it fits a logistic head); leave epochs out")
+        data = self.dataset_path(dataset_id)
+        with self._lock:
+            if self.live_job():
+                raise RegistryError(f"job {self._running[0]!r} is still running; one job runs at a time "
+                                    "(wait for it or cancel it)", 409)
+            job_id = f"{mode}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
+            folder = self.root / "jobs" / job_id
+            folder.mkdir()
+            status = {"job": job_id, "dataset": dataset_id, "mode": mode, "epochs": epochs, "state": "queued",
+                      "progress": 0.0, "message": "starting", "eta_s": None, "model": None, "curve": [],
+                      "created": now()}
+            write_json(folder / "status.json", status)
+            spec = {"folder": str(folder), "data": str(data), "mode": mode, "epochs": epochs,
+                    "out": str(self.root / "models" / job_id), "cache": str(self.root / "embeddings"),
+                    "backbone": backbone or "shipped", "train_args": list(train_args)}
+            process = multiprocessing.get_context("spawn").Process(target=run_job, args=(spec,), daemon=True)
+            process.start()
+            self._running = (job_id, process)
+        return job_id
+
+    def live_job(self):
+        """The status of the job this server started, while it is queued or running; else None."""
+        status = self._running and self.job(self._running[0])
+        return status if status and status["state"] in LIVE else None
+
+    def job(self, job_id):
+        """The job's status; one whose process has gone without saying so is reported failed."""
+        folder = self.root / "jobs" / checked_id(job_id, "job")
+        status = read_json(folder / "status.json")
+        if status is None:
+            raise RegistryError(f"no job {job_id!r}", 404)
+        running = self._running if self._running and self._running[0] == job_id else None
+        if status["state"] in LIVE and (running is None or not running[1].is_alive()):
+            code = running[1].exitcode if running else None
+            status.update(state="failed", eta_s=None, message="the training process ended unexpectedly"
+                          + (f" (exit code {code})" if code is not None else " (the server restarted)"))
+            write_json(folder / "status.json", status)
+        return status
+
+    def cancel_job(self, job_id):
+        """Stop a queued or running job and everything it started; 409 when it has already ended."""
+        with self._lock:
+            status = self.job(job_id)
+            if status["state"] not in LIVE:
+                raise RegistryError(f"job {job_id!r} has already ended ({status['state']})", 409)
+            process = self._running[1]
+            try:
+                os.killpg(process.pid, signal.SIGTERM)  # the job and `python -m model.train` under it
+            except ProcessLookupError:
+                pass
+            process.join(10)
+            if process.is_alive():
+                os.killpg(process.pid, signal.SIGKILL)
+                process.join(5)
+            out = self.root / "models" / job_id
+            for leftover in (out, out.with_name(out.name + ".partial-write"), out.with_name(out.name + ".training")):
+                shutil.rmtree(leftover, ignore_errors=True)
+            status.update(state="cancelled", eta_s=None, message="cancelled", model=None)
+            write_json(self.root / "jobs" / job_id / "status.json", status)
+            return status
+
+
+# --- inside the job's process ---------------------------------------------------------------------
+def run_job(spec):
+    """The job process: become a process group leader, train, and keep status.json current."""
+    os.setsid()
+    folder = Path(spec["folder"])
+    status = read_json(folder / "status.json")
+
+    def report(progress, message, eta_s=None, **extra):
+        status.update(state="running", progress=round(min(progress, 1.0), 4), message=message,
+                      eta_s=None if eta_s is None else round(eta_s), **extra)
+        write_json(folder / "status.json", status)
+
+    try:
+        report(0.01, "starting")
+        if spec["mode"] == "quick":
+            from model.cli import quiet_tensorflow
+            quiet_tensorflow()
+            from model.quick import train_quick
+            train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
+        else:
+            run_full(spec, report)
+        status.update(state="done", progress=1.0, message="done", eta_s=None, model=Path(spec["out"]).name)
+    except Exception as e:  # anything: the page must say why the job failed
+        status.update(state="failed", eta_s=None, message=str(e) or type(e).__name__)
+    write_json(folder / "status.json", status)
+
+
+EPOCH_LINE = re.compile(r"^(?P<phase>.+?): epoch (?P<n>\d+)/(?P<of>\d+) took (?P<took>[\d.]+) s")
+LOSS = re.compile(r"\b(val_loss|loss): ([\d.]+(?:e-?\d+)?)")
+
+
+def die_with_parent():
+    """In the child, before it runs: SIGTERM when the job process ends, however it ends (Linux's PR_SET_PDEATHSIG),
+    so a job killed alone (or with its server) leaves no model.train behind."""
+    import ctypes
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+def run_full(spec, report):
+    """`python -m model.train` in a subprocess, its per-epoch lines turned into progress, ETA and a curve."""
+    epochs = spec["epochs"] or 20
+    args = [sys.executable, "-m", "model.train", "--data", spec["data"], "--out", spec["out"],
+            "--epochs", str(epochs), *spec["train_args"]]
+    warmup = int(args[args.index("--warmup-epochs") + 1]) if "--warmup-epochs" in args else 2
+    total = warmup + epochs
+    curve, times, log = [], [], []
+    state = [0.03, "starting model.train", None]  # progress, message, seconds left
+    with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
+        process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   preexec_fn=die_with_parent)
+        for line in process.stdout:
+            log_file.write(line)
+            log_file.flush()
+            log.append(line.strip())
+            losses = dict(LOSS.findall(line))
+            m = EPOCH_LINE.match(line.strip())
+            if "val_loss" in losses:  # Keras's epoch summary
+                curve.append({"epoch": len(curve) + 1, "loss": float(losses["loss"]), "val_loss": float(losses["val_loss"])})
+            elif m:  # model.train's: the epoch's time, so an ETA
+                times.append(float(m["took"]))
+                state = [0.05 + 0.9 * len(times) / total, f"{m['phase']}: epoch {m['n']}/{m['of']}",
+                         (total - len(times)) * sum(times) / len(times)]
+            elif line.strip() and not times:  # what it does before the first epoch ends
+                state[1] = line.strip()[:200]
+            report(*state, curve=curve)
+        if process.wait() != 0:
+            raise RuntimeError(next((l for l in reversed(log) if l.startswith("error")), None)
+                               or f"model.train failed (exit code {process.returncode}); see {log_file.name}")

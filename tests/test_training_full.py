@@ -1,0 +1,97 @@
+"""Full mode: `python -m model.train` as the job's subprocess, kept tiny (the 36-photo tiny dataset, one warm-up
+and one fine-tuning epoch at 96 pixels); its epochs become progress, an ETA and the learning curve."""
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from model.inference import Classifier, Registry, RegistryError
+from tests.helpers import TINY_LABELS
+
+TINY = ["--warmup-epochs", "1", "--input-size", "96"]
+
+
+@pytest.fixture()
+def registry(tmp_path, tiny_dataset):
+    return Registry(tmp_path / "runs", data_dir=tiny_dataset)
+
+
+def follow(registry, job, timeout=600):
+    """Every distinct status the job goes through, until it ends."""
+    seen, started = [], time.time()
+    while time.time() - started < timeout:
+        status = registry.job(job)
+        if not seen or status != seen[-1]:
+            seen.append(status)
+        if status["state"] not in ("queued", "running"):
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not end in {timeout} s: {seen[-1]}")
+
+
+def train_processes(job):
+    """Pids of `python -m model.train` processes writing this job's model."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"model.train" in cmdline and any(job.encode() in part for part in cmdline):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_full_mode_reports_epochs_eta_and_the_curve(registry):
+    job = registry.start_job("data", "full", epochs=1, train_args=TINY)
+    seen = follow(registry, job)
+    final = seen[-1]
+    assert final["state"] == "done", final
+    assert final["model"] == job and final["progress"] == 1.0
+    messages = [s["message"] for s in seen]
+    assert "warm-up (head only): epoch 1/1" in messages and "fine-tuning (whole network): epoch 1/1" in messages
+    after_warmup = next(s for s in seen if s["message"] == "warm-up (head only): epoch 1/1")
+    assert after_warmup["eta_s"] is not None and after_warmup["eta_s"] >= 0 and 0 < after_warmup["progress"] < 1
+    assert [p["epoch"] for p in final["curve"]] == [1, 2]
+    assert all(p["loss"] > 0 and p["val_loss"] > 0 for p in final["curve"])
+    listed = {m["id"]: m for m in registry.models()}
+    assert listed[job]["mode"] == "full" and listed[job]["labels"] == TINY_LABELS and listed[job]["dataset"] == "data"
+    c = Classifier(registry.model_path(job))
+    assert c.size == 96 and c.labels == TINY_LABELS
+    history = c.metrics["training"]["history"]
+    assert [round(float(r["val_loss"]), 4) for r in history] == [round(p["val_loss"], 4) for p in final["curve"]]
+
+
+def test_cancelling_a_full_job_stops_model_train_too(registry):
+    job = registry.start_job("data", "full", epochs=5, train_args=TINY)
+    started = time.time()
+    while not train_processes(job):
+        assert time.time() - started < 60 and registry.job(job)["state"] in ("queued", "running")
+        time.sleep(0.2)
+    status = registry.cancel_job(job)
+    assert status["state"] == "cancelled"
+    time.sleep(0.5)
+    assert train_processes(job) == []
+    runs = registry.root / "models"
+    assert not any(p.name.startswith(job) for p in runs.iterdir())
+    with pytest.raises(RegistryError, match="already ended"):
+        registry.cancel_job(job)
+    assert os.path.isdir(registry.root / "jobs" / job)  # its status stays readable
+
+
+def test_a_job_process_that_dies_is_reported_failed_and_takes_model_train_with_it(registry):
+    import signal
+    job = registry.start_job("data", "full", epochs=5, train_args=TINY)
+    started = time.time()
+    while not train_processes(job):
+        assert time.time() - started < 60
+        time.sleep(0.2)
+    os.kill(registry._running[1].pid, signal.SIGKILL)  # the job's process alone, as if the server's machine had killed it
+    registry._running[1].join(10)
+    status = registry.job(job)
+    assert status["state"] == "failed" and status["message"] == "the training process ended unexpectedly (exit code -9)"
+    deadline = time.time() + 10
+    while train_processes(job) and time.time() < deadline:
+        time.sleep(0.2)
+    assert train_processes(job) == []
