@@ -46,7 +46,7 @@ def create_app(model_dir=None, data_dir=None, scenes=None, allowed_hosts=(), run
     app.request_class = InMemoryRequest
     app.config.update(MAX_CONTENT_LENGTH=MAX_UPLOAD_BYTES, MAX_FORM_MEMORY_SIZE=MAX_UPLOAD_BYTES, MAX_FORM_PARTS=MAX_FORM_PARTS,
                       MAX_FILES=MAX_FILES, JSON_SORT_KEYS=False, TRUSTED_HOSTS=list(dict.fromkeys([*LOCAL_HOSTS, *allowed_hosts])))
-    registry = Registry(runs_dir, data_dir) if runs_dir else None
+    registry = Registry(runs_dir, data_dir, feedback_dir) if runs_dir else None
     served = registry.active() if registry and model_dir is None else None  # None: --model serves a directory
     if served and scenes is None:
         model_dir = registry.model_path(served)

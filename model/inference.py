@@ -163,20 +163,23 @@ class Classifier:
     HEADLINE = HEADLINE  # the metrics a summary shows, in order
 
     def __init__(self, model_dir=None, runtime="litert", workers=1, tta=None):
-        """`tta`: None for the model directory's own setting, or "none" / "flip" to override it (for comparisons)."""
+        """`tta`: None for the model directory's own setting, or "none" / "flip": with the thresholds tuned on
+        validation for that mode when thresholds.json has them ("other_tta"), else with its own."""
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
         self.info = read_model_dir(model_dir)
         self.model = self.info.load_keras()
         self.labels = list(self.info.labels)
-        self.thresholds = dict(zip(self.labels, self.info.thresholds.tolist()))  # the one form everyone reads
-        self.at_least_one = self.info.at_least_one
+        self.tta = tta or self.info.tta
+        # The thresholds tuned for this TTA mode; a mode the directory has none for keeps its own (comparisons only).
+        thresholds, self.at_least_one = (self.info.operating_point(self.tta)
+                                         or (self.info.thresholds, self.info.at_least_one))
+        self.thresholds = dict(zip(self.labels, thresholds.tolist()))  # the one form everyone reads
         if self.model.output_shape[-1] != len(self.labels):
             raise ModelDirError(f"{self.info.path / 'model.keras'}: has {self.model.output_shape[-1]} outputs "
                                 f"but thresholds.json names {len(self.labels)} labels")
         self.size = self.model.input_shape[1]
         self.runtime = runtime
-        self.tta = tta or self.info.thresholds_info.get("tta", "none")
         three = with_outputs(self.model, self.tta)
         self._forward = (LiteRuntime(litert_flatbuffer(three, self.info.path / "model.keras", self.tta), workers)
                          if runtime == "litert" else KerasRuntime(three))

@@ -51,6 +51,19 @@ class ModelDir:
         except Exception as e:  # Keras raises many types for a damaged archive
             raise ModelDirError(f"{self.path / 'model.keras'}: cannot load the model ({e})") from None
 
+    @property
+    def tta(self):
+        return self.thresholds_info.get("tta", "none")
+
+    def operating_point(self, tta):
+        """(thresholds, at_least_one) tuned on validation for TTA mode `tta`, or None where none were."""
+        if tta == self.tta:
+            return self.thresholds, self.at_least_one
+        other = self.thresholds_info.get("other_tta")
+        if other and other.get("tta", "none") == tta:
+            return np.array([other["thresholds"][l] for l in self.labels], np.float32), other.get("at_least_one", False)
+        return None
+
     def test_predictions(self):
         """(image names, true 0/1 labels, probabilities) of the stored test predictions."""
         path = self.path / "test_predictions.csv"
@@ -102,6 +115,11 @@ def _check_thresholds(path, info):
         raise ModelDirError(f"{path}: 'at_least_one' must be true or false")
     if info.get("tta", "none") not in TTA_MODES:
         raise ModelDirError(f"{path}: 'tta' must be one of {', '.join(TTA_MODES)}")
+    other = info.get("other_tta")
+    if other is not None:  # the thresholds tuned on validation for the other TTA mode, checked the same way
+        if not isinstance(other, dict) or other.get("tta", "none") == info.get("tta", "none") or "other_tta" in other:
+            raise ModelDirError(f"{path}: 'other_tta' must hold the thresholds of the other TTA mode")
+        _check_thresholds(path, {**other, "labels": labels})
     return labels, np.array([table[l] for l in labels], dtype=np.float32), info.get("at_least_one", False)
 
 

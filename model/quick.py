@@ -112,8 +112,9 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
     report(0.02, "reading the dataset and the backbone", None)
     dataset = load_dataset(data)
     labels = dataset.label_names
+    # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
     backbone = Classifier({"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone)
-                          or imagenet_backbone(cache))
+                          or imagenet_backbone(cache), tta="none")
     train_idx, val_idx, test_idx = split(len(dataset.images), split_seed)
     paths = [dataset.path(i) for i in range(len(dataset.images))]
     x = cached_embeddings(backbone, paths, cache, lambda f, left: report(

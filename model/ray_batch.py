@@ -96,11 +96,11 @@ def read_and_decode(batch, size):
 class Predictor:
     """One Classifier an actor; a batch of decoded rows -> result rows (error rows pass through)."""
 
-    def __init__(self, model_dir, batch_size):
+    def __init__(self, model_dir, batch_size, tta=None):
         from model.cli import quiet_tensorflow
         quiet_tensorflow()
         from model.inference import Classifier
-        self.classifier, self.batch_size = Classifier(model_dir), batch_size
+        self.classifier, self.batch_size = Classifier(model_dir, tta=tta), batch_size
 
     def __call__(self, batch):
         clf = self.classifier
@@ -127,7 +127,7 @@ def input_size(info):
     return int(size) if size else info.load_keras().input_shape[1]
 
 
-def predictions(paths, model_dir, batch_size=32, actors=1):
+def predictions(paths, model_dir, batch_size=32, actors=1, tta=None):
     """The Ray Dataset of result rows for `paths` (a list of strings), in their order; Ray must be started."""
     import ray
     info = read_model_dir(model_dir)
@@ -137,7 +137,7 @@ def predictions(paths, model_dir, batch_size=32, actors=1):
             .map_batches(read_and_decode, fn_kwargs={"size": input_size(info)}, batch_size=DECODE_BATCH,
                          batch_format="numpy", num_cpus=DECODE_CPUS)
             .map_batches(Predictor, fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()),
-                                                           "batch_size": batch_size},
+                                                           "batch_size": batch_size, "tta": tta},
                          compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
                          batch_size=batch_size, batch_format="numpy"))
 
@@ -159,7 +159,7 @@ def run(args, writers, labels):
     if not paths:
         return 0, 0
     start(args.address)
-    dataset = predictions(paths, args.model, args.batch_size, args.actors)
+    dataset = predictions(paths, args.model, args.batch_size, args.actors, args.tta)
     if args.parquet:
         dataset.write_parquet(args.parquet)
         failed = dataset_errors(args.parquet)

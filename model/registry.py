@@ -27,6 +27,7 @@ from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir
 
 SHIPPED = "shipped"
 DATA = "data"                 # the --data dataset
+FEEDBACK = "feedback"         # the --feedback folder, once it holds corrected photos
 MODES = ("quick", "full")
 BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
@@ -69,9 +70,12 @@ def checked_id(value, what):
 
 
 class Registry:
-    def __init__(self, runs, data_dir=None):
+    def __init__(self, runs, data_dir=None, feedback_dir=None):
         self.root = Path(runs)
         self.data_dir = Path(data_dir) if data_dir else None
+        # folders given on the command line that are datasets too: id -> (folder, how the list names it)
+        self.folders = {i: (Path(f), f"{flag} {Path(f).name}") for i, f, flag in
+                        ((DATA, data_dir, "--data"), (FEEDBACK, feedback_dir, "--feedback")) if f}
         for sub in ("datasets", "models", "jobs", "embeddings"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -91,23 +95,23 @@ class Registry:
         return info
 
     def datasets(self):
-        """[{"dataset", "name", "photos", "labels", "created"}], --data first, then the newest uploads."""
+        """[{"dataset", "name", "photos", "labels", "created"}], --data and --feedback first, then the newest uploads."""
+        from model.data import DataError, load_dataset
         out = []
-        if self.data_dir:
-            from model.data import DataError, load_dataset
+        for dataset_id, (folder, name) in self.folders.items():
             try:
-                d = load_dataset(self.data_dir)
-                out.append({"dataset": DATA, "name": f"--data {self.data_dir.name}", "photos": len(d.images),
-                            "labels": d.label_names, "created": None})
-            except DataError:
-                pass
+                d = load_dataset(folder)
+            except DataError:  # an empty feedback folder, say
+                continue
+            out.append({"dataset": dataset_id, "name": name, "photos": len(d.images), "labels": d.label_names,
+                        "created": None})
         infos = [read_json(p / "dataset.json") for p in (self.root / "datasets").iterdir()]
         infos = sorted((i for i in infos if i), key=lambda i: i["created"], reverse=True)
         return out + [{k: i[k] for k in ("dataset", "name", "photos", "labels", "created")} for i in infos]
 
     def dataset_path(self, dataset_id):
-        if dataset_id == DATA and self.data_dir:
-            return self.data_dir
+        if dataset_id in self.folders:
+            return self.folders[dataset_id][0]
         path = self.root / "datasets" / checked_id(dataset_id, "dataset")
         if not (path / "dataset.json").is_file():
             raise RegistryError(f"no dataset {dataset_id!r}; upload one first (GET /api/datasets lists them)", 404)

@@ -1,6 +1,7 @@
 """The one forward pass: LiteRT against Keras, class maps against Grad-CAM's gradients, DCT-scaled
 decoding of large JPEGs, phone formats, the format allow-list, concurrency, and the app's one door."""
 import ast
+import json
 import io
 import subprocess
 import sys
@@ -265,3 +266,20 @@ def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_pa
     assert (refused, worst) == ("413", "200"), r.stderr[-2000:]
     assert "pixels" in message and "fewer" in message
     assert int(growth) < 1024 ** 3, int(growth) / 2 ** 20
+
+
+def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, tmp_path):
+    """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so
+    a caller who wants one pass a photo (twice as fast) gets thresholds made for it."""
+    info = lite.info.thresholds_info
+    assert lite.tta == "flip" and plain.tta == "none"
+    assert lite.thresholds == pytest.approx(info["thresholds"]) and lite.at_least_one == info["at_least_one"]
+    assert plain.thresholds == pytest.approx(info["other_tta"]["thresholds"])
+    assert plain.at_least_one == info["other_tta"]["at_least_one"]
+    assert plain.thresholds != lite.thresholds
+    from tests.test_cli import run
+    (tmp_path / "sea.jpg").write_bytes(sea_photo)
+    for mode, classifier in (("none", plain), ("flip", lite)):
+        r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode)
+        (result,) = json.loads(r.stdout)
+        assert {k: result[k] for k in ("probabilities", "predicted")} == classifier.classify(classifier.load(sea_photo)[None])[0]
