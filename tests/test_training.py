@@ -363,3 +363,16 @@ def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
         models.get(model_id)
     assert loads == ["/models/a", "/models/b", "/models/c", "/models/d", "/models/b"]
     assert models.ids() == ["d", "a", "b"]
+
+
+def test_the_feedback_folder_is_a_dataset_once_it_holds_photos(tmp_path, tiny_dataset):
+    import shutil
+    from model.inference import Registry
+    (tmp_path / "empty").mkdir()
+    registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, feedback_dir=tmp_path / "empty")
+    assert [d["dataset"] for d in registry.datasets()] == ["data"]  # nothing corrected yet: not listed
+    shutil.copytree(tiny_dataset, tmp_path / "corrected")
+    registry = Registry(tmp_path / "runs", feedback_dir=tmp_path / "corrected")
+    (listed,) = registry.datasets()
+    assert listed["dataset"] == "feedback" and listed["photos"] == 36 and listed["name"] == "--feedback corrected"
+    assert registry.dataset_path("feedback") == tmp_path / "corrected"
