@@ -36,6 +36,7 @@ uploadForm.addEventListener("submit", async (event) => {
     say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}`);
     datasets.prepend(new Option(`${d.dataset} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
     trainForm.querySelector("button[type=submit]").disabled = false;
+    document.querySelector("[data-no-datasets]")?.remove();  // there is one now
   } catch (e) {
     say(uploadStatus, e.message, true);
   }
