@@ -48,7 +48,8 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
         seen.add(bar.evaluate("e => e.value"))
         page.wait_for_timeout(300)
     assert page.locator("[data-job]").get_attribute("data-state") == "done", page.locator("[data-job-text]").inner_text()
-    assert len({v for v in seen if 0 < v < 1}) >= 3  # the bar moved while it ran
+    assert len({v for v in seen if 0 < v < 1}) >= 2  # the bar moved while it ran (its last step, the LiteRT
+    # conversion, takes seconds; the embeddings of 120 photos may pass between two polls)
     assert bar.evaluate("e => e.value") == 1 and page.locator("[data-job-cancel]").is_hidden()
     model = page.locator("[data-job-model]").inner_text()
     page.screenshot(path=str(SHOTS / "train-done.png"), full_page=True)
