@@ -16,6 +16,7 @@ import numpy as np
 
 from model.backbones.efficientnet_lite import cache_dir
 from model.data import CONTRACT_SPLIT_SEED, split
+from model.modeldir import write_atomically
 
 SPLITS = ("train", "validation", "test")
 BATCH = 8  # photos a forward pass: as fast as 32 here, and the interpreter it leaves in the pool is 4x smaller
@@ -43,13 +44,6 @@ def layout(embeddings, seed=0):
         xy = TSNE(2, perplexity=min(30.0, (n - 1) / 3), init="pca", random_state=seed).fit_transform(reduced)
     xy = xy - xy.min(axis=0)
     return (xy / max(float(xy.max()), 1e-12)).astype(np.float32)  # one scale for both axes keeps the shape
-
-
-def write_atomically(path, data):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 class Atlas:

@@ -38,7 +38,7 @@ from model.backbones.torch_legacy import sha256_of
 from model.cli import without_start_up_noise
 from model.data import load_dataset
 from model.metrics import HEADLINE, evaluate
-from model.modeldir import read_model_dir, ModelDirError
+from model.modeldir import ModelDirError, read_model_dir, write_atomically
 from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
 from model.preprocess import (ImageError, ImageTooLargeError, UnsupportedImageError,  # noqa: F401
                               decode, decoded_pixels, letterbox, load_image)
@@ -97,11 +97,8 @@ def litert_flatbuffer(three_outputs, model_path, tta="none"):
     # uninitialised resource variables); Keras prints its intermediate export to stdout, hide it.
     with contextlib.redirect_stdout(io.StringIO()):
         flatbuffer = tf.lite.TFLiteConverter.from_keras_model(three_outputs).convert()
-    folder.mkdir(parents=True, exist_ok=True)
-    for target, data in ((path, flatbuffer), (check, hashlib.sha256(flatbuffer).hexdigest().encode())):
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+    write_atomically(path, flatbuffer)
+    write_atomically(check, hashlib.sha256(flatbuffer).hexdigest().encode())
     return flatbuffer
 
 

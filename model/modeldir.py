@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import threading
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,16 @@ def _clean(value):
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def write_atomically(path, data):
+    """Write bytes `data` to `path` through a temporary sibling renamed into place: readers see the old file or
+    the new one, never half of one (the name is unique per process and thread, so writers do not collide)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 @contextlib.contextmanager

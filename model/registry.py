@@ -19,11 +19,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir
+from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir, write_atomically
 
 SHIPPED = "shipped"
 DATA = "data"                 # the --data dataset
@@ -51,9 +50,7 @@ def now():
 
 def write_json(path, value):
     """Write `value` as JSON to `path` atomically (readers see the old file or the new one, never half)."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value, indent=1).encode())
 
 
 def read_json(path, default=None):
