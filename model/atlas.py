@@ -84,8 +84,7 @@ class Atlas:
         return self
 
     def _cache_path(self):
-        from model.backbones.torch_legacy import sha256_of
-        model = f"{sha256_of(self.classifier.info.path / 'model.keras')}-{self.classifier.tta}"  # TTA changes the embeddings
+        model = f"{self.classifier.info.sha256}-{self.classifier.tta}"  # TTA changes the embeddings
         return self.folder / f"{dataset_key(model, self.dataset)}.npz"
 
     def wait(self, timeout=None):

@@ -34,7 +34,6 @@ import numpy as np
 
 from model.atlas import Atlas
 from model.backbones.efficientnet_lite import cache_dir
-from model.backbones.torch_legacy import sha256_of
 from model.cli import without_start_up_noise
 from model.data import load_dataset
 from model.metrics import HEADLINE, evaluate
@@ -78,14 +77,14 @@ def with_outputs(model, tta="none"):
     return flip_tta(three, spatial=(0,)) if tta == "flip" else three
 
 
-def litert_flatbuffer(three_outputs, model_path, tta="none"):
+def litert_flatbuffer(three_outputs, model_sha256, tta="none"):
     """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached.
 
     The cache is `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it; a file that
     does not match is converted again (a half-written or damaged cache never reaches LiteRT)."""
     import tensorflow as tf
     folder = cache_dir() / "litert"
-    path = folder / f"{sha256_of(model_path)}{'' if tta == 'none' else '-' + tta}.tflite"
+    path = folder / f"{model_sha256}{'' if tta == 'none' else '-' + tta}.tflite"
     check = path.with_suffix(".sha256")
     try:
         flatbuffer = path.read_bytes()
@@ -178,7 +177,7 @@ class Classifier:
         self.size = self.model.input_shape[1]
         self.runtime = runtime
         three = with_outputs(self.model, self.tta)
-        self._forward = (LiteRuntime(litert_flatbuffer(three, self.info.path / "model.keras", self.tta), workers)
+        self._forward = (LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
                          if runtime == "litert" else KerasRuntime(three))
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None

@@ -11,6 +11,7 @@ leaves the previous model intact.
 """
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from model.backbones.torch_legacy import sha256_of
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent / "shipped"
 FILES = ["model.keras", "thresholds.json", "metrics.json", "test_predictions.csv"]
@@ -42,6 +45,11 @@ class ModelDir:
     at_least_one: bool
     thresholds_info: dict
     metrics: dict
+
+    @functools.cached_property
+    def sha256(self):
+        """sha256 of model.keras: what the LiteRT, atlas and embedding caches are keyed by (read once)."""
+        return sha256_of(self.path / "model.keras")
 
     def load_keras(self):
         if not zipfile.is_zipfile(self.path / "model.keras"):

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from model.backbones.torch_legacy import sha256_of
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.modeldir import SHIPPED_MODEL_DIR, write_model_dir
@@ -30,7 +29,7 @@ C_GRID = [0.01, 0.03, 0.1, 0.3, 1.0]  # inverse regularisation strengths tried; 
 def cached_embeddings(classifier, paths, cache, progress=None, batch_size=32):
     """(n, d) embeddings of the photos at `paths` under `classifier`'s backbone, each computed once and cached
     in `cache`/<model sha256 prefix>/<photo sha256>.npy. `progress(done fraction, seconds left)` after each batch."""
-    folder = Path(cache) / sha256_of(classifier.info.path / "model.keras")[:16]
+    folder = Path(cache) / classifier.info.sha256[:16]
     folder.mkdir(parents=True, exist_ok=True)
     keys = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths]
     todo = [i for i, k in enumerate(keys) if not (folder / f"{k}.npy").is_file()]
