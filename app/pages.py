@@ -108,10 +108,12 @@ def inspect():
     malformed = BadRequest("the photo to inspect is missing or malformed; upload it again from the start page")
     try:
         raw = base64.b64decode(request.form.get("pixels", ""), validate=True)
+        if raw[:4] != b"RIFF" or raw[8:12] != b"WEBP":  # what the upload page embeds; anything else is not analysed
+            raise malformed
         a = s.classifier.analyse(raw)
     except (binascii.Error, ImageError):
         raise malformed from None
-    if raw[:4] != b"RIFF" or raw[8:12] != b"WEBP" or a.size != (s.classifier.size,) * 2:
+    if a.size != (s.classifier.size,) * 2:
         raise malformed
     name = request.form.get("name", "photo")[:80]
     c = card(name, a)

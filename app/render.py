@@ -62,3 +62,8 @@ def channel_grid(activation, cap=GRID_CAP, tile=72):
         img = Image.fromarray((cmap(norm)[..., :3] * 255).astype(np.uint8)).resize((tile, tile), Image.Resampling.NEAREST)
         grid.paste(img, (2 + (n % cols) * (tile + 2), 2 + (n // cols) * (tile + 2)))
     return to_png(grid), [int(c) for c in order], activation.shape[-1]
+
+
+def thumbnail(classifier, source):
+    """JPEG bytes of a photo's thumbnail (letterboxed like the model's input); raises ImageError."""
+    return to_jpeg(classifier.display_image(source, THUMB_SIZE), quality=80)

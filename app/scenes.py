@@ -62,4 +62,4 @@ class Scenes:
 
     def _thumbnail(self, photo_id):
         """JPEG bytes of a dataset photo's thumbnail; raises ImageError for a damaged photo."""
-        return render.to_jpeg(self.classifier.display_image(self.photo_path(photo_id), render.THUMB_SIZE), quality=80)
+        return render.thumbnail(self.classifier, self.photo_path(photo_id))

@@ -253,8 +253,7 @@ def compare_thumb(model_id, image):
     if image not in c.test_predictions()[0]:
         abort(404, description=f"{image!r} is not one of model {model_id!r}'s test photos")
     try:
-        jpeg = render.to_jpeg(c.display_image(Path(c.metrics["training"]["dataset"]) / "original" / image,
-                                              render.THUMB_SIZE), quality=80)
+        jpeg = render.thumbnail(c, Path(c.metrics["training"]["dataset"]) / "original" / image)
     except (ImageError, OSError) as e:
         abort(404, description=f"{image}: cannot be read from the model's dataset ({e})")
     return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})

@@ -276,10 +276,10 @@ class Classifier:
                 cams = self._gradcam(np.asarray(pixels, np.float32)).numpy()
                 if self.tta == "flip":
                     cams = (cams + self._gradcam(np.asarray(pixels[:, ::-1], np.float32)).numpy()[:, :, ::-1]) / 2
-            return cams / np.maximum(cams.max(axis=(1, 2), keepdims=True), 1e-12)
-        if features is None:
-            features = self.forward(pixels[None])[0]
-        cams = np.maximum(np.einsum("hwc,cl->lhw", features[0], self._cam_kernel), 0)
+        else:
+            if features is None:
+                features = self.forward(pixels[None])[0]
+            cams = np.maximum(np.einsum("hwc,cl->lhw", features[0], self._cam_kernel), 0)
         return cams / np.maximum(cams.max(axis=(1, 2), keepdims=True), 1e-12)
 
     def analyse(self, source, display_size=DISPLAY_SIZE):

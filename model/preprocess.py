@@ -114,11 +114,6 @@ def decode(source, size):
         raise ImageError(f"the image is damaged or truncated ({e})") from None
 
 
-def decode_rgb(source):
-    """Decode bytes, a path or a file object to an upright RGB PIL image at full size."""
-    return decode(source, size=float("inf"))
-
-
 def letterbox(im, size):
     """Fit an RGB PIL image into size x size without cropping or stretching."""
     scale = size / max(im.width, im.height)
