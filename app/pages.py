@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from PIL import Image
-from sklearn.metrics import label_ranking_average_precision_score, precision_recall_curve
+from sklearn.metrics import precision_recall_curve
 from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
@@ -251,17 +251,22 @@ COMPARED = {"hamming_loss": ("Hamming loss", "lower"), "exact_match": ("exact ma
 
 def our_comparison_row(classifier):
     """The model's test metrics in the published results' terms: coverage per label (MIML's coverage, i.e.
-    sklearn's coverage_error - 1, over the number of labels) and example-based average precision (LRAP)."""
+    sklearn's coverage_error - 1, over the number of labels) and example-based average precision (LRAP), both
+    from model.metrics: stored in metrics.json, or computed from the stored test predictions for an older one."""
     test = classifier.metrics["test"]
-    _, truth, probs = classifier.test_predictions()
+    extra = {k: test.get(k) for k in ("coverage_normalised", "average_precision")}
+    if extra["average_precision"] is None:  # a model directory written before metrics.json held these
+        _, truth, probs = classifier.test_predictions()
+        if len(truth):
+            extra = {k: classifier.evaluate(truth, probs)[k] for k in extra}
     seed = classifier.metrics["split"]["seed"]
     return {"model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
             "kind": "single split",
             "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
                         f"{': the contract split' if seed == 100 else ''}), thresholds and checkpoint from validation",
             **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
-            "coverage": test["coverage"] / len(classifier.labels),
-            "average_precision": float(label_ranking_average_precision_score(truth, probs)) if len(truth) else None}
+            "coverage": extra["coverage_normalised"] or test["coverage"] / len(classifier.labels),
+            "average_precision": extra["average_precision"]}
 
 
 @bp.get("/model")
