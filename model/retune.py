@@ -20,32 +20,32 @@ from model.metrics import evaluate, format_table
 from model.modeldir import TTA_MODES, ModelDirError, write_model_dir
 
 
-def tuned(model_dir, dataset, tta, criterion):
-    """(classifier, validation and test probabilities, thresholds, at_least_one, thresholds.json content) for `tta`."""
+def retune(model_dir, data_dir, tta, out, criterion="mcc"):
+    """Write `out`: the model in `model_dir` with thresholds tuned on validation under `tta` (and, as "other_tta",
+    under the other mode, for callers who trade accuracy for speed); returns metrics.json's content."""
     from model.inference import Classifier
     from model.train import choose_thresholds
+    dataset = load_dataset(data_dir)
     classifier = Classifier(model_dir, tta=tta)
     if dataset.label_names != classifier.labels:
         raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
     seed = classifier.metrics["split"]["seed"]
     _, val_idx, test_idx = split(len(dataset.images), seed)
-    val_probs = classifier.probabilities(dataset.load_photos(val_idx, classifier.size))
-    test_probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
-    settings = argparse.Namespace(criterion=criterion, split_seed=seed)
-    thresholds, at_least_one, info = choose_thresholds(settings, classifier.labels, dataset.labels[val_idx], val_probs)
-    return classifier, val_probs, test_probs, thresholds, at_least_one, {**info, "tta": tta}
-
-
-def retune(model_dir, data_dir, tta, out, criterion="mcc"):
-    """Write `out`: the model in `model_dir` with thresholds tuned on validation under `tta` (and, as "other_tta",
-    under the other mode, for callers who trade accuracy for speed); returns metrics.json's content."""
-    dataset = load_dataset(data_dir)
-    classifier, val_probs, test_probs, thresholds, at_least_one, thresholds_info = tuned(model_dir, dataset, tta, criterion)
-    other = next(mode for mode in TTA_MODES if mode != tta)
-    *_, other_info = tuned(model_dir, dataset, other, criterion)
-    thresholds_info["other_tta"] = {k: other_info[k] for k in ("tta", "thresholds", "at_least_one", "at_least_one_check")}
-    _, val_idx, test_idx = split(len(dataset.images), classifier.metrics["split"]["seed"])
+    val_photos = dataset.load_photos(val_idx, classifier.size)  # decoded once, for both modes
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
+    settings = argparse.Namespace(criterion=criterion, split_seed=seed)
+
+    def tune(c):
+        """Validation probabilities under `c`'s TTA mode, and the thresholds chosen on them."""
+        val_probs = c.probabilities(val_photos)
+        thresholds, at_least_one, info = choose_thresholds(settings, c.labels, y_val, val_probs)
+        return val_probs, thresholds, at_least_one, {**info, "tta": c.tta}
+
+    val_probs, thresholds, at_least_one, thresholds_info = tune(classifier)
+    *_, other_info = tune(Classifier(model_dir, tta=next(mode for mode in TTA_MODES if mode != tta)))
+    thresholds_info["other_tta"] = {k: other_info[k] for k in ("tta", "thresholds", "at_least_one", "at_least_one_check")}
+    test_probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
+
     def scores(truth, probs):
         return evaluate(truth, probs, thresholds, classifier.labels, at_least_one)
     metrics = {**classifier.metrics, "validation": scores(y_val, val_probs), "test": scores(y_test, test_probs),
