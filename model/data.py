@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from model.preprocess import ImageError, load_image
 
@@ -118,3 +118,22 @@ def split(n_photos, split_seed=CONTRACT_SPLIT_SEED):
     rest, test = train_test_split(ids, test_size=TEST_FRACTION, random_state=split_seed)
     train, val = train_test_split(rest, test_size=VAL_FRACTION, random_state=split_seed)
     return train - 1, val - 1, test - 1
+
+
+def fold_split(labels, folds, fold, seed=0):
+    """Indices (train, val, test) for fold `fold` (0-based) of a `folds`-fold cross-validation over every photo:
+    test = that fold; validation = 20% of the other folds (the training part, where the checkpoint and the
+    thresholds are chosen); train = the rest. Folds and validation are stratified by label set; sets with
+    fewer than 2 * `folds` photos are pooled, so that every stratum can be split (a dataset too small for
+    that gets an unstratified validation part)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is not one of 0..{folds - 1}")
+    sets = np.array(["".join(map(str, row)) for row in np.asarray(labels)])
+    names, counts = np.unique(sets, return_counts=True)
+    sets = np.where(np.isin(sets, names[counts < 2 * folds]), "rare", sets)
+    rest, test = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(sets, sets))[fold]
+    try:
+        train, val = train_test_split(rest, test_size=VAL_FRACTION, random_state=seed, stratify=sets[rest])
+    except ValueError:  # a small dataset: too few photos in a stratum to stratify the validation part
+        train, val = train_test_split(rest, test_size=VAL_FRACTION, random_state=seed)
+    return np.sort(train), np.sort(val), np.sort(test)

@@ -8,6 +8,7 @@ Conventions (all on probabilities `probs` and 0/1 truth, one row a photo):
   the first label, to cover every true label); coverage_normalised = coverage / number of labels, the
   figure papers on this dataset report as "coverage" (e.g. MLDF's 0.159);
 - ranking_loss: share of (true, false) label pairs ranked the wrong way round;
+- log_loss: mean binary cross-entropy over every (photo, label), as training minimises it (natural log);
 - average_precision: example-based average precision, sklearn's label_ranking_average_precision_score
   (the literature's "average precision"; not mAP, which averages each label's precision-recall area).
 """
@@ -22,6 +23,12 @@ from model.thresholds import apply_thresholds
 def one_error(y_true, probs):
     """Share of photos whose most probable label is wrong."""
     return float(np.mean(y_true[np.arange(len(y_true)), probs.argmax(axis=1)] == 0))
+
+
+def log_loss(y_true, probs, eps=1e-7):
+    """Mean binary cross-entropy, probabilities clipped to [eps, 1 - eps] as Keras clips them."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
+    return float(-np.mean(y_true * np.log(p) + (1 - y_true) * np.log(1 - p)))
 
 
 def evaluate(y_true, probs, thresholds, label_names, at_least_one=False):
@@ -52,6 +59,7 @@ def evaluate(y_true, probs, thresholds, label_names, at_least_one=False):
         "coverage": float(coverage_error(y_true, probs) - 1),  # MIML convention: steps beyond the first label
         "coverage_normalised": float((coverage_error(y_true, probs) - 1) / y_true.shape[1]),
         "average_precision": float(label_ranking_average_precision_score(y_true, probs)),
+        "log_loss": log_loss(y_true, probs),
         "n_images": int(len(y_true)),
         "per_label": per_label,
     }

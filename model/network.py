@@ -8,7 +8,7 @@ from keras import layers
 
 from model.backbones.efficientnet_lite import VARIANTS, build_backbone, load_imagenet_weights
 
-ARCHITECTURES = ["efficientnet-lite0", "efficientnet-lite2", "seed-cnn"]
+ARCHITECTURES = ["efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "seed-cnn"]
 SEED_CNN_SIZE = 100
 GRADCAM_LAYER = {"efficientnet": "top_activation", "seed": "seed_conv4"}
 EMBEDDING_LAYER = {"efficientnet": "pool", "seed": "seed_dense"}  # what "similar photos" compares

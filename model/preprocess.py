@@ -23,7 +23,7 @@ import warnings
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 pillow_heif.register_heif_opener()  # HEIC/HEIF from phones; Pillow reads AVIF itself
 
@@ -114,10 +114,27 @@ def decode(source, size):
         raise ImageError(f"the image is damaged or truncated ({e})") from None
 
 
+def fitted_size(width, height, size):
+    """(w, h) of a width x height photo shrunk or enlarged so that its longer side is `size`."""
+    scale = size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def content_box(source, size):
+    """Where the photo lies on its letterboxed canvas, as (top, left, bottom, right) in 0..1, from the header
+    alone (the EXIF orientation included): training crops inside it, never into the grey bands."""
+    im = open_image(source)
+    width, height = im.size
+    if im.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8):  # rotated a quarter turn
+        width, height = height, width
+    w, h = fitted_size(width, height, size)
+    top, left = (size - h) // 2, (size - w) // 2
+    return top / size, left / size, (top + h) / size, (left + w) / size
+
+
 def letterbox(im, size):
     """Fit an RGB PIL image into size x size without cropping or stretching."""
-    scale = size / max(im.width, im.height)
-    w, h = max(1, round(im.width * scale)), max(1, round(im.height * scale))
+    w, h = fitted_size(im.width, im.height, size)
     resized = im.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=3.0)
     canvas = Image.new("RGB", (size, size), GREY)
     canvas.paste(resized, ((size - w) // 2, (size - h) // 2))

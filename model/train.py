@@ -28,8 +28,9 @@ import numpy as np
 
 from model.backbones.torch_legacy import WeightsFileError
 from model.cli import add_verbose_flag, quiet_tensorflow
-from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
+from model.data import CONTRACT_SPLIT_SEED, DataError, fold_split, load_dataset, split
 from model.metrics import evaluate, format_table
+from model.preprocess import content_box
 from model.modeldir import write_model_dir
 from model.thresholds import CRITERIA, GRID, at_least_one_helps, tune_thresholds
 
@@ -48,10 +49,24 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
+    p.add_argument("--augment", choices=["scene", "upload"], default="scene",
+                   help="scene: flips, mild zoom and shifts; upload: crops of any aspect ratio from portrait to "
+                        "panorama, mild brightness/contrast, blur and JPEG recompression, flips (hues kept)")
+    p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
+                   help="plateau: constant learning rate, early stopping; cosine: decays to 1%% over --epochs, "
+                        "which all run (the lowest-validation-loss epoch is still kept)")
+    p.add_argument("--early-lr", type=float, default=1.0,
+                   help="learning-rate factor for the stem and the first three stages when fine-tuning "
+                        "(e.g. 0.1 keeps more of the ImageNet features; default 1)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="binary label smoothing (default 0)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) parameter, 0 = off (default)")
     p.add_argument("--criterion", choices=sorted(CRITERIA), default="mcc", help="threshold criterion")
     p.add_argument("--seed", type=int, default=0, help="random seed for weights, shuffling and augmentation")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
                    help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)")
+    p.add_argument("--fold", metavar="K/N",
+                   help="train for fold K (1..N) of an N-fold cross-validation over every photo (model.crossval "
+                        "runs them all) instead of the --split-seed split: test = fold K, validation = 20%% of the rest")
     p.add_argument("--distribute", choices=["none", "mirrored", "multi-worker"], default="none",
                    help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs; multi-worker: "
                         "MultiWorkerMirroredStrategy over the workers TF_CONFIG names, this process being one "
@@ -61,7 +76,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def augment(tf, image, key):
+def scene_augment(tf, image, key):
     """Scene-safe augmentation, a pure function of (image, key): horizontal flip, zoom in by up to 15%,
     shift by up to 5%; no vertical flip, no colour change (sunset and desert *are* colour)."""
     image = tf.image.stateless_random_flip_left_right(image, key)
@@ -72,21 +87,75 @@ def augment(tf, image, key):
     return tf.image.crop_and_resize(image[None], box, [0], size, extrapolation_value=127.0)[0]
 
 
-def train_batches(tf, x, y, batch_size, epochs, seed):
+def gaussian_blur(tf, image, sigma):
+    """A (h, w, 3) image blurred by a 7-tap Gaussian of `sigma` pixels, edges mirrored."""
+    taps = tf.exp(-tf.range(-3.0, 4.0) ** 2 / (2 * sigma ** 2))
+    taps = tf.tile((taps / tf.reduce_sum(taps))[:, None, None, None], [1, 1, 3, 1])
+    x = tf.pad(image[None], [[0, 0], [3, 3], [3, 3], [0, 0]], "REFLECT")
+    x = tf.nn.depthwise_conv2d(x, taps, [1, 1, 1, 1], "VALID")                         # down the columns
+    return tf.nn.depthwise_conv2d(x, tf.transpose(taps, [1, 0, 2, 3]), [1, 1, 1, 1], "VALID")[0]  # along the rows
+
+
+def upload_augment(tf, image, box, key, size):
+    """Augmentation that mimics what users upload, a pure function of (image, box, key).
+
+    `image` is the photo letterboxed at a larger size than the model's (float, 0..255), `box` where the photo
+    lies on it (preprocess.content_box). The result is letterboxed at `size`, as `load_image` prepares uploads:
+    1. a crop inside the photo, 45-100% of its area; its aspect ratio is the photo's 40% of the time, else
+       random between 1:2 (portrait) and 3:1 (a panorama): phones crop 4:3, 16:9 and strips, MIML is 3:2;
+    2. mild brightness (up to 10%) and contrast (up to 15%) changes, the same on every channel, so that hues
+       stay (sunset and desert *are* colour);
+    3. a slight blur 30% of the time and JPEG recompression (quality 35-90) 30% of the time;
+    4. a horizontal flip half of the time."""
+    u = tf.random.stateless_uniform([12], key)
+    top, left, bottom, right = tf.unstack(box)
+    height, width = bottom - top, right - left
+    aspect = tf.where(u[0] < 0.4, width / height, tf.exp(np.log(0.5) + u[1] * np.log(6.0)))
+    area = (0.45 + 0.55 * u[2]) * height * width
+    w, h = tf.minimum(tf.sqrt(area * aspect), width), tf.minimum(tf.sqrt(area / aspect), height)
+    y, x = top + u[3] * (height - h), left + u[4] * (width - w)
+    out_h = tf.maximum(8, tf.cast(tf.round(size * h / tf.maximum(w, h)), tf.int32))
+    out_w = tf.maximum(8, tf.cast(tf.round(size * w / tf.maximum(w, h)), tf.int32))
+    crop = tf.image.crop_and_resize(image[None], tf.stack([y, x, y + h, x + w])[None], [0], tf.stack([out_h, out_w]))[0]
+    mean = tf.reduce_mean(crop)
+    crop = tf.clip_by_value((crop - mean) * (0.85 + 0.3 * u[5]) + mean + (u[6] - 0.5) * 51.0, 0.0, 255.0)
+    crop = tf.cond(u[7] < 0.3, lambda: gaussian_blur(tf, crop, 0.4 + u[8]), lambda: crop)
+    crop = tf.cond(u[9] < 0.3, lambda: 255.0 * tf.image.adjust_jpeg_quality(
+        crop / 255.0, tf.cast(35 + 55 * u[10], tf.int32)), lambda: crop)
+    crop = tf.cond(u[11] < 0.5, lambda: tf.reverse(crop, [1]), lambda: crop)
+    padded = tf.image.pad_to_bounding_box(crop - 127.0, (size - out_h) // 2, (size - out_w) // 2, size, size)
+    return tf.ensure_shape(padded + 127.0, [size, size, 3])
+
+
+def mixup(tf, x, y, key, alpha):
+    """Each photo of a batch blended with its mirror in the batch order (the last with the first, ...), its
+    labels by the same weight, drawn from Beta(alpha, alpha): soft labels between scenes."""
+    a = tf.random.stateless_gamma([tf.shape(x)[0]], key, alpha)
+    b = tf.random.stateless_gamma([tf.shape(x)[0]], key + 1, alpha)
+    weight = a / (a + b)
+    return (weight[:, None, None, None] * x + (1 - weight[:, None, None, None]) * x[::-1],
+            weight[:, None] * y + (1 - weight[:, None]) * y[::-1])
+
+
+def train_batches(tf, x, y, batch_size, epochs, seed, augment=None, mixup_alpha=0.0):
     """Training batches for `epochs` epochs, and the steps per epoch.
 
-    The order and the augmentation depend only on `seed` and each sample's position, never on
-    TensorFlow's random state, so a run is the same with or without a distribution strategy."""
+    `augment(image, index, key)` (default: scene_augment) sees each photo as float 0..255 with its position in
+    `x`; `mixup_alpha` > 0 blends the photos of each batch (mixup). The order and the augmentation depend only
+    on `seed` and each sample's position, never on TensorFlow's random state, so a run is the same with or
+    without a distribution strategy."""
+    augment = augment or (lambda image, i, key: scene_augment(tf, image, key))
     steps = -(-len(x) // batch_size)
     rng = np.random.default_rng(seed)
     order = np.concatenate([np.resize(rng.permutation(len(x)), steps * batch_size) for _ in range(epochs)])
     keys = np.stack([np.full(len(order), seed), np.arange(len(order)) * 3], axis=1)
     ds = (tf.data.Dataset.from_tensor_slices((order, keys))
-          .map(lambda i, key: (augment(tf, tf.cast(tf.gather(x, i), tf.float32), key), tf.gather(y, i)),
+          .map(lambda i, key: (augment(tf.cast(tf.gather(x, i), tf.float32), i, key), tf.gather(y, i), key),
                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(batch_size)
-          .prefetch(2))
-    return ds, steps
+          .batch(batch_size))
+    if mixup_alpha:
+        ds = ds.map(lambda xb, yb, kb: mixup(tf, xb, yb, kb[0] + [0, 1], mixup_alpha) + (kb,))
+    return ds.map(lambda xb, yb, kb: (xb, yb)).prefetch(2), steps
 
 
 def set_backbone_trainable(model, keras, trainable):
@@ -141,14 +210,29 @@ def build_from_plain_batch(model, batches):
         trainer.reduce_per_replica = reduce_per_replica
 
 
-def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience, phase):
+def layerwise_adam(keras, learning_rate, slow_layers, factor):
+    """Adam whose steps are `factor` times as long for the variables of layers whose names start with one of
+    `slow_layers` (scaling their gradients would not do it: Adam's steps do not depend on the gradient's scale)."""
+    class LayerwiseAdam(keras.optimizers.Adam):
+        def build(self, variables):
+            super().build(variables)
+            self.slow = [v.path.startswith(slow_layers) for v in variables]
+
+        def update_step(self, gradient, variable, learning_rate):  # the backend may pass its own variable type
+            if self.slow[self._get_variable_index(variable)]:
+                learning_rate = learning_rate * factor
+            return super().update_step(gradient, variable, learning_rate)
+    return LayerwiseAdam(learning_rate)
+
+
+def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience, phase, loss="binary_crossentropy"):
     """One resumable fit, announced as `phase`; keeps the best-validation-loss weights in work/NAME.best.weights.h5.
     `train` is (batches, steps per epoch)."""
     best = work / f"{name}.best.weights.h5"
     if (work / f"{name}.done").exists():
         model.load_weights(best)
         return
-    model.compile(optimizer, "binary_crossentropy",
+    model.compile(optimizer, loss,
                   metrics=[keras.metrics.AUC(curve="PR", multi_label=True, name="map")])
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / f"{name}.backup")),
@@ -204,6 +288,28 @@ def make_strategy(tf, distribute):
     return tf.distribute.get_strategy()
 
 
+def training_photos(args, tf, dataset, train_idx, photos, size):
+    """The training photos as a tensor, and the augmentation for train_batches. --augment upload crops from
+    photos letterboxed at 1.5x the input size (MIML's largest are 384 px), so that a crop keeps its detail."""
+    if args.augment == "scene" or args.arch == "seed-cnn":
+        return tf.constant(photos[train_idx]), None
+    source = round(1.5 * size)
+    boxes = tf.constant([content_box(dataset.path(i), source) for i in train_idx], tf.float32)
+    return (tf.constant(dataset.load_photos(train_idx, source)),
+            lambda image, i, key: upload_augment(tf, image, tf.gather(boxes, i), key, size))
+
+
+def finetune_optimizer(args, keras, steps_per_epoch):
+    """Adam at --lr, decayed along a cosine with --schedule cosine, slower for the early layers with --early-lr."""
+    lr = args.lr
+    if args.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(args.lr, steps_per_epoch * args.epochs, alpha=0.01)
+    if args.early_lr == 1.0:
+        return keras.optimizers.Adam(lr)
+    from model.backbones.efficientnet_lite import early_layers
+    return layerwise_adam(keras, lr, early_layers(args.arch.split("-", 1)[1]), args.early_lr)
+
+
 def fit_model(args, dataset, splits, work):
     """Build the network and train it (warm-up, then fine-tuning), resuming from `work`.
 
@@ -222,12 +328,14 @@ def fit_model(args, dataset, splits, work):
               f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos; "
               f"{strategy.num_replicas_in_sync} replica(s), batch {batch_size}")
         photos = dataset.load_photos(range(len(dataset.images)), size)
-        x_train, y_train = tf.constant(photos[train_idx]), tf.constant(dataset.labels[train_idx], tf.float32)
+        x_train, augment = training_photos(args, tf, dataset, train_idx, photos, size)
+        y_train = tf.constant(dataset.labels[train_idx], tf.float32)
         val_ds = tf.data.Dataset.from_tensor_slices((photos[val_idx], dataset.labels[val_idx].astype("float32"))).batch(64)
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=args.label_smoothing)
 
-        def stage(name, phase, epochs, optimizer, seed):  # each stage gets its own order and augmentation
-            batches = train_batches(tf, x_train, y_train, batch_size, epochs, args.seed * 10 + seed)
-            fit_stage(model, keras, name, work, batches, val_ds, epochs, optimizer, args.patience, phase)
+        def stage(name, phase, epochs, optimizer, seed, patience=args.patience):  # own order and augmentation
+            batches = train_batches(tf, x_train, y_train, batch_size, epochs, args.seed * 10 + seed, augment, args.mixup)
+            fit_stage(model, keras, name, work, batches, val_ds, epochs, optimizer, patience, phase, loss)
         if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
             stage("finetune", "training from scratch", args.epochs,
                   keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), 1)
@@ -235,7 +343,8 @@ def fit_model(args, dataset, splits, work):
             set_backbone_trainable(model, keras, False)
             stage("warmup", "warm-up (head only)", args.warmup_epochs, keras.optimizers.Adam(1e-3), 0)
             set_backbone_trainable(model, keras, True)
-            stage("finetune", "fine-tuning (whole network)", args.epochs, keras.optimizers.Adam(args.lr), 1)
+            stage("finetune", "fine-tuning (whole network)", args.epochs, finetune_optimizer(args, keras, -(-len(train_idx) // batch_size)), 1,
+                  args.epochs if args.schedule == "cosine" else args.patience)
     return model, photos, strategy.num_replicas_in_sync, batch_size
 
 
@@ -250,7 +359,8 @@ def choose_thresholds(args, labels, y_val, val_probs):
         "thresholds": dict(zip(labels, thresholds.tolist())),
         "criterion": args.criterion,
         "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
-        "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}); never the test split",
+        "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}"
+                     f"{', fold ' + args.fold if args.fold else ''}); never the test split",
         "at_least_one": at_least_one,
         "at_least_one_check": check,
     }
@@ -264,9 +374,24 @@ def training_record(args, model, work, replicas, batch_size, minutes, dataset):
         "architecture": args.arch, "input_size": model.input_shape[1], "parameters": int(model.count_params()),
         "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
         "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size, "replicas": replicas,
+        "augment": args.augment, "schedule": args.schedule, "early_lr": args.early_lr,
+        "label_smoothing": args.label_smoothing, "mixup": args.mixup,
         "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
         "checkpoint": "lowest validation loss", "history": logs,
     }
+
+
+def make_split(args, dataset):
+    """(train, validation, test) indices: the --split-seed split, or fold K of --fold K/N."""
+    if not args.fold:
+        return split(len(dataset.images), args.split_seed)
+    try:
+        fold, folds = (int(n) for n in args.fold.split("/"))
+    except ValueError:
+        raise ValueError(f"--fold {args.fold}: write it as K/N, e.g. 1/5") from None
+    if not 1 <= fold <= folds or folds < 2:
+        raise ValueError(f"--fold {args.fold}: K must be 1..N and N at least 2")
+    return fold_split(dataset.labels, folds, fold - 1, seed=args.split_seed)
 
 
 def train(args):
@@ -275,7 +400,7 @@ def train(args):
     refuse_to_overwrite(out, args.force)
     dataset = load_dataset(args.data)
     labels = dataset.label_names
-    train_idx, val_idx, test_idx = split(len(dataset.images), args.split_seed)
+    train_idx, val_idx, test_idx = make_split(args, dataset)
     work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
     work.mkdir(parents=True, exist_ok=True)
     model, photos, replicas, batch_size = fit_model(args, dataset, (train_idx, val_idx, test_idx), work)
@@ -294,7 +419,7 @@ def train(args):
     metrics = {
         "labels": labels,
         "training": training,
-        "split": {"seed": args.split_seed, "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
+        "split": {"seed": args.split_seed, **({"fold": args.fold} if args.fold else {}), "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
                   "test_images": [dataset.images[i] for i in test_idx]},
         "validation": evaluate(y_val, val_probs, thresholds, labels, at_least_one),
         "test": evaluate(y_test, test_probs, thresholds, labels, at_least_one),

