@@ -17,7 +17,7 @@ import numpy as np
 
 from model.cli import add_verbose_flag
 from model.data import DataError, load_dataset
-from model.modeldir import write_atomically
+from model.modeldir import ModelDirError, read_model_dir, write_atomically
 
 # What the papers on this dataset report, with the direction that is better.
 LITERATURE = [("hamming_loss", "Hamming loss", "lower"), ("one_error", "one-error", "lower"),
@@ -34,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--out", required=True, help="directory for the fold models and crossval.json")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--record-in", metavar="MODEL_DIR", action="append", default=[],
+                   help="also record the result in MODEL_DIR's metrics.json (\"crossval\"), for its model page: "
+                        "a model trained with this recipe (repeatable)")
     add_verbose_flag(p)
     args, train_args = p.parse_known_args(argv)
     if args.folds < 2:
@@ -77,14 +80,19 @@ def markdown(summary, folds):
 def main(argv=None):
     args, train_args = parse_args(argv)
     try:
-        load_dataset(args.data)  # a bad --data is one line now, not five failed folds
+        load_dataset(args.data)  # a bad --data (or --record-in) is one line now, not after five folds
+        for model_dir in args.record_in:
+            read_model_dir(model_dir)
         folds = [run_fold(args, train_args, k) for k in range(1, args.folds + 1)]
-    except (DataError, RuntimeError) as e:
+    except (DataError, ModelDirError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     summary = summarise(folds)
     result = {"folds": args.folds, "train_args": train_args, "metrics": summary,
               "test_photos": sum(f["split"]["test"] for f in folds)}
     write_atomically(Path(args.out) / "crossval.json", json.dumps(result, indent=2).encode())
+    for model_dir in args.record_in:
+        path = Path(model_dir) / "metrics.json"
+        write_atomically(path, json.dumps({**json.loads(path.read_text()), "crossval": result}, indent=2).encode() + b"\n")
     print(markdown(summary, args.folds))
 
 

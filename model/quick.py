@@ -76,14 +76,13 @@ def head_probabilities(embeddings, kernel, bias):
 
 
 def build_quick_model(backbone, labels, kernel, bias):
-    """The backbone's network with a new `probabilities` layer carrying (kernel, bias)."""
-    from model.network import build_model
-    model = build_model(backbone.metrics["training"]["architecture"], labels, pretrained=False,
-                        size=backbone.size)
-    for layer in model.layers:
-        if layer.weights and layer.name != "probabilities":
-            layer.set_weights(backbone.model.get_layer(layer.name).get_weights())
-    model.get_layer("probabilities").set_weights([kernel, bias])
+    """The backbone's network (any architecture with a `dropout` layer before its head: a single model or an
+    ensemble) with a new `probabilities` layer carrying (kernel, bias)."""
+    import keras
+    base = backbone.model
+    head = keras.layers.Dense(len(labels), activation="sigmoid", name="probabilities")
+    model = keras.Model(base.inputs, head(base.get_layer("dropout").output), name=base.name)
+    head.set_weights([kernel, bias])
     return model
 
 

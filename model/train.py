@@ -360,7 +360,7 @@ def choose_thresholds(args, labels, y_val, val_probs):
         "criterion": args.criterion,
         "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
         "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}"
-                     f"{', fold ' + args.fold if args.fold else ''}); never the test split",
+                     f"{', fold ' + args.fold if getattr(args, 'fold', None) else ''}); never the test split",
         "at_least_one": at_least_one,
         "at_least_one_check": check,
     }

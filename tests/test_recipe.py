@@ -2,6 +2,7 @@
 early layers, and the cross-validation folds (model.crossval runs them end to end)."""
 import colorsys
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -105,13 +106,16 @@ def test_cross_validation_folds_partition_the_photos_and_are_stratified(miml_dat
         fold_split(labels, 5, 5)
 
 
-def test_crossval_trains_every_fold_reports_the_literature_metrics_and_resumes(tiny_dataset, tmp_path, capsys):
+def test_crossval_trains_every_fold_reports_the_literature_metrics_and_resumes(tiny_dataset, tiny_model, tmp_path, capsys):
     from model.crossval import main
     out = tmp_path / "cv"
     args = ["--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
             "--epochs", "1", "--warmup-epochs", "1", "--input-size", "64"]
-    main(args)
+    recorded = tmp_path / "model"
+    shutil.copytree(tiny_model, recorded)
+    main(args + ["--record-in", str(recorded)])
     result = json.loads((out / "crossval.json").read_text())
+    assert json.loads((recorded / "metrics.json").read_text())["crossval"] == result  # for its model page
     assert result["folds"] == 2 and result["test_photos"] == 36  # each photo tested once
     folds = [json.loads((out / f"fold{k}" / "metrics.json").read_text()) for k in (1, 2)]
     assert [f["split"]["fold"] for f in folds] == ["1/2", "2/2"]
@@ -132,3 +136,6 @@ def test_crossval_refuses_options_it_sets_itself(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--fold", "1/5"])
     assert "set by model.crossval" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=f"error: {tmp_path / 'nothing'}: model directory not found"):
+        main(["--out", str(tmp_path / "cv"), "--record-in", str(tmp_path / "nothing")])
+    assert not (tmp_path / "cv").exists()  # refused before any fold

@@ -1,0 +1,122 @@
+"""Join trained models into one network whose probabilities are the sigmoid of its members' mean logit.
+
+    python -m model.ensemble --members DIR DIR [...] --data DIR --tta flip|none --out DIR [--force]
+
+The members' last feature maps, side by side, are the ensemble's `top_activation`; global average pooling
+and one dense layer follow, as in every member. That layer's kernel stacks the members' kernels, each divided
+by the number of members, and its bias is the mean of theirs, so its logits are exactly the mean of the
+members' logits, in one forward pass through one model file. Everything that reads a member reads the
+ensemble: the class maps are still the class activation map (the mean of the members' maps), the pooled
+features (every member's, side by side) are its embedding for similar photos. The members must share labels,
+input size and split. Thresholds are then tuned on the shared validation photos under --tta (and the other
+mode as "other_tta"), as model.retune tunes them; the test metrics are computed once and only reported.
+"""
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from model.cli import add_verbose_flag, quiet_tensorflow
+from model.data import DataError
+from model.modeldir import TTA_MODES, ModelDirError, read_model_dir
+
+
+def renamed(prefix):
+    """A clone_model clone_function: the same layer under the name prefix + its name."""
+    def clone(layer):
+        return layer.__class__.from_config({**layer.get_config(), "name": prefix + layer.name})
+    return clone
+
+
+def join(models):
+    """One Keras model: the members' feature maps side by side -> pooling -> dropout -> the stacked head."""
+    import keras
+    from keras import layers
+    image = keras.Input(models[0].input_shape[1:], name="image")
+    maps, kernels, biases = [], [], []
+    for i, member in enumerate(models, start=1):
+        # a copy of the member on the shared input, every layer renamed: one flat graph, no name twice
+        copy = keras.models.clone_model(member, input_tensors=image, clone_function=renamed(f"m{i}_"))
+        copy.set_weights(member.get_weights())
+        maps.append(copy.get_layer(f"m{i}_top_activation").output)
+        kernel, bias = member.get_layer("probabilities").get_weights()
+        kernels.append(kernel / len(models))
+        biases.append(bias)
+    x = layers.Concatenate(name="top_activation")(maps)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    outputs = layers.Dense(kernels[0].shape[1], activation="sigmoid", name="probabilities")(x)
+    model = keras.Model(image, outputs, name="efficientnet_ensemble")
+    model.get_layer("probabilities").set_weights([np.concatenate(kernels), np.mean(biases, axis=0)])
+    return model
+
+
+def check_members(infos):
+    """The members must agree on what the ensemble is: labels, input size, split."""
+    first = infos[0]
+    for info in infos:
+        if not info.metrics["training"].get("architecture", "").startswith("efficientnet-"):
+            raise ModelDirError(f"{info.path}: only EfficientNet-Lite members can be joined (a pooled head)")
+        for what, get in (("labels", lambda i: i.labels), ("input size", lambda i: i.metrics["training"].get("input_size")),
+                          ("split", lambda i: i.metrics["split"].get("seed"))):
+            if get(info) != get(first):
+                raise ModelDirError(f"{info.path}: not the same {what} as {first.path}")
+
+
+def ensemble(members, data_dir, tta, out):
+    """Write the joined model directory `out`; returns its metrics.json content."""
+    import keras
+
+    from model.retune import retune
+    infos = [read_model_dir(m) for m in members]
+    check_members(infos)
+    model = join([keras.models.load_model(info.path / "model.keras", compile=False) for info in infos])
+    first = infos[0]
+    training = {
+        "architecture": " + ".join(i.metrics["training"]["architecture"] for i in infos) + " (ensemble)",
+        "input_size": first.metrics["training"]["input_size"], "parameters": int(model.count_params()),
+        "members": [{"from": i.path.name, **{k: v for k, v in i.metrics["training"].items() if k != "history"}}
+                    for i in infos],
+        "minutes": round(sum(i.metrics["training"].get("minutes", 0) for i in infos), 1),
+        "history": first.metrics["training"].get("history", []), "checkpoint": "each member's own",
+    }
+    metrics = {"labels": first.labels, "training": training, "split": first.metrics["split"],
+               "validation": {}, "test": {}}
+    staging = Path(out).with_name(Path(out).name + ".joined")
+    from model.modeldir import write_model_dir
+    curve = first.path / "training_curve.png"
+    write_model_dir(staging, model, first.thresholds_info, metrics, [], [], [],
+                    lambda path: shutil.copyfile(curve, path) if curve.exists() else None)
+    try:
+        return retune(staging, data_dir, tta, out)  # thresholds (and metrics) on validation, under --tta
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.ensemble", description=__doc__.split("\n\n")[0])
+    p.add_argument("--members", nargs="+", required=True, help="model directories to join (at least 2)")
+    p.add_argument("--data", help="the dataset they were trained on (default: $MIML_DATA)")
+    p.add_argument("--tta", choices=TTA_MODES, required=True, help="flip: the mean over the photo and its mirror image")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    add_verbose_flag(p)
+    args = p.parse_args(argv)
+    quiet_tensorflow(args.verbose)
+    if len(args.members) < 2:
+        sys.exit("error: --members needs at least two model directories")
+    if Path(args.out).exists() and not args.force:
+        sys.exit(f"error: {args.out}: already exists; pass --force to replace it")
+    try:
+        metrics = ensemble(args.members, args.data, args.tta, args.out)
+    except (DataError, ModelDirError) as e:
+        sys.exit(f"error: {e}")
+    v, t = metrics["validation"], metrics["test"]
+    print(f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
+          f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
