@@ -276,7 +276,7 @@ def crossval_row(classifier):
     if not cv:
         return None
     mean = {k: v["mean"] for k, v in cv["metrics"].items()}
-    return {"model": f"{classifier.metrics['training'].get('architecture', 'this model')}: its training recipe",
+    return {"model": f"{cv['architecture']}, {cv['augment']} augmentation: the training recipe, cross-validated",
             "kind": f"{cv['folds']}-fold CV",
             "protocol": f"{cv['folds']}-fold cross-validation over all {cv['test_photos']} photos, stratified by label "
                         "set; checkpoint and thresholds from a validation part of each fold's training photos",

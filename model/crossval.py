@@ -87,7 +87,9 @@ def main(argv=None):
     except (DataError, ModelDirError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     summary = summarise(folds)
+    recipe = folds[0]["training"]
     result = {"folds": args.folds, "train_args": train_args, "metrics": summary,
+              "architecture": recipe["architecture"], "augment": recipe.get("augment"),
               "test_photos": sum(f["split"]["test"] for f in folds)}
     write_atomically(Path(args.out) / "crossval.json", json.dumps(result, indent=2).encode())
     for model_dir in args.record_in:

@@ -77,18 +77,17 @@ def ensemble(members, data_dir, tta, out):
     training = {
         "architecture": " + ".join(i.metrics["training"]["architecture"] for i in infos) + " (ensemble)",
         "input_size": first.metrics["training"]["input_size"], "parameters": int(model.count_params()),
-        "members": [{"from": i.path.name, **{k: v for k, v in i.metrics["training"].items() if k != "history"}}
-                    for i in infos],
+        "members": [{"from": i.path.name, **i.metrics["training"]} for i in infos],
         "minutes": round(sum(i.metrics["training"].get("minutes", 0) for i in infos), 1),
-        "history": first.metrics["training"].get("history", []), "checkpoint": "each member's own",
+        "checkpoint": "each member's own",
     }
     metrics = {"labels": first.labels, "training": training, "split": first.metrics["split"],
                "validation": {}, "test": {}}
     staging = Path(out).with_name(Path(out).name + ".joined")
     from model.modeldir import write_model_dir
-    curve = first.path / "training_curve.png"
-    write_model_dir(staging, model, first.thresholds_info, metrics, [], [], [],
-                    lambda path: shutil.copyfile(curve, path) if curve.exists() else None)
+    from model.train import draw_curve
+    curves = {f"member {k} ({m['architecture']})": m.get("history", []) for k, m in enumerate(training["members"], 1)}
+    write_model_dir(staging, model, first.thresholds_info, metrics, [], [], [], lambda path: draw_curve(curves, path))
     try:
         return retune(staging, data_dir, tta, out)  # thresholds (and metrics) on validation, under --tta
     finally:

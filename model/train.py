@@ -7,9 +7,10 @@ Protocol (every choice on validation, none on test):
 1. split: test = the contract split's 400 photos, validation = 20% of the rest;
 2. warm-up: the new head alone, backbone frozen (EfficientNet only);
 3. fine-tuning: the whole network (batch-norm statistics kept frozen), with
-   augmentation suited to scenes: horizontal flips, mild zoom and shifts, no
-   vertical flips and no colour changes (sunset and desert *are* colour);
-   the checkpoint with the lowest validation loss is kept, early stopping ends it;
+   augmentation that mimics uploads (crops of any aspect ratio, mild brightness and
+   contrast, blur, JPEG, flips; no vertical flips and no hue changes: sunset and
+   desert *are* colour); the checkpoint with the lowest validation loss is kept,
+   early stopping ends it;
 4. thresholds: per label, the best validation Matthews correlation;
 5. test metrics are computed once, at the end, and only reported.
 A run that is stopped can be started again with the same command: it resumes
@@ -40,7 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--arch", "--backbone", dest="arch", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (default), efficientnet-lite2 or seed-cnn")
+                   help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2 or seed-cnn")
     p.add_argument("--input-size", type=int,
                    help="EfficientNet input size in pixels (default: the backbone's native size, 224 for Lite0); "
                         "the seed CNN is always 100")
@@ -49,8 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
-    p.add_argument("--augment", choices=["scene", "upload"], default="scene",
-                   help="scene: flips, mild zoom and shifts; upload: crops of any aspect ratio from portrait to "
+    p.add_argument("--augment", choices=["scene", "upload"], default="upload",
+                   help="scene (version 1's): flips, mild zoom and shifts; upload (default): crops of any aspect ratio from portrait to "
                         "panorama, mild brightness/contrast, blur and JPEG recompression, flips (hues kept)")
     p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
                    help="plateau: constant learning rate, early stopping; cosine: decays to 1%% over --epochs, "
@@ -251,17 +252,21 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience,
     (work / f"{name}.done").touch()
 
 
-def draw_curve(logs, path):
+def draw_curve(histories, path):
+    """The training curve: loss and mAP per epoch, train and validation; `histories` is one run's log rows, or
+    {name: rows} for several runs (an ensemble's members), one row of plots each."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for key, ax in zip(("loss", "map"), axes):
-        ax.plot([float(r[key]) for r in logs], label=f"train {key}")
-        ax.plot([float(r[f"val_{key}"]) for r in logs], label=f"validation {key}")
-        ax.set_xlabel("epoch (warm-up, then fine-tuning)")
-        ax.set_title({"loss": "binary cross-entropy", "map": "mAP (PR AUC)"}[key])
-        ax.legend()
+    histories = histories if isinstance(histories, dict) else {"": histories}
+    fig, axes = plt.subplots(len(histories), 2, figsize=(10, 3.6 * len(histories)), squeeze=False)
+    for row, (name, logs) in zip(axes, histories.items()):
+        for key, ax in zip(("loss", "map"), row):
+            ax.plot([float(r[key]) for r in logs], label=f"train {key}")
+            ax.plot([float(r[f"val_{key}"]) for r in logs], label=f"validation {key}")
+            ax.set_xlabel("epoch (warm-up, then fine-tuning)")
+            ax.set_title(f"{name + ': ' if name else ''}{'binary cross-entropy' if key == 'loss' else 'mAP (PR AUC)'}")
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -374,8 +379,8 @@ def training_record(args, model, work, replicas, batch_size, minutes, dataset):
         "architecture": args.arch, "input_size": model.input_shape[1], "parameters": int(model.count_params()),
         "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
         "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size, "replicas": replicas,
-        "augment": args.augment, "schedule": args.schedule, "early_lr": args.early_lr,
-        "label_smoothing": args.label_smoothing, "mixup": args.mixup,
+        "augment": "scene" if args.arch == "seed-cnn" else args.augment, "schedule": args.schedule,
+        "early_lr": args.early_lr, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
         "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
         "checkpoint": "lowest validation loss", "history": logs,
     }

@@ -212,8 +212,10 @@ def test_label_set_link_opens_those_photos(page, base_url):  # noqa: F811
 def test_model_page_curve_and_comparison(page, base_url):  # noqa: F811
     page.goto(base_url + "/model")
     assert page.locator("img[data-curve]").evaluate("img => img.complete && img.naturalWidth") > 300
-    assert page.locator("[data-compare] tbody tr").count() == 4
-    assert page.locator("[data-compare] tr.ours th").inner_text() == "efficientnet-lite0 (this model)"
+    assert page.locator("[data-compare] tbody tr").count() == 5
+    assert page.locator("[data-compare] tr.ours th").all_inner_texts() == [
+        "efficientnet-lite0 + efficientnet-lite1 (ensemble) (this model)",
+        "efficientnet-lite0, upload augmentation: the training recipe, cross-validated"]
     page.screenshot(path=str(SHOTS / "model-compare.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the wide table scrolls inside its box

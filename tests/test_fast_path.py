@@ -57,7 +57,7 @@ def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, tes
     assert np.array_equal(lite.decide(a), keras_classifier.decide(b))
     features, embedding, probs = lite.forward(pixels[:4])
     ref = keras_classifier.forward(pixels[:4])
-    assert features.shape == (4, 7, 7, 1280) and embedding.shape == (4, 1280)
+    assert features.shape == (4, 7, 7, 2 * 1280) and embedding.shape == (4, 2 * 1280)  # two members side by side
     np.testing.assert_allclose(features, ref[0], atol=1e-4)
     np.testing.assert_allclose(embedding, ref[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(embedding, features.mean(axis=(1, 2)), atol=1e-5)  # the pooled feature map
@@ -116,7 +116,7 @@ def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
     assert a.pixels.shape == (224, 224, 3) and a.pixels.dtype == np.uint8
     assert np.array_equal(a.pixels, lite.load(sea_photo))
     assert a.probabilities == lite.classify(a.pixels[None])[0]["probabilities"]
-    assert a.embedding.shape == (1280,)
+    assert a.embedding.shape == (2 * 1280,)
     np.testing.assert_allclose(np.stack([a.cams[l] for l in lite.labels]), lite.class_maps(a.pixels), atol=1e-6)
     assert max(a.image.size) <= 480
 
@@ -226,11 +226,13 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     first = Classifier()
     (cached,) = (tmp_path / "litert").glob("*.tflite")
     from model.backbones.torch_legacy import sha256_of
-    assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras") + "-flip"  # the TTA mode is in the key
+    assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
     cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
     second = Classifier()
     assert cached.stat().st_size > 10_000_000
     assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
+    Classifier(tta="flip")  # the TTA mode is in the key: another flatbuffer
+    assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
 def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_path, miml_data):
@@ -270,16 +272,17 @@ def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_pa
 
 def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, tmp_path):
     """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so
-    a caller who wants one pass a photo (twice as fast) gets thresholds made for it."""
+    a caller who wants flip TTA (twice the cost) gets thresholds made for it."""
     info = lite.info.thresholds_info
-    assert lite.tta == "flip" and plain.tta == "none"
+    flip = Classifier(tta="flip")
+    assert lite.tta == plain.tta == "none"  # the shipped ensemble's own mode: one pass
     assert lite.thresholds == pytest.approx(info["thresholds"]) and lite.at_least_one == info["at_least_one"]
-    assert plain.thresholds == pytest.approx(info["other_tta"]["thresholds"])
-    assert plain.at_least_one == info["other_tta"]["at_least_one"]
-    assert plain.thresholds != lite.thresholds
+    assert flip.thresholds == pytest.approx(info["other_tta"]["thresholds"])
+    assert flip.at_least_one == info["other_tta"]["at_least_one"]
+    assert flip.thresholds != lite.thresholds
     from tests.test_cli import run
     (tmp_path / "sea.jpg").write_bytes(sea_photo)
-    for mode, classifier in (("none", plain), ("flip", lite)):
+    for mode, classifier in (("none", lite), ("flip", flip)):
         r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode)
         (result,) = json.loads(r.stdout)
         assert {k: result[k] for k in ("probabilities", "predicted")} == classifier.classify(classifier.load(sea_photo)[None])[0]

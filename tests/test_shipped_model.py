@@ -19,7 +19,7 @@ def test_results(miml_data):
 def test_shipped_model_quality_on_contract_test_split(test_results):
     _, _, _, _, metrics = test_results
     assert metrics["n_images"] == 400
-    assert metrics["hamming_loss"] <= 0.06, metrics["hamming_loss"]
+    assert metrics["hamming_loss"] <= 0.055, metrics["hamming_loss"]
     assert metrics["exact_match"] >= 0.77, metrics["exact_match"]
 
 
@@ -34,6 +34,8 @@ def test_stored_test_predictions_are_reproduced(test_results):
 
 def test_thresholds_were_chosen_on_validation(test_results):
     classifier = test_results[0]
-    assert classifier.tta == "flip" and classifier.info.thresholds_info["tta"] == "flip"  # tuned with the mirror too
+    # one pass: flip TTA gave the ensemble no lower validation loss or higher mAP, at twice the cost
+    assert classifier.tta == "none" and classifier.info.thresholds_info["tta"] == "none"
+    assert classifier.info.thresholds_info["other_tta"]["tta"] == "flip"
     assert "validation" in classifier.info.thresholds_info["chosen_on"]
     assert classifier.info.metrics["split"]["seed"] == 100
