@@ -311,8 +311,8 @@ class Classifier:
     def layers(self):
         """[(name, output shape, is convolutional)] for every layer after the input."""
         import keras
-        conv = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.ReLU,
-                keras.layers.BatchNormalization, keras.layers.Add, keras.layers.MaxPooling2D)
+        conv = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.ReLU, keras.layers.BatchNormalization,
+                keras.layers.Add, keras.layers.MaxPooling2D, keras.layers.Concatenate)  # an ensemble's joined maps
         return [(l.name, tuple(l.output.shape[1:]), isinstance(l, conv) and len(l.output.shape) == 4)
                 for l in self.model.layers[1:]]
 

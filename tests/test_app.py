@@ -95,9 +95,9 @@ def test_inspect_uploaded_photo_and_layers(client, scenes, sea_photo):
     pixels = re.search(r'name="pixels" value="([^"]+)"', html).group(1)
     sent = Image.open(io.BytesIO(base64.b64decode(pixels)))
     assert sent.format == "WEBP" and np.array_equal(np.asarray(sent.convert("RGB")), scenes.classifier.load(sea_photo))
-    r = client.post("/inspect", data={"pixels": pixels, "name": "a.jpg", "layer": "block05_dw_activation"})
+    r = client.post("/inspect", data={"pixels": pixels, "name": "a.jpg", "layer": "m1_block05_dw_activation"})
     page = r.get_data(as_text=True)
-    assert r.status_code == 200 and "Layer activations" in page and "block05_dw_activation</strong>" in page
+    assert r.status_code == 200 and "Layer activations" in page and "m1_block05_dw_activation</strong>" in page
     assert client.post("/inspect", data={"pixels": "!!!"}).status_code == 400
     r = client.post("/inspect", data={"pixels": pixels, "layer": "no_such_layer"})
     assert r.status_code == 404 and "no_such_layer" in r.get_data(as_text=True)
@@ -108,9 +108,11 @@ def test_photo_detail_and_layers(client, scenes):
     r = client.get(f"/photo/{test_id}")
     html = r.get_data(as_text=True)
     assert r.status_code == 200 and "top_activation" in html and "✓ true" in html
-    r = client.get(f"/photo/{test_id}?layer=stem_activation")
+    r = client.get(f"/photo/{test_id}?layer=m1_stem_activation")  # the Lite0 member's stem
     assert r.status_code == 200 and "of 32 channels" in r.get_data(as_text=True)
     assert client.get(f"/photo/{test_id}?layer=pool").status_code == 404  # not convolutional
+    r = client.get(f"/photo/{test_id}?layer=top_activation")  # both members' last maps, side by side
+    assert r.status_code == 200 and "of 2560 channels" in r.get_data(as_text=True)
 
 
 @pytest.mark.parametrize("url", ["/photo/0", "/photo/2001", "/photo/-1", "/photo/abc", "/photo/..%2F..%2Fetc%2Fpasswd",

@@ -86,9 +86,9 @@ def test_upload_works_without_javascript(browser, base_url, sea_photo, tmp_path)
 
 def test_detail_page_layer_browser(page, base_url, scenes):
     page.goto(f"{base_url}/photo/{scenes.test_photos[0].photo_id}")
-    page.locator("button[value=block03_expand_activation]").click()
+    page.locator("button[value=m2_block03_expand_activation]").click()
     page.locator("figure.grid img").wait_for()
-    assert "block03_expand_activation" in page.locator("figure.grid figcaption").inner_text()
+    assert "m2_block03_expand_activation" in page.locator("figure.grid figcaption").inner_text()
     page.screenshot(path=str(SHOTS / "photo.png"), full_page=True)
 
 
