@@ -82,13 +82,15 @@ def test_atomic_dir_replaces_only_on_success(tmp_path):
 
 def test_the_other_tta_operating_point_is_checked_and_read(model_dir):
     info = read_model_dir(model_dir)
-    thresholds, at_least_one = info.operating_point("none")
-    assert info.tta == "flip" and thresholds.tolist() == pytest.approx(list(THRESHOLDS["other_tta"]["thresholds"].values()))
+    other = THRESHOLDS["other_tta"]["tta"]
+    assert info.tta == "none" and other == "flip"  # the shipped ensemble runs one pass; flip is the other mode
+    thresholds, at_least_one = info.operating_point(other)
+    assert thresholds.tolist() == pytest.approx(list(THRESHOLDS["other_tta"]["thresholds"].values()))
     assert at_least_one is THRESHOLDS["other_tta"]["at_least_one"]
     bad = {**THRESHOLDS["other_tta"], "thresholds": {**THRESHOLDS["other_tta"]["thresholds"], "sea": 2}}
     (model_dir / "thresholds.json").write_text(with_thresholds(other_tta=bad))
     with pytest.raises(ModelDirError, match="the threshold of 'sea' is 2, not a number from 0 to 1"):
         read_model_dir(model_dir)
-    (model_dir / "thresholds.json").write_text(with_thresholds(other_tta={**THRESHOLDS["other_tta"], "tta": "flip"}))
+    (model_dir / "thresholds.json").write_text(with_thresholds(other_tta={**THRESHOLDS["other_tta"], "tta": "none"}))
     with pytest.raises(ModelDirError, match="'other_tta' must hold the thresholds of the other TTA mode"):
         read_model_dir(model_dir)
