@@ -18,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.cli import add_verbose_flag, quiet_tensorflow
-from model.data import DataError
-from model.modeldir import TTA_MODES, ModelDirError, read_model_dir
+from model.modeldir import ModelDirError, read_model_dir
+from model.retune import add_output_args, retune, summary, write_or_exit
 
 
 def renamed(prefix):
@@ -68,8 +67,6 @@ def check_members(infos):
 def ensemble(members, data_dir, tta, out):
     """Write the joined model directory `out`; returns its metrics.json content."""
     import keras
-
-    from model.retune import retune
     infos = [read_model_dir(m) for m in members]
     check_members(infos)
     model = join([keras.models.load_model(info.path / "model.keras", compile=False) for info in infos])
@@ -97,24 +94,11 @@ def ensemble(members, data_dir, tta, out):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.ensemble", description=__doc__.split("\n\n")[0])
     p.add_argument("--members", nargs="+", required=True, help="model directories to join (at least 2)")
-    p.add_argument("--data", help="the dataset they were trained on (default: $MIML_DATA)")
-    p.add_argument("--tta", choices=TTA_MODES, required=True, help="flip: the mean over the photo and its mirror image")
-    p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    add_verbose_flag(p)
+    add_output_args(p)
     args = p.parse_args(argv)
-    quiet_tensorflow(args.verbose)
     if len(args.members) < 2:
         sys.exit("error: --members needs at least two model directories")
-    if Path(args.out).exists() and not args.force:
-        sys.exit(f"error: {args.out}: already exists; pass --force to replace it")
-    try:
-        metrics = ensemble(args.members, args.data, args.tta, args.out)
-    except (DataError, ModelDirError) as e:
-        sys.exit(f"error: {e}")
-    v, t = metrics["validation"], metrics["test"]
-    print(f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
-          f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {args.out}")
+    print(summary(write_or_exit(args, lambda: ensemble(args.members, args.data, args.tta, args.out)), args.out))
 
 
 if __name__ == "__main__":

@@ -56,26 +56,40 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
     return metrics
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m model.retune", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model directory to start from")
+def add_output_args(p):
+    """--data, --tta, --out and --force: model.retune's, and model.ensemble's (which tunes through retune)."""
     p.add_argument("--data", help="the dataset it was trained on (default: $MIML_DATA)")
     p.add_argument("--tta", choices=TTA_MODES, required=True, help="flip: the mean over the photo and its mirror image")
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     add_verbose_flag(p)
-    args = p.parse_args(argv)
+
+
+def write_or_exit(args, write):
+    """`write()` unless --out exists without --force; a bad model directory or dataset is one line, not a trace."""
     quiet_tensorflow(args.verbose)
     if Path(args.out).exists() and not args.force:
         sys.exit(f"error: {args.out}: already exists; pass --force to replace it")
     try:
-        metrics = retune(args.model, args.data, args.tta, args.out)
+        return write()
     except (DataError, ModelDirError) as e:
         sys.exit(f"error: {e}")
-    print(format_table(metrics["test"]))
+
+
+def summary(metrics, out):
     v, t = metrics["validation"], metrics["test"]
-    print(f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
-          f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {args.out}")
+    return (f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
+            f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {out}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m model.retune", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model directory to start from")
+    add_output_args(p)
+    args = p.parse_args(argv)
+    metrics = write_or_exit(args, lambda: retune(args.model, args.data, args.tta, args.out))
+    print(format_table(metrics["test"]))
+    print(summary(metrics, args.out))
 
 
 if __name__ == "__main__":
