@@ -9,6 +9,7 @@ when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
 With a dataset, the embeddings of its photos (similar photos, /map) are computed in the
 background after start-up, or read from the cache.
 """
+
 import argparse
 import os
 import socket
@@ -19,12 +20,12 @@ from model.cli import add_verbose_flag, quiet_tensorflow
 
 # waitress, set deliberately (see README, "Reliability and security"); a public deployment goes behind a reverse proxy.
 WAITRESS = {
-    "connection_limit": 500,    # open connections, slow ones included (waitress's default, 100, let 100 idle clients
-                                # lock everyone out); kept under the usual limit of 1024 open files
+    "connection_limit": 500,  # open connections, slow ones included (waitress's default, 100, let 100 idle clients
+    # lock everyone out); kept under the usual limit of 1024 open files
     "asyncore_use_poll": True,  # poll(), not select(): no limit on file descriptor numbers
-    "channel_timeout": 30,      # seconds a connection may sit idle...
-    "cleanup_interval": 5,      # ...checked this often, so it is closed 30 to 35 s after its last byte
-    "backlog": 1024,            # connections waiting to be accepted
+    "channel_timeout": 30,  # seconds a connection may sit idle...
+    "cleanup_interval": 5,  # ...checked this often, so it is closed 30 to 35 s after its last byte
+    "backlog": 1024,  # connections waiting to be accepted
 }
 
 
@@ -42,20 +43,42 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--model", help="model directory (default: the shipped model)")
     p.add_argument("--data", help="dataset directory for the test gallery (default: $MIML_DATA, if set)")
-    p.add_argument("--server", choices=["waitress", "flask"], default="waitress",
-                   help="waitress (default: production WSGI server, 8 threads) or flask's development server")
+    p.add_argument(
+        "--server",
+        choices=["waitress", "flask"],
+        default="waitress",
+        help="waitress (default: production WSGI server, 8 threads) or flask's development server",
+    )
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads")
-    p.add_argument("--runtime", choices=["litert", "keras"], default="litert",
-                   help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)")
+    p.add_argument(
+        "--runtime",
+        choices=["litert", "keras"],
+        default="litert",
+        help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)",
+    )
     p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2)")
-    p.add_argument("--no-explore", action="store_true",
-                   help="skip the dataset's embeddings (similar photos, the map): nothing runs in the background")
-    p.add_argument("--feedback", metavar="DIR",
-                   help="let users correct the labels of uploaded photos; stored in DIR as a dataset (labels.csv + original/)")
-    p.add_argument("--runs", default=str(Path(__file__).resolve().parent / "runs"),
-                   help="folder for uploaded datasets and trained models (default: runs/ beside this file)")
-    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)")
+    p.add_argument(
+        "--no-explore",
+        action="store_true",
+        help="skip the dataset's embeddings (similar photos, the map): nothing runs in the background",
+    )
+    p.add_argument(
+        "--feedback",
+        metavar="DIR",
+        help="let users correct the labels of uploaded photos; stored in DIR as a dataset (labels.csv + original/)",
+    )
+    p.add_argument(
+        "--runs",
+        default=str(Path(__file__).resolve().parent / "runs"),
+        help="folder for uploaded datasets and trained models (default: runs/ beside this file)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)",
+    )
     add_verbose_flag(p)
     args = p.parse_args(argv)
     data = args.data or os.environ.get("MIML_DATA") or None
@@ -70,10 +93,18 @@ def main(argv=None):
     from app.feedback import FeedbackError
     from model.data import DataError
     from model.modeldir import ModelDirError
+
     try:
-        app = create_app(args.model, data, allowed_hosts=[args.host, *args.allowed_host], runtime=args.runtime,
-                         workers=args.workers, explore=not args.no_explore, feedback_dir=args.feedback,
-                         runs_dir=args.runs)
+        app = create_app(
+            args.model,
+            data,
+            allowed_hosts=[args.host, *args.allowed_host],
+            runtime=args.runtime,
+            workers=args.workers,
+            explore=not args.no_explore,
+            feedback_dir=args.feedback,
+            runs_dir=args.runs,
+        )
     except (ModelDirError, DataError, FeedbackError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -82,10 +113,12 @@ def main(argv=None):
     url = f"http://{'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host}:{args.port}/"
     if args.server == "waitress":
         from waitress import create_server
+
         # Above the app's own limit, so that the app answers a body just over it (JSON under /api/).
         body_limit = 2 * max(app.config["MAX_CONTENT_LENGTH"], app.config.get("MAX_DATASET_BYTES", 0))
-        server = create_server(app, host=args.host, port=args.port, threads=args.threads,
-                               max_request_body_size=body_limit, **WAITRESS)
+        server = create_server(
+            app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit, **WAITRESS
+        )
         print(f"MIML Scenes ready at {url}", flush=True)
         server.run()
     else:

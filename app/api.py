@@ -1,5 +1,6 @@
 """JSON API: /api/predict, /api/model, /api/health (and app/explore.py: /api/map, /api/feedback).
 Errors are {"error": "..."} with a 4xx status (503 while the dataset's embeddings are computed)."""
+
 import base64
 
 from flask import Blueprint, current_app, jsonify, request
@@ -36,8 +37,11 @@ def predict():
             a = analyse(c, name, data)
             embedding = a.embedding
             png = render.heatmap_overlay(a.cams[label])
-            result = {"probabilities": a.probabilities, "predicted": a.predicted,
-                      "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()}}
+            result = {
+                "probabilities": a.probabilities,
+                "predicted": a.predicted,
+                "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()},
+            }
         if k:
             result["similar"] = atlas.similar(embedding, k)
         results.append({"filename": name, **result})
@@ -56,8 +60,10 @@ def model_info():
         runtime=c.runtime,
         architecture=training.get("architecture"),
         parameters=training.get("parameters"),
-        metrics={split: {k: c.metrics[split][k] for k in c.HEADLINE + ["n_images"] if k in c.metrics[split]}
-                 for split in ("validation", "test")},
+        metrics={
+            split: {k: c.metrics[split][k] for k in c.HEADLINE + ["n_images"] if k in c.metrics[split]}
+            for split in ("validation", "test")
+        },
     )
 
 

@@ -2,6 +2,7 @@
 
 The dataset's embeddings come from `scenes().atlas` (model/atlas.py through the Classifier), computed in the
 background after start-up: until they are ready, what needs them answers 503 with the progress."""
+
 from flask import Blueprint, current_app, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
 

@@ -1,5 +1,6 @@
 """Corrected labels collected from users, stored as a dataset folder that `model.train --data` reads:
 `DIR/original/<sha256 prefix>.<ext>` and `DIR/labels.csv` (`image,<label>,...`, 0/1), both written atomically."""
+
 import csv
 import hashlib
 import io
@@ -34,8 +35,9 @@ class Feedback:
         except (OSError, UnicodeDecodeError) as e:
             raise FeedbackError(f"{self.folder}: cannot use it for feedback ({e})") from None
         if rows and rows[0] != ["image", *self.labels]:
-            raise FeedbackError(f"{self.csv}: its header is {','.join(rows[0])!r}, not the model's "
-                                f"'image,{','.join(self.labels)}'")
+            raise FeedbackError(
+                f"{self.csv}: its header is {','.join(rows[0])!r}, not the model's 'image,{','.join(self.labels)}'"
+            )
 
     def _rows(self):
         if not self.csv.exists():

@@ -1,4 +1,5 @@
 """HTML pages: upload, photo detail with layer activations, test-set gallery, evaluation, model."""
+
 import base64
 import binascii
 import re
@@ -17,8 +18,13 @@ from model.inference import ImageError
 
 bp = Blueprint("pages", __name__)
 PER_PAGE = 40
-SHOW = {"all": "all photos", "fp": "false positives", "fn": "false negatives",
-        "wrong": "exact-match failures", "right": "exact-match successes"}
+SHOW = {
+    "all": "all photos",
+    "fp": "false positives",
+    "fn": "false negatives",
+    "wrong": "exact-match failures",
+    "right": "exact-match successes",
+}
 SORT = {"id": "photo id", "error": "largest error first", "confidence": "most confident first"}
 
 
@@ -33,9 +39,16 @@ def card(name, a, truth=None, photo_id=None, upload_index=None):
     return {
         "name": name,
         "photo_src": render.data_uri(render.to_jpeg(a.image), "image/jpeg"),
-        "bars": [{"label": l, "p": a.probabilities[l], "threshold": s.thresholds[l],
-                  "on": l in a.predicted, "truth": None if truth is None else bool(truth[i])}
-                 for i, l in enumerate(s.labels)],
+        "bars": [
+            {
+                "label": l,
+                "p": a.probabilities[l],
+                "threshold": s.thresholds[l],
+                "on": l in a.predicted,
+                "truth": None if truth is None else bool(truth[i]),
+            }
+            for i, l in enumerate(s.labels)
+        ],
         "predicted": a.predicted,
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
         "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
@@ -67,8 +80,9 @@ def upload():
 @bp.get("/batch")
 def batch():
     """Many photos from a folder or a ZIP, predicted from the browser through /api/predict (static/batch.js)."""
-    return render_template("batch.html", per_request=current_app.config["MAX_FILES"],
-                           max_bytes=current_app.config["MAX_CONTENT_LENGTH"])
+    return render_template(
+        "batch.html", per_request=current_app.config["MAX_FILES"], max_bytes=current_app.config["MAX_CONTENT_LENGTH"]
+    )
 
 
 def layer_view(pixels, layer):
@@ -129,8 +143,7 @@ def thumb(photo_id):
         jpeg = scenes().thumbnail(photo_id)
     except ImageError as e:
         raise UnprocessableEntity(f"dataset photo {photo_id} cannot be read: {e}") from None
-    return Response(jpeg, mimetype="image/jpeg",
-                    headers={"Cache-Control": "public, max-age=86400"})
+    return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
 
 def choose(name, options, default):
@@ -150,8 +163,11 @@ def label_set_arg(name):
     chosen = [l for l in re.split(r"[\s,+]+", value) if l]
     unknown = [l for l in chosen if l not in labels]
     if unknown:
-        abort(400, description=f"{name}: unknown label {unknown[0]!r}; labels are {', '.join(labels)} "
-                               f"(an empty {name}= means no label)")
+        abort(
+            400,
+            description=f"{name}: unknown label {unknown[0]!r}; labels are {', '.join(labels)} "
+            f"(an empty {name}= means no label)",
+        )
     return np.array([l in chosen for l in labels], dtype=np.uint8)
 
 
@@ -184,11 +200,13 @@ def gallery():
         if any(flags is not None and not np.array_equal(getattr(t, key), flags) for key, flags in exact.items()):
             return False
         involved = j is None or t.truth[j] or t.predicted[j]
-        return {"all": involved,
-                "fp": j is not None and t.predicted[j] and not t.truth[j],
-                "fn": j is not None and t.truth[j] and not t.predicted[j],
-                "wrong": involved and t.errors().any(),
-                "right": involved and not t.errors().any()}[show]
+        return {
+            "all": involved,
+            "fp": j is not None and t.predicted[j] and not t.truth[j],
+            "fn": j is not None and t.truth[j] and not t.predicted[j],
+            "wrong": involved and t.errors().any(),
+            "right": involved and not t.errors().any(),
+        }[show]
 
     photos = [t for t in s.test_photos if keep(t)]
     if sort == "error":
@@ -202,11 +220,23 @@ def gallery():
         abort(400, description="page must be a number")
     if not 1 <= page <= pages:
         abort(404, description=f"page {page} does not exist; there are {pages}")
-    shown = photos[(page - 1) * PER_PAGE: page * PER_PAGE]
+    shown = photos[(page - 1) * PER_PAGE : page * PER_PAGE]
     sets = {key: " ".join(label_set(s.labels, flags)) for key, flags in exact.items() if flags is not None}
-    return render_template("gallery.html", photos=shown, count=len(photos), total=len(s.test_photos),
-                           page=page, pages=pages, label=label, show=show, sort=sort, SHOW=SHOW, SORT=SORT,
-                           sets=sets, query={"label": label, "show": show, "sort": sort, **sets})
+    return render_template(
+        "gallery.html",
+        photos=shown,
+        count=len(photos),
+        total=len(s.test_photos),
+        page=page,
+        pages=pages,
+        label=label,
+        show=show,
+        sort=sort,
+        SHOW=SHOW,
+        SORT=SORT,
+        sets=sets,
+        query={"label": label, "show": show, "sort": sort, **sets},
+    )
 
 
 def pr_curve_points(truth, probs, width=240, height=180):
@@ -221,32 +251,64 @@ def evaluation():
     info = s.classifier
     names, truth, probs = info.test_predictions()
     confusions = label_set_confusions(s.labels, truth, info.decide(probs)) if len(truth) else []
-    curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels)
-              if truth[:, j].any()}
-    data = {"labels": s.labels, "thresholds": [s.thresholds[l] for l in s.labels],
-            "at_least_one": info.at_least_one, "truth": truth.tolist(), "probs": np.round(probs, 5).tolist()}
-    return render_template("evaluation.html", metrics=info.metrics, headline=info.HEADLINE, curves=curves,
-                           data=data, thresholds_info=info.thresholds_info, confusions=confusions,
-                           mismatched=sum(n for _, _, n in confusions), gallery=s.dataset is not None)
+    curves = {l: pr_curve_points(truth[:, j], probs[:, j]) for j, l in enumerate(s.labels) if truth[:, j].any()}
+    data = {
+        "labels": s.labels,
+        "thresholds": [s.thresholds[l] for l in s.labels],
+        "at_least_one": info.at_least_one,
+        "truth": truth.tolist(),
+        "probs": np.round(probs, 5).tolist(),
+    }
+    return render_template(
+        "evaluation.html",
+        metrics=info.metrics,
+        headline=info.HEADLINE,
+        curves=curves,
+        data=data,
+        thresholds_info=info.thresholds_info,
+        confusions=confusions,
+        mismatched=sum(n for _, _, n in confusions),
+        gallery=s.dataset is not None,
+    )
 
 
 MIML_LABELS = ["desert", "mountains", "sea", "sunset", "trees"]
 # Published results on MIML (lower is better but for exact match and average precision); None: not reported.
 PUBLISHED = [
-    {"model": "MLDF (Yang et al., ECAI 2020): deep forest on hand-crafted features", "kind": "5-fold CV",
-     "protocol": "5-fold cross-validation over all 2000 photos",
-     "hamming_loss": 0.148, "exact_match": None, "one_error": 0.239, "coverage": 0.159, "ranking_loss": 0.129,
-     "average_precision": 0.842},
-    {"model": "Best honest pixel-trained CNN we know of", "kind": "other split",
-     "protocol": "held-out test photos as published, not this split",
-     "hamming_loss": 0.1265, "exact_match": 0.585},
-    {"model": "The original project's 4-layer CNN, as it reported", "kind": "single split",
-     "protocol": "this 400-photo test split, but thresholds and checkpoint tuned on it",
-     "hamming_loss": 0.1395, "exact_match": 0.54},
+    {
+        "model": "MLDF (Yang et al., ECAI 2020): deep forest on hand-crafted features",
+        "kind": "5-fold CV",
+        "protocol": "5-fold cross-validation over all 2000 photos",
+        "hamming_loss": 0.148,
+        "exact_match": None,
+        "one_error": 0.239,
+        "coverage": 0.159,
+        "ranking_loss": 0.129,
+        "average_precision": 0.842,
+    },
+    {
+        "model": "Best honest pixel-trained CNN we know of",
+        "kind": "other split",
+        "protocol": "held-out test photos as published, not this split",
+        "hamming_loss": 0.1265,
+        "exact_match": 0.585,
+    },
+    {
+        "model": "The original project's 4-layer CNN, as it reported",
+        "kind": "single split",
+        "protocol": "this 400-photo test split, but thresholds and checkpoint tuned on it",
+        "hamming_loss": 0.1395,
+        "exact_match": 0.54,
+    },
 ]
-COMPARED = {"hamming_loss": ("Hamming loss", "lower"), "exact_match": ("exact match", "higher"),
-            "one_error": ("one-error", "lower"), "coverage": ("coverage / labels", "lower"),
-            "ranking_loss": ("ranking loss", "lower"), "average_precision": ("average precision", "higher")}
+COMPARED = {
+    "hamming_loss": ("Hamming loss", "lower"),
+    "exact_match": ("exact match", "higher"),
+    "one_error": ("one-error", "lower"),
+    "coverage": ("coverage / labels", "lower"),
+    "ranking_loss": ("ranking loss", "lower"),
+    "average_precision": ("average precision", "higher"),
+}
 
 
 def our_comparison_row(classifier):
@@ -260,13 +322,15 @@ def our_comparison_row(classifier):
         if len(truth):
             extra = {k: classifier.evaluate(truth, probs)[k] for k in extra}
     seed = classifier.metrics["split"]["seed"]
-    return {"model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
-            "kind": "single split",
-            "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
-                        f"{': the contract split' if seed == 100 else ''}), thresholds and checkpoint from validation",
-            **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
-            "coverage": extra["coverage_normalised"] or test["coverage"] / len(classifier.labels),
-            "average_precision": extra["average_precision"]}
+    return {
+        "model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
+        "kind": "single split",
+        "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
+        f"{': the contract split' if seed == 100 else ''}), thresholds and checkpoint from validation",
+        **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
+        "coverage": extra["coverage_normalised"] or test["coverage"] / len(classifier.labels),
+        "average_precision": extra["average_precision"],
+    }
 
 
 def crossval_row(classifier):
@@ -276,12 +340,14 @@ def crossval_row(classifier):
     if not cv:
         return None
     mean = {k: v["mean"] for k, v in cv["metrics"].items()}
-    return {"model": f"{cv['architecture']}, {cv['augment']} augmentation: the training recipe, cross-validated",
-            "kind": f"{cv['folds']}-fold CV",
-            "protocol": f"{cv['folds']}-fold cross-validation over all {cv['test_photos']} photos, stratified by label "
-                        "set; checkpoint and thresholds from a validation part of each fold's training photos",
-            **{k: mean.get(k) for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss", "average_precision")},
-            "coverage": mean.get("coverage_normalised")}
+    return {
+        "model": f"{cv['architecture']}, {cv['augment']} augmentation: the training recipe, cross-validated",
+        "kind": f"{cv['folds']}-fold CV",
+        "protocol": f"{cv['folds']}-fold cross-validation over all {cv['test_photos']} photos, stratified by label "
+        "set; checkpoint and thresholds from a validation part of each fold's training photos",
+        **{k: mean.get(k) for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss", "average_precision")},
+        "coverage": mean.get("coverage_normalised"),
+    }
 
 
 @bp.get("/model")
@@ -289,10 +355,17 @@ def model_page():
     s = scenes()
     ours = [our_comparison_row(s.classifier), crossval_row(s.classifier)]
     ours = [row for row in ours if row]
-    return render_template("model.html", info=s.classifier, layers=s.classifier.layers(), size=s.classifier.size,
-                           dataset=s.dataset, rows=ours + (PUBLISHED if s.labels == MIML_LABELS else []),
-                           ours=len(ours), compared=COMPARED,
-                           curve=s.classifier.training_curve_png() is not None)
+    return render_template(
+        "model.html",
+        info=s.classifier,
+        layers=s.classifier.layers(),
+        size=s.classifier.size,
+        dataset=s.dataset,
+        rows=ours + (PUBLISHED if s.labels == MIML_LABELS else []),
+        ours=len(ours),
+        compared=COMPARED,
+        curve=s.classifier.training_curve_png() is not None,
+    )
 
 
 @bp.get("/model/training_curve.png")

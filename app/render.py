@@ -1,4 +1,5 @@
 """Pictures the pages show: photos as JPEG or PNG data, Grad-CAM overlays, channel-map grids."""
+
 import base64
 import io
 
@@ -59,7 +60,9 @@ def channel_grid(activation, cap=GRID_CAP, tile=72):
         a = activation[:, :, c]
         span = a.max() - a.min()
         norm = (a - a.min()) / span if span > 1e-9 else np.zeros_like(a)
-        img = Image.fromarray((cmap(norm)[..., :3] * 255).astype(np.uint8)).resize((tile, tile), Image.Resampling.NEAREST)
+        img = Image.fromarray((cmap(norm)[..., :3] * 255).astype(np.uint8)).resize(
+            (tile, tile), Image.Resampling.NEAREST
+        )
         grid.paste(img, (2 + (n % cols) * (tile + 2), 2 + (n // cols) * (tile + 2)))
     return to_png(grid), [int(c) for c in order], activation.shape[-1]
 

@@ -4,6 +4,7 @@ One `Scenes` object per app. Every model call goes through `model.inference.Clas
 which runs forward passes in a pool of LiteRT interpreters (so waitress's threads overlap
 decoding, inference and rendering) and does its own locking where it needs any.
 """
+
 import functools
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchma
 
 @dataclass
 class TestPhoto:
-    photo_id: int          # 1-based position in the dataset (N for MIML's N.jpg)
+    photo_id: int  # 1-based position in the dataset (N for MIML's N.jpg)
     image: str
     truth: np.ndarray
     probs: np.ndarray
@@ -52,7 +53,9 @@ class Scenes:
         names, truth, probs = self.classifier.test_predictions()
         position = {name: i + 1 for i, name in enumerate(self.dataset.images)}
         predicted = self.classifier.decide(probs) if len(probs) else probs.astype(np.uint8)
-        return [TestPhoto(position[n], n, t, p, d) for n, t, p, d in zip(names, truth, probs, predicted) if n in position]
+        return [
+            TestPhoto(position[n], n, t, p, d) for n, t, p, d in zip(names, truth, probs, predicted) if n in position
+        ]
 
     def photo_path(self, photo_id):
         """Path of dataset photo `photo_id` (1-based), or None. Only ids reach the file system, never names."""

@@ -13,6 +13,7 @@
 Everything model-side is `model.registry.Registry` (reached through model.inference). Loaded models are kept
 in memory, at most MODELS_IN_MEMORY, the least recently used going first.
 """
+
 import threading
 from pathlib import Path
 from collections import OrderedDict
@@ -25,8 +26,8 @@ from model.inference import Classifier, ImageError, RegistryError
 
 bp = Blueprint("training", __name__)
 MODELS_IN_MEMORY = 3
-MAX_DATASET_BYTES = 200 * 1024 * 1024   # one uploaded ZIP
-COMPARE_GALLERY = 60                    # disagreements shown
+MAX_DATASET_BYTES = 200 * 1024 * 1024  # one uploaded ZIP
+COMPARE_GALLERY = 60  # disagreements shown
 
 
 class LoadedModels:
@@ -103,6 +104,7 @@ def requested_classifier():
 def switch(model_id):
     """Serve `model_id` on every page from now on, and remember it across restarts."""
     from app import label_mismatch
+
     classifier = models().get(model_id)
     registry().set_active(model_id)
     scenes = current_app.extensions["scenes"]
@@ -138,8 +140,9 @@ def start_job():
     body = json_body()
     unknown = set(body) - {"dataset", "mode", "epochs", "backbone"}
     if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]!r}; send dataset, mode, and epochs (full mode) "
-                         "or backbone (quick mode)")
+        raise BadRequest(
+            f"unknown field {sorted(unknown)[0]!r}; send dataset, mode, and epochs (full mode) or backbone (quick mode)"
+        )
     if "dataset" not in body or "mode" not in body:
         raise BadRequest("send 'dataset' (an id from GET /api/datasets) and 'mode' ('quick' or 'full')")
     job = registry().start_job(body["dataset"], body["mode"], body.get("epochs"), body.get("backbone"))
@@ -166,7 +169,7 @@ def list_models():
 def use_model():
     model_id = json_body().get("model")
     if not isinstance(model_id, str):
-        raise BadRequest("send {\"model\": ID} with an id from GET /api/models")
+        raise BadRequest('send {"model": ID} with an id from GET /api/models')
     switch(model_id)
     return jsonify(active=model_id)
 
@@ -186,14 +189,23 @@ def delete_model(model_id):
 @bp.get("/train")
 def train_page():
     live = registry().live_job()
-    return render_template("train.html", datasets=registry().datasets(), job=live,
-                           max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024))
+    return render_template(
+        "train.html",
+        datasets=registry().datasets(),
+        job=live,
+        max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024),
+    )
 
 
 @bp.get("/models")
 def models_page():
-    return render_template("models.html", models=registry().models(), active=current_app.extensions["active_model"],
-                           loaded=models().ids(), bound=MODELS_IN_MEMORY)
+    return render_template(
+        "models.html",
+        models=registry().models(),
+        active=current_app.extensions["active_model"],
+        loaded=models().ids(),
+        bound=MODELS_IN_MEMORY,
+    )
 
 
 @bp.post("/models/use")
@@ -215,7 +227,9 @@ def shared_test_photos(a, b):
     names_a, truth_a, probs_a = a.test_predictions()
     names_b, truth_b, probs_b = b.test_predictions()
     where_b = {name: i for i, name in enumerate(names_b)}
-    pairs = [(i, where_b[n]) for i, n in enumerate(names_a) if n in where_b and (truth_a[i] == truth_b[where_b[n]]).all()]
+    pairs = [
+        (i, where_b[n]) for i, n in enumerate(names_a) if n in where_b and (truth_a[i] == truth_b[where_b[n]]).all()
+    ]
     ia, ib = [p[0] for p in pairs], [p[1] for p in pairs]
     return [names_a[i] for i in ia], truth_a[ia], (probs_a[ia], probs_b[ib])
 
@@ -227,23 +241,44 @@ def compare():
         raise BadRequest("choose two models: /compare?a=ID&b=ID (ids from the Models page)")
     a, b = (models().get(i) for i in ids)
     if a.labels != b.labels:
-        raise BadRequest(f"the models have different labels ({', '.join(a.labels)} against {', '.join(b.labels)}): "
-                         "only models with the same labels can be compared")
+        raise BadRequest(
+            f"the models have different labels ({', '.join(a.labels)} against {', '.join(b.labels)}): "
+            "only models with the same labels can be compared"
+        )
     names, truth, probs = shared_test_photos(a, b)
     if not names:
-        raise BadRequest("the two models share no test photos (same file name and true labels), so there is "
-                         "nothing to compare them on")
+        raise BadRequest(
+            "the two models share no test photos (same file name and true labels), so there is "
+            "nothing to compare them on"
+        )
     metrics = [a.evaluate(truth, probs[0]), b.evaluate(truth, probs[1])]
     decided = [a.decide(probs[0]), b.decide(probs[1])]
     differ = [i for i in range(len(names)) if (decided[0][i] != decided[1][i]).any()]
 
     def chosen(flags):
         return [l for l, on in zip(a.labels, flags) if on]
-    photos = [{"name": names[i], "truth": chosen(truth[i]), "a": chosen(decided[0][i]), "b": chosen(decided[1][i]),
-               "a_right": (decided[0][i] == truth[i]).all(), "b_right": (decided[1][i] == truth[i]).all()}
-              for i in differ[:COMPARE_GALLERY]]
-    return render_template("compare.html", ids=ids, metrics=metrics, headline=a.HEADLINE, n=len(names),
-                           differ=len(differ), photos=photos, labels=a.labels)
+
+    photos = [
+        {
+            "name": names[i],
+            "truth": chosen(truth[i]),
+            "a": chosen(decided[0][i]),
+            "b": chosen(decided[1][i]),
+            "a_right": (decided[0][i] == truth[i]).all(),
+            "b_right": (decided[1][i] == truth[i]).all(),
+        }
+        for i in differ[:COMPARE_GALLERY]
+    ]
+    return render_template(
+        "compare.html",
+        ids=ids,
+        metrics=metrics,
+        headline=a.HEADLINE,
+        n=len(names),
+        differ=len(differ),
+        photos=photos,
+        labels=a.labels,
+    )
 
 
 @bp.get("/compare/thumb/<model_id>/<image>")

@@ -1,4 +1,5 @@
 """Photos sent in a request: read in memory, checked, never written to disk."""
+
 import io
 import re
 from contextlib import contextmanager
@@ -46,8 +47,10 @@ def uploaded_files(request, classifier):
         except ImageError:
             pass  # that file's own error is reported when it is analysed
     if total > MAX_REQUEST_PIXELS:
-        raise RequestEntityTooLarge(f"these photos decode to {total:,} pixels in all, over the limit of "
-                                    f"{MAX_REQUEST_PIXELS:,} a request: send fewer at a time")
+        raise RequestEntityTooLarge(
+            f"these photos decode to {total:,} pixels in all, over the limit of "
+            f"{MAX_REQUEST_PIXELS:,} a request: send fewer at a time"
+        )
     return named
 
 

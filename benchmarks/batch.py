@@ -11,6 +11,7 @@ The grid runs on DIR/original; the default settings then also run on a folder of
 those photos (in nested folders, removed afterwards), to show that memory does not grow with the count.
 Prints a markdown table.
 """
+
 import argparse
 import json
 import os
@@ -43,7 +44,7 @@ def measure(folder, model_dir, batch_size, workers, bound_batches):
     start = time.perf_counter()
     preloaded = np.stack([clf.load(p) for p in paths])
     decode_ms = (time.perf_counter() - start) / len(paths) * 1000
-    batches = [preloaded[i:i + batch_size] for i in range(0, len(preloaded), batch_size)]
+    batches = [preloaded[i : i + batch_size] for i in range(0, len(preloaded), batch_size)]
     clf.probabilities(batches[0], batch_size), clf.probabilities(batches[0][:1], batch_size)  # trace both shapes
 
     def bound():
@@ -65,14 +66,35 @@ def measure(folder, model_dir, batch_size, workers, bound_batches):
         seconds = time.perf_counter() - start
     peak = status_mib("VmHWM")
     after = bound()
-    return {"photos": n, "errors": errors, "seconds": seconds, "throughput": n / seconds,
-            "bound": (before + after) / 2, "bound_before": before, "bound_after": after,
-            "decode_ms": decode_ms, "rss_before_mib": rss_before, "peak_rss_mib": peak}
+    return {
+        "photos": n,
+        "errors": errors,
+        "seconds": seconds,
+        "throughput": n / seconds,
+        "bound": (before + after) / 2,
+        "bound_before": before,
+        "bound_after": after,
+        "decode_ms": decode_ms,
+        "rss_before_mib": rss_before,
+        "peak_rss_mib": peak,
+    }
 
 
 def run_child(folder, args, batch_size, workers):
-    cmd = [sys.executable, __file__, "--measure", str(folder), "--model", args.model, "--batch-size", str(batch_size),
-           "--workers", str(workers), "--bound-batches", str(args.bound_batches)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--measure",
+        str(folder),
+        "--model",
+        args.model,
+        "--batch-size",
+        str(batch_size),
+        "--workers",
+        str(workers),
+        "--bound-batches",
+        str(args.bound_batches),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         sys.exit(r.stderr)
@@ -97,6 +119,7 @@ def linked_folder(source, count, into):
 def main():
     from model.batch import WORKERS
     from model.modeldir import SHIPPED_MODEL_DIR
+
     p = argparse.ArgumentParser()
     p.add_argument("--data", help="the MIML dataset (its original/ folder is measured)")
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR))
@@ -124,14 +147,18 @@ def main():
             rows.append((f"{args.big} links to them", 32, WORKERS, run_child(big, args, 32, WORKERS)))
 
     print(f"\nLoad average when started: {load:.2f} on {os.cpu_count()} cores.\n")
-    print("| Photos | Batch | Decode threads | Batch predict (photos/s) | Forward-pass bound (photos/s) | Ratio "
-          "| Decode, 1 thread (ms/photo) | RSS before (MiB) | Peak RSS (MiB) |")
+    print(
+        "| Photos | Batch | Decode threads | Batch predict (photos/s) | Forward-pass bound (photos/s) | Ratio "
+        "| Decode, 1 thread (ms/photo) | RSS before (MiB) | Peak RSS (MiB) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for folder, b, w, r in rows:
         name = f"{r['photos']} MIML" if folder == original else folder
-        print(f"| {name} | {b} | {w} | {r['throughput']:.1f} | {r['bound']:.1f} ({r['bound_before']:.1f} / "
-              f"{r['bound_after']:.1f}) | {r['throughput'] / r['bound']:.0%} | {r['decode_ms']:.2f} "
-              f"| {r['rss_before_mib']:.0f} | {r['peak_rss_mib']:.0f} |")
+        print(
+            f"| {name} | {b} | {w} | {r['throughput']:.1f} | {r['bound']:.1f} ({r['bound_before']:.1f} / "
+            f"{r['bound_after']:.1f}) | {r['throughput'] / r['bound']:.0%} | {r['decode_ms']:.2f} "
+            f"| {r['rss_before_mib']:.0f} | {r['peak_rss_mib']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Copies the first N MIML photos (cycling when N > 2000) and 2 bad files into a te
 `python visualization.py --server waitress`, picks the folder on /batch and waits for the table. Reports the
 time from picking to the last row, the rows and error rows, the page's JavaScript heap and the server's memory.
 """
+
 import argparse
 import shutil
 import sys
@@ -14,8 +15,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--no-first-run", "--enable-precise-memory-info"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--enable-precise-memory-info",
+]
 
 
 def main():
@@ -41,8 +48,9 @@ def main():
         try:
             rss_before = rss_mb(server.pid)
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                             args=CHROMIUM_ARGS)
+                browser = pw.chromium.launch(
+                    executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS
+                )
                 page = browser.new_page()
                 page.goto(f"http://127.0.0.1:{port}/batch")
                 started = time.perf_counter()
@@ -51,11 +59,13 @@ def main():
                 seconds = time.perf_counter() - started
                 rows = page.locator("[data-batch-table] tbody tr").count()
                 errors = page.locator("[data-batch-table] tbody tr.error").count()
-                heap = page.evaluate("performance.memory.usedJSHeapSize") / 2 ** 20
+                heap = page.evaluate("performance.memory.usedJSHeapSize") / 2**20
                 status = page.inner_text("[data-batch-status]")
                 browser.close()
-            print(f"{args.photos} photos + 2 bad files: {seconds:.1f} s from picking the folder to the full table "
-                  f"({(args.photos + 2) / seconds:.1f} photos/s); {rows} rows, {errors} error rows")
+            print(
+                f"{args.photos} photos + 2 bad files: {seconds:.1f} s from picking the folder to the full table "
+                f"({(args.photos + 2) / seconds:.1f} photos/s); {rows} rows, {errors} error rows"
+            )
             print(f"page status: {status}")
             print(f"page JS heap {heap:.1f} MiB; server RSS {rss_before:.0f} -> {rss_mb(server.pid):.0f} MiB")
             ok = rows == args.photos + 2 and errors == 2

@@ -9,6 +9,7 @@ exact match at thresholds tuned on those same validation photos (per label, best
 true label, how often that label is predicted and how many labels are (a stand-in for the private set). All candidates must share a split;
 the test photos are never read.
 """
+
 import argparse
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ def validation_probs(model_dir, dataset, tta, cache):
     from scipy.special import expit, logit
 
     from model.inference import Classifier
+
     members = [Classifier(m, tta=tta) for m in model_dir.split("+")]
     seeds = {c.metrics["split"]["seed"] for c in members}
     if len(seeds) != 1:
@@ -55,8 +57,10 @@ def main():
     p.add_argument("models", nargs="+", help="model directories, or ensembles A+B")
     args = p.parse_args()
     dataset, cache = load_dataset(args.data), {}
-    print("| Candidate | TTA | validation loss | validation mAP | validation Hamming / exact "
-          "| one-label photos: label found (worst label) | labels a photo |")
+    print(
+        "| Candidate | TTA | validation loss | validation mAP | validation Hamming / exact "
+        "| one-label photos: label found (worst label) | labels a photo |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for model in args.models:
         for tta in args.tta:
@@ -66,9 +70,11 @@ def main():
             m = evaluate(y, probs, thresholds, dataset.label_names, at_least_one)
             found, worst, per_photo = main_label_recall(y, apply_thresholds(probs, thresholds, at_least_one))
             name = " + ".join(Path(part).name for part in model.split("+"))
-            print(f"| {name} | {tta} | {m['log_loss']:.4f} | {m['map']:.4f} | "
-                  f"{m['hamming_loss']:.4f} / {m['exact_match']:.4f} | {found:.1%} ({worst:.1%}) | {per_photo:.2f} |",
-                  flush=True)
+            print(
+                f"| {name} | {tta} | {m['log_loss']:.4f} | {m['map']:.4f} | "
+                f"{m['hamming_loss']:.4f} / {m['exact_match']:.4f} | {found:.1%} ({worst:.1%}) | {per_photo:.2f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Helpers the benchmarks share: timing medians, multipart request bodies, app servers on loopback."""
+
 import http.client
 import socket
 import statistics
@@ -24,8 +25,14 @@ def median_ms(fn, repeats, warmup=3):
 def multipart(name, data, field="image"):
     """(body, headers) of a multipart/form-data request carrying one file."""
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -58,8 +65,12 @@ def call(port, method, url, body=None, headers=None, expect=None):
 def start_server(root, args=(), timeout=180):
     """`python visualization.py` (waitress) from folder `root` on a free port: (process, port) once it answers."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "visualization.py", "--server", "waitress", "--port", str(port), *args],
-                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "visualization.py", "--server", "waitress", "--port", str(port), *args],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:

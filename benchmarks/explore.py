@@ -7,6 +7,7 @@ Starts `python visualization.py --data DIR` (waitress) twice with an empty atlas
 $MIML_CACHE; the LiteRT flatbuffer is linked from the usual cache, so its conversion is not timed).
 Prints a markdown table for the README.
 """
+
 import argparse
 import json
 import statistics
@@ -39,6 +40,7 @@ def draw_ms(port, repeats):
     from playwright.sync_api import sync_playwright
 
     from tests.test_browser import CHROMIUM_ARGS
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -61,22 +63,30 @@ def in_process(data, folder, photo, repeats):
 
     from app import create_app
     from app.scenes import Scenes
+
     scenes = Scenes(data_dir=data)
     scenes.atlas = scenes.classifier.atlas(scenes.dataset, folder).start()
     assert scenes.atlas.from_cache
     client = create_app(scenes=scenes).test_client()
 
     def post(url):
-        return lambda: client.post(url, data={"image": (io.BytesIO(photo), "a.jpg")}, content_type="multipart/form-data")
+        return lambda: client.post(
+            url, data={"image": (io.BytesIO(photo), "a.jpg")}, content_type="multipart/form-data"
+        )
+
     plain, similar = [], []
     for _ in range(repeats):
         plain.append(median_ms(post("/api/predict"), 1, 0))
         similar.append(median_ms(post("/api/predict?similar=10"), 1, 0))
     query = scenes.atlas.unit[0]
-    return [(f"In process (Flask test client, median of {repeats}): `/api/predict`", statistics.median(plain)),
-            (f"In process (Flask test client, median of {repeats}): `/api/predict?similar=10`", statistics.median(similar)),
-            (f"The search alone: top 10 of {len(scenes.atlas.unit)} by cosine (median of 200)",
-             median_ms(lambda: scenes.atlas.similar(query, 10), 200))]
+    return [
+        (f"In process (Flask test client, median of {repeats}): `/api/predict`", statistics.median(plain)),
+        (f"In process (Flask test client, median of {repeats}): `/api/predict?similar=10`", statistics.median(similar)),
+        (
+            f"The search alone: top 10 of {len(scenes.atlas.unit)} by cosine (median of 200)",
+            median_ms(lambda: scenes.atlas.similar(query, 10), 200),
+        ),
+    ]
 
 
 def main():
@@ -87,9 +97,11 @@ def main():
     import os
 
     from model.cli import quiet_tensorflow
+
     quiet_tensorflow(False)
     from model.backbones.efficientnet_lite import cache_dir
     from model.data import load_dataset
+
     photo = load_dataset(args.data).path(0).read_bytes()
     body, headers = multipart("photo.jpg", photo)
     rows = []
@@ -98,8 +110,12 @@ def main():
         os.environ["MIML_CACHE"] = cache
         started = time.perf_counter()
         proc, port = start_server(ROOT, ["--data", args.data])
-        rows.append(("Start-up until `/api/health` answers (first start, atlas computing behind it)",
-                     (time.perf_counter() - started) * 1000))
+        rows.append(
+            (
+                "Start-up until `/api/health` answers (first start, atlas computing behind it)",
+                (time.perf_counter() - started) * 1000,
+            )
+        )
         try:
             during = median_ms(lambda: call(port, "POST", "/api/predict", body, headers, expect=200), 20)
             total, embedded = wait_for_map(port)
@@ -113,19 +129,29 @@ def main():
         proc, port = start_server(ROOT, ["--data", args.data])
         try:
             status, _ = call(port, "GET", "/api/map")
-            rows.append((f"Second start with the cache: until `/api/health` answers (then `/api/map`: {status})",
-                         (time.perf_counter() - started) * 1000))
+            rows.append(
+                (
+                    f"Second start with the cache: until `/api/health` answers (then `/api/map`: {status})",
+                    (time.perf_counter() - started) * 1000,
+                )
+            )
             plain, similar = [], []
             for _ in range(3):  # warm-up
                 call(port, "POST", "/api/predict?similar=10", body, headers, expect=200)
             for _ in range(args.repeats):  # interleaved, so both see the same machine
                 plain.append(median_ms(lambda: call(port, "POST", "/api/predict", body, headers, expect=200), 1, 0))
-                similar.append(median_ms(lambda: call(port, "POST", "/api/predict?similar=10", body, headers, expect=200), 1, 0))
+                similar.append(
+                    median_ms(lambda: call(port, "POST", "/api/predict?similar=10", body, headers, expect=200), 1, 0)
+                )
             rows.append((f"`POST /api/predict` (median of {args.repeats})", statistics.median(plain)))
             rows.append((f"`POST /api/predict?similar=10` (median of {args.repeats})", statistics.median(similar)))
             size = len(call(port, "GET", "/api/map")[1])
-            rows.append((f"`GET /api/map`, all points ({size // 1024} KB, median of 20)",
-                         median_ms(lambda: call(port, "GET", "/api/map", expect=200), 20)))
+            rows.append(
+                (
+                    f"`GET /api/map`, all points ({size // 1024} KB, median of 20)",
+                    median_ms(lambda: call(port, "GET", "/api/map", expect=200), 20),
+                )
+            )
             drawn, loaded = draw_ms(port, 20)
             rows.append(("Drawing the map in Chromium: `draw()` for all points (median of 21)", drawn))
             rows.append(("`/map` in Chromium: navigation until the map is drawn", loaded))

@@ -12,6 +12,7 @@ TF Lite float16 and int8 files (model/export.py), then, on the 400 contract test
   their change against the Keras model, with the largest probability difference.
 Prints a markdown table for the README.
 """
+
 import argparse
 import os
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import median_ms  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -34,6 +36,7 @@ def tflite_runner(path):
     """(invoke one preprocessed photo, probabilities for many) for a .tflite file."""
     import numpy as np
     import tensorflow as tf
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice
         interpreter = tf.lite.Interpreter(model_path=str(path))
@@ -89,34 +92,68 @@ def main():
         export(args.model, "tflite", Path(tmp) / "tflite", data=args.data)
 
         serve = tf.saved_model.load(str(Path(tmp) / "saved_model")).signatures["serving_default"]
-        saved_probs = np.concatenate([serve(image_bytes=tf.constant(raw[i:i + 50]))["probabilities"].numpy()
-                                      for i in range(0, len(raw), 50)])
+        saved_probs = np.concatenate(
+            [serve(image_bytes=tf.constant(raw[i : i + 50]))["probabilities"].numpy() for i in range(0, len(raw), 50)]
+        )
         model_keras = Path(args.model or SHIPPED_MODEL_DIR) / "model.keras"
         print("timing...", file=sys.stderr, flush=True)
-        rows.append(("Keras `model.keras` (reference)", size_mb(model_keras), "JPEG bytes: Pillow preprocessing + forward",
-                     median_ms(lambda: classifier.probabilities(classifier.load(photo)[None]), args.repeats), keras_probs))
-        rows.append(("Keras `model.keras` (reference)", size_mb(model_keras), "preprocessed pixels: forward only",
-                     median_ms(lambda: classifier.probabilities(photo_pixels[None]), args.repeats), keras_probs))
-        rows.append(("SavedModel `serving_default`", size_mb(Path(tmp) / "saved_model"),
-                     "JPEG bytes: in-graph decode + letterbox + forward + labels",
-                     median_ms(lambda: serve(image_bytes=tf.constant([photo])), args.repeats), saved_probs))
+        rows.append(
+            (
+                "Keras `model.keras` (reference)",
+                size_mb(model_keras),
+                "JPEG bytes: Pillow preprocessing + forward",
+                median_ms(lambda: classifier.probabilities(classifier.load(photo)[None]), args.repeats),
+                keras_probs,
+            )
+        )
+        rows.append(
+            (
+                "Keras `model.keras` (reference)",
+                size_mb(model_keras),
+                "preprocessed pixels: forward only",
+                median_ms(lambda: classifier.probabilities(photo_pixels[None]), args.repeats),
+                keras_probs,
+            )
+        )
+        rows.append(
+            (
+                "SavedModel `serving_default`",
+                size_mb(Path(tmp) / "saved_model"),
+                "JPEG bytes: in-graph decode + letterbox + forward + labels",
+                median_ms(lambda: serve(image_bytes=tf.constant([photo])), args.repeats),
+                saved_probs,
+            )
+        )
         for kind in ("float16", "int8"):
             path = Path(tmp) / "tflite" / TFLITE_FILES[kind]
             one, many = tflite_runner(path)
-            rows.append((f"TF Lite {kind} `{path.name}`", size_mb(path), "preprocessed pixels: `invoke()`",
-                         median_ms(lambda: one(photo_pixels), args.repeats), many(pixels)))
+            rows.append(
+                (
+                    f"TF Lite {kind} `{path.name}`",
+                    size_mb(path),
+                    "preprocessed pixels: `invoke()`",
+                    median_ms(lambda one=one: one(photo_pixels), args.repeats),
+                    many(pixels),
+                )
+            )
 
     base_hamming, base_exact = quality(keras_probs)
-    print(f"\n{len(test_idx)} contract test photos; latency = median of {args.repeats} calls for one photo "
-          f"on {os.cpu_count()} CPU cores (TF {tf.__version__}, TF Lite interpreter with its default threads)\n")
-    print("| Model | Size (MB) | Timed | Latency, one photo (ms) | Largest abs. probability diff. vs Keras "
-          "| Hamming loss (change) | Exact match (change) |")
+    print(
+        f"\n{len(test_idx)} contract test photos; latency = median of {args.repeats} calls for one photo "
+        f"on {os.cpu_count()} CPU cores (TF {tf.__version__}, TF Lite interpreter with its default threads)\n"
+    )
+    print(
+        "| Model | Size (MB) | Timed | Latency, one photo (ms) | Largest abs. probability diff. vs Keras "
+        "| Hamming loss (change) | Exact match (change) |"
+    )
     print("|---|---:|---|---:|---:|---:|---:|")
     for name, size, timed, latency, probs in rows:
         hamming, exact = quality(probs)
         diff = float(np.abs(probs - keras_probs).max())
-        print(f"| {name} | {size:.1f} | {timed} | {latency:.1f} | {diff:.4f} | {hamming:.4f} ({hamming - base_hamming:+.4f}) "
-              f"| {exact:.4f} ({exact - base_exact:+.4f}) |")
+        print(
+            f"| {name} | {size:.1f} | {timed} | {latency:.1f} | {diff:.4f} | {hamming:.4f} ({hamming - base_hamming:+.4f}) "
+            f"| {exact:.4f} ({exact - base_exact:+.4f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ answers for 20 test photos, then sends the requests from concurrent clients: 80%
 8% gallery pages, 7% Grad-CAM predictions, 5% bad inputs. Every good answer must be 200 and every
 prediction must equal the single-threaded one. Reports latency, errors and the server's memory.
 """
+
 import argparse
 import json
 import statistics
@@ -33,8 +34,9 @@ def main():
     photos = [dataset.path(int(i)).read_bytes() for i in split(len(dataset.images))[2][:20]]
     server, port = start_server(ROOT, ["--data", args.data, "--no-explore"])
     try:
-        reference = [json.loads(call(port, "POST", "/api/predict", *multipart("p.jpg", b))[1])["results"][0]
-                     for b in photos]
+        reference = [
+            json.loads(call(port, "POST", "/api/predict", *multipart("p.jpg", b))[1])["results"][0] for b in photos
+        ]
         call(port, "GET", "/gallery")
         rss_before = rss_mb(server.pid)
 
@@ -46,7 +48,9 @@ def main():
             elif r < 88:
                 plan.append(("gallery", "GET", f"/gallery?page={1 + n % 10}", None, None, 200, None))
             elif r < 95:
-                plan.append(("gradcam", "POST", "/api/predict?gradcam=sea", *multipart(f"{n}.jpg", photos[n % 20]), 200, n % 20))
+                plan.append(
+                    ("gradcam", "POST", "/api/predict?gradcam=sea", *multipart(f"{n}.jpg", photos[n % 20]), 200, n % 20)
+                )
             else:
                 plan.append(("bad input", "POST", "/api/predict", *multipart("bad.jpg", b"not an image"), 415, None))
         results, lock, deadline = [], threading.Lock(), time.time() + args.time_limit
@@ -66,8 +70,10 @@ def main():
                 same = None
                 if ref is not None and status == 200:
                     got = json.loads(payload)["results"][0]
-                    same = (got["probabilities"] == reference[ref]["probabilities"]
-                            and got["predicted"] == reference[ref]["predicted"])
+                    same = (
+                        got["probabilities"] == reference[ref]["probabilities"]
+                        and got["predicted"] == reference[ref]["predicted"]
+                    )
                 with lock:
                     results.append((kind, status == expected, ms, same))
 
@@ -83,8 +89,10 @@ def main():
         server.terminate()
         server.wait(timeout=30)
 
-    print(f"{len(results)} requests from {args.clients} clients in {elapsed:.1f} s "
-          f"({len(results) / elapsed:.1f} requests/s); server RSS {rss_before:.0f} MB before, {rss_after:.0f} MB after")
+    print(
+        f"{len(results)} requests from {args.clients} clients in {elapsed:.1f} s "
+        f"({len(results) / elapsed:.1f} requests/s); server RSS {rss_before:.0f} MB before, {rss_after:.0f} MB after"
+    )
     print("\n| Requests | count | wrong status | median ms | p95 ms | predictions equal to single-threaded |")
     print("|---|---:|---:|---:|---:|---|")
     for kind in ("predict", "gradcam", "gallery", "bad input"):
@@ -93,8 +101,10 @@ def main():
             continue
         ms = sorted(r[2] for r in rows)
         same = [r[3] for r in rows if r[3] is not None]
-        print(f"| {kind} | {len(rows)} | {sum(not r[1] for r in rows)} | {statistics.median(ms):.0f} | "
-              f"{ms[int(0.95 * (len(ms) - 1))]:.0f} | {f'{sum(same)}/{len(same)}' if same else '-'} |")
+        print(
+            f"| {kind} | {len(rows)} | {sum(not r[1] for r in rows)} | {statistics.median(ms):.0f} | "
+            f"{ms[int(0.95 * (len(ms) - 1))]:.0f} | {f'{sum(same)}/{len(same)}' if same else '-'} |"
+        )
     failures = sum(not r[1] for r in results) + sum(r[3] is False for r in results)
     sys.exit(1 if failures else 0)
 

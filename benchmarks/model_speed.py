@@ -9,6 +9,7 @@ runs it (LiteRT, its own TTA mode; an ensemble is one network). The photos are t
 photos, taken in turn; the measurements are interleaved round by round so that a noisy machine hurts them
 alike. Prints the medians and their ratio to the baseline.
 """
+
 import argparse
 import io
 import subprocess
@@ -39,6 +40,7 @@ def main():
     p.add_argument("--repeats", type=int, default=200)
     args = p.parse_args()
     from model.cli import quiet_tensorflow
+
     quiet_tensorflow()
     from model.data import load_dataset, split
     from model.inference import Classifier
@@ -46,8 +48,12 @@ def main():
     dataset = load_dataset(args.data)
     photos = [dataset.path(i).read_bytes() for i in split(len(dataset.images))[2][:50]]
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [(f"version 1 at {args.baseline_rev}, Keras, one pass",
-                 Classifier(baseline_dir(args.baseline_rev, tmp), runtime="keras", tta="none"))]
+        runs = [
+            (
+                f"version 1 at {args.baseline_rev}, Keras, one pass",
+                Classifier(baseline_dir(args.baseline_rev, tmp), runtime="keras", tta="none"),
+            )
+        ]
         runs += [(f"{Path(m).name}, LiteRT, TTA {c.tta}", c) for m in args.model for c in [Classifier(m)]]
         for _, c in runs:  # warm-up: conversion, tracing, first allocations
             for data in photos[:5]:

@@ -6,6 +6,7 @@ Trains each architecture on each split (split seed 100 is the contract split) wi
 protocol (every choice on validation), unless runs/bench/ARCH-splitSEED already holds a model
 directory, so a stopped benchmark resumes. Prints a markdown table for the README.
 """
+
 import argparse
 import json
 import statistics
@@ -29,8 +30,23 @@ def main():
         for seed in args.seeds:
             out = Path(args.runs) / f"{arch}-split{seed}"
             if not (out / "metrics.json").exists():
-                subprocess.run([sys.executable, "-m", "model.train", "--data", args.data, "--out", str(out),
-                                "--arch", arch, "--split-seed", str(seed)], cwd=ROOT, check=True)
+                subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "model.train",
+                        "--data",
+                        args.data,
+                        "--out",
+                        str(out),
+                        "--arch",
+                        arch,
+                        "--split-seed",
+                        str(seed),
+                    ],
+                    cwd=ROOT,
+                    check=True,
+                )
             metrics = json.loads((out / "metrics.json").read_text())
             results.setdefault(arch, []).append((seed, metrics["test"], metrics["training"]["minutes"]))
 

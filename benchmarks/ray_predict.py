@@ -12,6 +12,7 @@ comparison: the same paths with the same errors, identical predicted labels, the
 the unrounded probabilities, and whether the two CSV files (model.predict's CsvRows) are byte-identical.
 Prints a JSON object.
 """
+
 import argparse
 import io
 import json
@@ -33,6 +34,7 @@ def in_process(paths, model_dir, batch_size):
 
     class Recording(Classifier):
         """Keeps each photo's unrounded probabilities beside the rounded ones results() gives."""
+
         def results(self, probs):
             out = super().results(probs)
             for r, p in zip(out, np.atleast_2d(probs)):
@@ -49,6 +51,7 @@ def in_process(paths, model_dir, batch_size):
 def on_ray(paths, model_dir, batch_size, actors, labels):
     import numpy as np
     from model import ray_batch
+
     rows, first, n_first = [], None, 0
     start = time.perf_counter()
     dataset = ray_batch.predictions([str(p) for p in paths], model_dir, batch_size, actors)
@@ -60,14 +63,21 @@ def on_ray(paths, model_dir, batch_size, actors, labels):
                 rows.append({"path": path, "error": batch["error"][i]})
             else:
                 raw = np.array([batch[l][i] for l in labels], np.float32)
-                rows.append({"path": path, "probabilities": {l: round(float(p), 4) for l, p in zip(labels, raw)},
-                             "predicted": batch["predicted"][i].split(), "raw": raw})
+                rows.append(
+                    {
+                        "path": path,
+                        "probabilities": {l: round(float(p), 4) for l, p in zip(labels, raw)},
+                        "predicted": batch["predicted"][i].split(),
+                        "raw": raw,
+                    }
+                )
     end = time.perf_counter()
     return rows, end - start, first - start, (len(rows) - n_first) / (end - first)
 
 
 def csv_text(rows, labels):
     from model.predict import CsvRows
+
     out = io.StringIO()
     writer = CsvRows(out, labels)
     for r in rows:
@@ -79,6 +89,7 @@ def main():
     import numpy as np
     import ray
     from model.modeldir import SHIPPED_MODEL_DIR
+
     p = argparse.ArgumentParser()
     p.add_argument("--data", required=True, help="the MIML dataset (its original/ folder is predicted)")
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR))
@@ -89,7 +100,7 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="ray-bench-"))
     try:
-        photos = sorted((Path(args.data) / "original").iterdir())[:args.photos]
+        photos = sorted((Path(args.data) / "original").iterdir())[: args.photos]
         (work / "not-a-photo.jpg").write_text("not a photo")
         paths = photos + [work / "not-a-photo.jpg"]
         load = os.getloadavg()[0]
@@ -107,21 +118,31 @@ def main():
 
     good = [(a, b) for a, b in zip(local, remote) if "error" not in a]
     n = len(paths)
-    print(json.dumps({
-        "photos": n, "cores": os.cpu_count(), "load_average_before": load, "batch_size": args.batch_size,
-        "actors": args.actors,
-        "same_paths_in_order": [r["path"] for r in local] == [str(r["path"]) for r in remote],
-        "same_errors": [r.get("error") for r in local] == [r.get("error") for r in remote],
-        "identical_labels": all(a["predicted"] == b["predicted"] for a, b in good),
-        "max_abs_probability_difference": float(max(np.abs(a["raw"] - b["raw"]).max() for a, b in good)),
-        "csv_byte_identical": csv_text(local, labels) == csv_text(remote, labels),
-        "in_process_photos_per_s": n / local_s,
-        "in_process_photos_per_s_before_and_after": [n / before_s, n / after_s],
-        "ray_init_s": init_s,
-        "ray_photos_per_s_end_to_end": n / ray_s, "ray_until_first_row_s": first_s,
-        "ray_photos_per_s_steady": steady,
-        "ratio_end_to_end": local_s / ray_s, "ratio_steady": steady / (n / local_s),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "photos": n,
+                "cores": os.cpu_count(),
+                "load_average_before": load,
+                "batch_size": args.batch_size,
+                "actors": args.actors,
+                "same_paths_in_order": [r["path"] for r in local] == [str(r["path"]) for r in remote],
+                "same_errors": [r.get("error") for r in local] == [r.get("error") for r in remote],
+                "identical_labels": all(a["predicted"] == b["predicted"] for a, b in good),
+                "max_abs_probability_difference": float(max(np.abs(a["raw"] - b["raw"]).max() for a, b in good)),
+                "csv_byte_identical": csv_text(local, labels) == csv_text(remote, labels),
+                "in_process_photos_per_s": n / local_s,
+                "in_process_photos_per_s_before_and_after": [n / before_s, n / after_s],
+                "ray_init_s": init_s,
+                "ray_photos_per_s_end_to_end": n / ray_s,
+                "ray_until_first_row_s": first_s,
+                "ray_photos_per_s_steady": steady,
+                "ratio_end_to_end": local_s / ray_s,
+                "ratio_steady": steady / (n / local_s),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ whose whole label set stays the same), the Hamming loss against the true labels 
 true label (a stand-in for the private set of modern photos with one clear main label each), the share whose
 label is predicted (and the worst label's share) and the mean number of labels predicted. Prints a markdown table.
 """
+
 import argparse
 import io
 import sys
@@ -78,6 +79,7 @@ def main():
     p.add_argument("--tta", nargs="*", default=[None], help="TTA modes to compare (default: each model's own)")
     args = p.parse_args()
     from model.cli import quiet_tensorflow
+
     quiet_tensorflow()
     from model.data import load_dataset, split
     from model.inference import Classifier
@@ -98,8 +100,10 @@ def main():
 
     single = truth.sum(axis=1) == 1  # like the private set: one clear main label a photo
     main_label = truth[single].argmax(axis=1)
-    print("| Model | TTA | Transform | label decisions as on the clean photo | label sets as on the clean photo "
-          "| Hamming loss | one-label photos: label found (worst label) | labels a photo |")
+    print(
+        "| Model | TTA | Transform | label decisions as on the clean photo | label sets as on the clean photo "
+        "| Hamming loss | one-label photos: label found (worst label) | labels a photo |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     clean = next(iter(TRANSFORMS))
     for k, c in enumerate(classifiers):
@@ -107,8 +111,10 @@ def main():
             d, ref = decisions[k, name], decisions[k, clean]
             found = d[single][np.arange(single.sum()), main_label] == 1
             worst = min(found[main_label == j].mean() for j in np.unique(main_label))
-            print(f"| {c.name} | {c.tta} | {name} | {np.mean(d == ref):.2%} | {np.mean((d == ref).all(axis=1)):.1%} "
-                  f"| {np.mean(d != truth):.4f} | {found.mean():.1%} ({worst:.1%}) | {d[single].sum(axis=1).mean():.2f} |")
+            print(
+                f"| {c.name} | {c.tta} | {name} | {np.mean(d == ref):.2%} | {np.mean((d == ref).all(axis=1)):.1%} "
+                f"| {np.mean(d != truth):.4f} | {found.mean():.1%} ({worst:.1%}) | {d[single].sum(axis=1).mean():.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ photos: 320 train, 80 validation, 100 test. Caution: the shipped backbone was fi
 some of which are in this subset's test part, so its quick row is optimistic on MIML photos; the ImageNet row
 and full mode have seen none of them. Prints a markdown table for the README.
 """
+
 import argparse
 import csv
 import json
@@ -34,8 +35,17 @@ def subset(data, folder, photos):
         csv.writer(f).writerows([rows[0], *chosen])
     for row in chosen:
         shutil.copy(Path(data) / "original" / row[0], folder / "original" / row[0])
-    (folder / "dataset.json").write_text(json.dumps({"dataset": folder.name, "name": folder.name, "photos": len(chosen),
-                                                     "labels": rows[0][1:], "created": "benchmark"}))
+    (folder / "dataset.json").write_text(
+        json.dumps(
+            {
+                "dataset": folder.name,
+                "name": folder.name,
+                "photos": len(chosen),
+                "labels": rows[0][1:],
+                "created": "benchmark",
+            }
+        )
+    )
 
 
 def run(registry, name, mode, **kwargs):
@@ -59,20 +69,26 @@ def main():
     p.add_argument("--skip-full", action="store_true")
     args = p.parse_args()
     from model.registry import Registry
+
     registry = Registry(args.runs)
     subset(args.data, registry.root / "datasets" / "miml500", args.photos)
     shutil.rmtree(registry.root / "embeddings")  # cold caches
     (registry.root / "embeddings").mkdir()
-    rows = [run(registry, "quick, shipped backbone, cold cache", "quick"),
-            run(registry, "quick, shipped backbone, warm cache", "quick"),
-            run(registry, "quick, ImageNet backbone, cold cache", "quick", backbone="imagenet")]
+    rows = [
+        run(registry, "quick, shipped backbone, cold cache", "quick"),
+        run(registry, "quick, shipped backbone, warm cache", "quick"),
+        run(registry, "quick, ImageNet backbone, cold cache", "quick", backbone="imagenet"),
+    ]
     if not args.skip_full:
         rows.append(run(registry, "full (model.train, 20 epochs at most)", "full"))
     print("\n| Mode | wall time (s) | epochs | Hamming loss | exact match | mAP | macro F1 | one-error |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, seconds, m in rows:
-        print(f"| {name} | {seconds:.1f} | {m['training'].get('epochs_run', 0)} | "
-              + " | ".join(f"{m['test'][k]:.4f}" for k in KEYS) + " |")
+        print(
+            f"| {name} | {seconds:.1f} | {m['training'].get('epochs_run', 0)} | "
+            + " | ".join(f"{m['test'][k]:.4f}" for k in KEYS)
+            + " |"
+        )
 
 
 if __name__ == "__main__":

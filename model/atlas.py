@@ -6,6 +6,7 @@ request, instead of running the model on every photo. Until it is ready, `status
 
 Similar photos: exact cosine search with numpy, one (n, d) x (d,) product (2000 x 1280 here: 0.5 ms). The map: PCA to 50 dimensions, then t-SNE to 2 (scikit-learn), scaled into 0..1.
 """
+
 import hashlib
 import io
 import os
@@ -34,6 +35,7 @@ def layout(embeddings, seed=0):
     """(n, d) -> (n, 2) in 0..1: PCA to at most 50 dimensions, then t-SNE (PCA alone below 5 photos)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
+
     n = len(embeddings)
     if n < 2:
         return np.full((n, 2), 0.5, np.float32)
@@ -56,9 +58,9 @@ class Atlas:
         self.classifier = classifier
         self.dataset = dataset
         self.folder = folder or cache_dir() / "atlas"
-        self.path = None            # the cache file, once its key is known
-        self.from_cache = False     # True when the cache file was read instead of running the model
-        self.progress = 0.0         # 0..1
+        self.path = None  # the cache file, once its key is known
+        self.from_cache = False  # True when the cache file was read instead of running the model
+        self.progress = 0.0  # 0..1
         self.error = None
         self.ready = threading.Event()
         seed = classifier.metrics.get("split", {}).get("seed", CONTRACT_SPLIT_SEED)
@@ -97,8 +99,11 @@ class Atlas:
     def status(self):
         """{"ready": bool, "progress": 0..1, "message": what to tell a user while it is not ready}."""
         done = self.ready.is_set() and not self.error
-        return {"ready": done, "progress": round(self.progress, 3),
-                "message": None if done else self.error or f"computing similar photos: {self.progress:.0%}"}
+        return {
+            "ready": done,
+            "progress": round(self.progress, 3),
+            "message": None if done else self.error or f"computing similar photos: {self.progress:.0%}",
+        }
 
     def _build(self):
         try:  # Linux: this thread only, and the decoding and LiteRT threads it starts: requests come first
@@ -157,14 +162,28 @@ class Atlas:
             sims[exclude] = -np.inf
         k = min(k, len(sims) - (exclude is not None))
         top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.zeros(0, int)
-        return [{"photo_id": int(i) + 1, "image": self.dataset.images[i], "split": self.splits[i],
-                 "labels": self.truth(i), "similarity": round(float(sims[i]), 4)}
-                for i in top[np.argsort(-sims[top], kind="stable")]]
+        return [
+            {
+                "photo_id": int(i) + 1,
+                "image": self.dataset.images[i],
+                "split": self.splits[i],
+                "labels": self.truth(i),
+                "similarity": round(float(sims[i]), 4),
+            }
+            for i in top[np.argsort(-sims[top], kind="stable")]
+        ]
 
     def points(self):
         """Every photo on the map: id, x, y (0..1), split, true and predicted labels."""
         self._check()
-        return [{"photo_id": i + 1, "x": round(float(x), 5), "y": round(float(y), 5), "split": self.splits[i],
-                 "truth": self.truth(i),
-                 "predicted": [l for l, on in zip(self.classifier.labels, self.predicted[i]) if on]}
-                for i, (x, y) in enumerate(self.xy)]
+        return [
+            {
+                "photo_id": i + 1,
+                "x": round(float(x), 5),
+                "y": round(float(y), 5),
+                "split": self.splits[i],
+                "truth": self.truth(i),
+                "predicted": [l for l, on in zip(self.classifier.labels, self.predicted[i]) if on],
+            }
+            for i, (x, y) in enumerate(self.xy)
+        ]

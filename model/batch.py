@@ -5,6 +5,7 @@ the GIL) while the model runs on the previous batch. At most `ahead` photos wait
 decoded, so memory stays flat however many photos there are; paths come from a
 generator and each result is yielded as soon as its batch is done.
 """
+
 import os
 import stat
 from collections import deque

@@ -1,4 +1,5 @@
 """What the command-line tools share: TensorFlow's start-up log lines kept quiet unless --verbose."""
+
 import os
 import re
 import sys
@@ -8,8 +9,10 @@ from contextlib import contextmanager
 # absl's INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on ...") and its notice that
 # logging is not initialised yet, both printed while TensorFlow's libraries load; LiteRT's notice for its
 # first interpreter.
-START_UP_NOISE = re.compile(rb"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\) is called"
-                            rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU")
+START_UP_NOISE = re.compile(
+    rb"I\d{4} |WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|INFO: Created TensorFlow Lite XNNPACK delegate for CPU"
+)
 
 
 def add_verbose_flag(parser):

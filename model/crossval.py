@@ -7,6 +7,7 @@ its checkpoint and thresholds come from a validation part of the other folds onl
 by label set. A stopped cross-validation resumes: finished folds are kept, the running one resumes from its
 last epoch. OUT/crossval.json holds every fold's test metrics and their mean and standard deviation.
 """
+
 import argparse
 import json
 import subprocess
@@ -20,23 +21,41 @@ from model.data import DataError, load_dataset
 from model.modeldir import ModelDirError, read_model_dir, write_atomically
 
 # What the papers on this dataset report, with the direction that is better.
-LITERATURE = [("hamming_loss", "Hamming loss", "lower"), ("one_error", "one-error", "lower"),
-              ("coverage_normalised", "coverage / labels", "lower"), ("ranking_loss", "ranking loss", "lower"),
-              ("average_precision", "average precision", "higher")]
+LITERATURE = [
+    ("hamming_loss", "Hamming loss", "lower"),
+    ("one_error", "one-error", "lower"),
+    ("coverage_normalised", "coverage / labels", "lower"),
+    ("ranking_loss", "ranking loss", "lower"),
+    ("average_precision", "average precision", "higher"),
+]
 ALSO = [("exact_match", "exact match"), ("map", "mAP")]
-MLDF = {"hamming_loss": 0.148, "one_error": 0.239, "coverage_normalised": 0.159, "ranking_loss": 0.129,
-        "average_precision": 0.842}  # Yang et al., ECAI 2020, 5-fold CV on the same 2000 photos
+MLDF = {
+    "hamming_loss": 0.148,
+    "one_error": 0.239,
+    "coverage_normalised": 0.159,
+    "ranking_loss": 0.129,
+    "average_precision": 0.842,
+}  # Yang et al., ECAI 2020, 5-fold CV on the same 2000 photos
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m model.crossval", description=__doc__.split("\n\n")[0], allow_abbrev=False,
-                                epilog="Any other option is passed to model.train for every fold.")
+    p = argparse.ArgumentParser(
+        prog="python -m model.crossval",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Any other option is passed to model.train for every fold.",
+    )
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--out", required=True, help="directory for the fold models and crossval.json")
     p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
-    p.add_argument("--record-in", metavar="MODEL_DIR", action="append", default=[],
-                   help="also record the result in MODEL_DIR's metrics.json (\"crossval\"), for its model page: "
-                        "a model trained with this recipe (repeatable)")
+    p.add_argument(
+        "--record-in",
+        metavar="MODEL_DIR",
+        action="append",
+        default=[],
+        help='also record the result in MODEL_DIR\'s metrics.json ("crossval"), for its model page: '
+        "a model trained with this recipe (repeatable)",
+    )
     add_verbose_flag(p)
     args, train_args = p.parse_known_args(argv)
     if args.folds < 2:
@@ -51,8 +70,18 @@ def run_fold(args, train_args, k):
     out = Path(args.out) / f"fold{k}"
     if not (out / "metrics.json").exists():
         print(f"fold {k}/{args.folds}: training ({out})", flush=True)
-        command = [sys.executable, "-m", "model.train", *(["--data", args.data] if args.data else []), "--out", str(out),
-                   "--fold", f"{k}/{args.folds}", *train_args, *(["--verbose"] if args.verbose else [])]
+        command = [
+            sys.executable,
+            "-m",
+            "model.train",
+            *(["--data", args.data] if args.data else []),
+            "--out",
+            str(out),
+            "--fold",
+            f"{k}/{args.folds}",
+            *train_args,
+            *(["--verbose"] if args.verbose else []),
+        ]
         if subprocess.run(command).returncode:
             raise RuntimeError(f"fold {k}: model.train failed (see above); run the same command again to resume")
     return json.loads((out / "metrics.json").read_text())
@@ -61,9 +90,14 @@ def run_fold(args, train_args, k):
 def summarise(folds):
     """{metric: {"mean", "std", "folds": [...]}} over the folds' test metrics."""
     keys = [k for k, *_ in LITERATURE] + [k for k, _ in ALSO]
-    return {k: {"mean": float(np.mean([f["test"][k] for f in folds])),
-                "std": float(np.std([f["test"][k] for f in folds])),
-                "folds": [f["test"][k] for f in folds]} for k in keys}
+    return {
+        k: {
+            "mean": float(np.mean([f["test"][k] for f in folds])),
+            "std": float(np.std([f["test"][k] for f in folds])),
+            "folds": [f["test"][k] for f in folds],
+        }
+        for k in keys
+    }
 
 
 def markdown(summary, folds):
@@ -88,13 +122,20 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     summary = summarise(folds)
     recipe = folds[0]["training"]
-    result = {"folds": args.folds, "train_args": train_args, "metrics": summary,
-              "architecture": recipe["architecture"], "augment": recipe.get("augment"),
-              "test_photos": sum(f["split"]["test"] for f in folds)}
+    result = {
+        "folds": args.folds,
+        "train_args": train_args,
+        "metrics": summary,
+        "architecture": recipe["architecture"],
+        "augment": recipe.get("augment"),
+        "test_photos": sum(f["split"]["test"] for f in folds),
+    }
     write_atomically(Path(args.out) / "crossval.json", json.dumps(result, indent=2).encode())
     for model_dir in args.record_in:
         path = Path(model_dir) / "metrics.json"
-        write_atomically(path, json.dumps({**json.loads(path.read_text()), "crossval": result}, indent=2).encode() + b"\n")
+        write_atomically(
+            path, json.dumps({**json.loads(path.read_text()), "crossval": result}, indent=2).encode() + b"\n"
+        )
     print(markdown(summary, args.folds))
 
 

@@ -6,6 +6,7 @@ Two layouts are read, both with the photos in `original/`:
   and `class_name`; photo i (1-based) is `original/i.jpg`.
 Label names come from the data, never from this code.
 """
+
 import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,9 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from model.preprocess import ImageError, load_image
 
-CONTRACT_SPLIT_SEED = 100  # train_test_split(ids, test_size=0.2, random_state=100): the original project's 400 test photos
+CONTRACT_SPLIT_SEED = (
+    100  # train_test_split(ids, test_size=0.2, random_state=100): the original project's 400 test photos
+)
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
 
@@ -29,8 +32,8 @@ class DataError(Exception):
 @dataclass
 class Dataset:
     root: Path
-    images: list          # file names inside original/, in dataset order
-    labels: np.ndarray    # (n_photos, n_labels) uint8
+    images: list  # file names inside original/, in dataset order
+    labels: np.ndarray  # (n_photos, n_labels) uint8
     label_names: list
 
     def path(self, index):
@@ -38,11 +41,13 @@ class Dataset:
 
     def load_photos(self, indices, size, workers=4):
         """Decode the photos at `indices` into a uint8 array (n, size, size, 3)."""
+
         def load(i):
             try:
                 return load_image(self.path(i), size)
             except (ImageError, OSError) as e:
                 raise DataError(f"{self.path(i)}: {e}") from None
+
         with ThreadPoolExecutor(workers) as pool:
             return np.stack(list(pool.map(load, indices)))
 
@@ -76,6 +81,7 @@ def _read_csv(path):
 
 def _read_mat(path):
     from scipy.io import loadmat
+
     try:
         mat = loadmat(path)
     except Exception as e:  # scipy raises several types for damaged files
@@ -85,7 +91,9 @@ def _read_mat(path):
         raise DataError(f"{path}: needs a 'targets' matrix (labels x photos) of -1/+1 values")
     names = mat.get("class_name")
     if names is None or names.size != targets.shape[0]:
-        raise DataError(f"{path}: needs 'class_name' with one name for each of the {targets.shape[0]} rows of 'targets'")
+        raise DataError(
+            f"{path}: needs 'class_name' with one name for each of the {targets.shape[0]} rows of 'targets'"
+        )
     label_names = [str(np.asarray(n).ravel()[0]).strip() for n in names.ravel()]
     images = [f"{i}.jpg" for i in range(1, targets.shape[1] + 1)]
     return images, (targets.T > 0).astype(np.uint8), label_names

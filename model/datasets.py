@@ -6,6 +6,7 @@ name is checked before anything is written (none may lead outside the dataset's 
 members and their stated sizes are limited (zipfile never inflates a member past its stated size), and
 every listed photo is decoded once: photos that cannot be read are left out and listed by name.
 """
+
 import csv
 import re
 import secrets
@@ -18,9 +19,9 @@ from model.modeldir import atomic_dir
 from model.preprocess import ImageError, load_image
 
 MAX_MEMBERS = 20_000
-MAX_MEMBER_BYTES = 64 << 20     # one member, uncompressed
-MAX_TOTAL_BYTES = 1 << 30       # all members, uncompressed
-CHECK_SIZE = 224                # photos are decoded (and letterboxed) once at the model's input size to check them
+MAX_MEMBER_BYTES = 64 << 20  # one member, uncompressed
+MAX_TOTAL_BYTES = 1 << 30  # all members, uncompressed
+CHECK_SIZE = 224  # photos are decoded (and letterboxed) once at the model's input size to check them
 MAT = "processed/miml data.mat"
 
 
@@ -32,8 +33,9 @@ def member_parts(name):
     """The member's path parts inside the dataset folder; DatasetError for a name that leads outside it."""
     parts = PurePosixPath(name).parts
     if "\\" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts or "\0" in name:
-        raise DatasetError(f"the ZIP member {name!r} would be written outside the dataset's folder; "
-                           "nothing was extracted")
+        raise DatasetError(
+            f"the ZIP member {name!r} would be written outside the dataset's folder; nothing was extracted"
+        )
     return [p for p in parts if p != "."]
 
 
@@ -54,8 +56,10 @@ def _check_members(zf, limits):
         if info.is_dir() or _hidden(parts):
             continue
         if info.file_size > limits["member_bytes"]:
-            raise DatasetError(f"the ZIP member {info.filename!r} inflates to {info.file_size:,} bytes, over the "
-                               f"{limits['member_bytes']:,}-byte limit for one file")
+            raise DatasetError(
+                f"the ZIP member {info.filename!r} inflates to {info.file_size:,} bytes, over the "
+                f"{limits['member_bytes']:,}-byte limit for one file"
+            )
         total += info.file_size
         files["/".join(parts)] = info
     if total > limits["total_bytes"]:
@@ -67,9 +71,11 @@ def _find_labels(files):
     """(folder prefix, 'csv' or 'mat') of the shallowest labels.csv or Kaggle .mat file."""
     found = sorted((p.count("/"), p) for p in files if p.split("/")[-1] == "labels.csv" or p.endswith(MAT))
     if not found:
-        raise DatasetError("no labels.csv in the ZIP: put labels.csv (header 'image,<label>,<label>,...', one "
-                           "row of 0/1 values a photo) at its top with the photos in original/ or beside it, "
-                           "or use the Kaggle layout (processed/miml data.mat + original/)")
+        raise DatasetError(
+            "no labels.csv in the ZIP: put labels.csv (header 'image,<label>,<label>,...', one "
+            "row of 0/1 values a photo) at its top with the photos in original/ or beside it, "
+            "or use the Kaggle layout (processed/miml data.mat + original/)"
+        )
     path = found[0][1]
     if path.endswith(MAT):
         return path[: -len(MAT)], "mat"
@@ -99,7 +105,12 @@ def import_zip(source, out, limits=None, progress=None):
     """Extract the dataset in ZIP `source` (path or file object) into the new folder `out`.
 
     Returns {"photos", "labels", "skipped": [{"image", "error"}]}; raises DatasetError (nothing left in `out`)."""
-    limits = {"members": MAX_MEMBERS, "member_bytes": MAX_MEMBER_BYTES, "total_bytes": MAX_TOTAL_BYTES, **(limits or {})}
+    limits = {
+        "members": MAX_MEMBERS,
+        "member_bytes": MAX_MEMBER_BYTES,
+        "total_bytes": MAX_TOTAL_BYTES,
+        **(limits or {}),
+    }
     try:
         zf = zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError):
@@ -129,8 +140,10 @@ def import_zip(source, out, limits=None, progress=None):
                 (tmp / "original" / image).write_bytes(data)
                 kept.append((image, row))
             if not kept:
-                raise DatasetError("none of the photos listed in the labels could be read: " +
-                                   "; ".join(f"{s['image']}: {s['error']}" for s in skipped[:5]))
+                raise DatasetError(
+                    "none of the photos listed in the labels could be read: "
+                    + "; ".join(f"{s['image']}: {s['error']}" for s in skipped[:5])
+                )
             with open(tmp / "labels.csv", "w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(["image", *label_names])

@@ -11,6 +11,7 @@ features (every member's, side by side) are its embedding for similar photos. Th
 input size and split. Thresholds are then tuned on the shared validation photos under --tta (and the other
 mode as "other_tta"), as model.retune tunes them; the test metrics are computed once and only reported.
 """
+
 import argparse
 import shutil
 import sys
@@ -24,8 +25,10 @@ from model.retune import add_output_args, retune, summary, write_or_exit
 
 def renamed(prefix):
     """A clone_model clone_function: the same layer under the name prefix + its name."""
+
     def clone(layer):
         return layer.__class__.from_config({**layer.get_config(), "name": prefix + layer.name})
+
     return clone
 
 
@@ -33,6 +36,7 @@ def join(models):
     """One Keras model: the members' feature maps side by side -> pooling -> dropout -> the stacked head."""
     import keras
     from keras import layers
+
     image = keras.Input(models[0].input_shape[1:], name="image")
     maps, kernels, biases = [], [], []
     for i, member in enumerate(models, start=1):
@@ -58,8 +62,11 @@ def check_members(infos):
     for info in infos:
         if not info.metrics["training"].get("architecture", "").startswith("efficientnet-"):
             raise ModelDirError(f"{info.path}: only EfficientNet-Lite members can be joined (a pooled head)")
-        for what, get in (("labels", lambda i: i.labels), ("input size", lambda i: i.metrics["training"].get("input_size")),
-                          ("split", lambda i: i.metrics["split"].get("seed"))):
+        for what, get in (
+            ("labels", lambda i: i.labels),
+            ("input size", lambda i: i.metrics["training"].get("input_size")),
+            ("split", lambda i: i.metrics["split"].get("seed")),
+        ):
             if get(info) != get(first):
                 raise ModelDirError(f"{info.path}: not the same {what} as {first.path}")
 
@@ -67,22 +74,30 @@ def check_members(infos):
 def ensemble(members, data_dir, tta, out):
     """Write the joined model directory `out`; returns its metrics.json content."""
     import keras
+
     infos = [read_model_dir(m) for m in members]
     check_members(infos)
     model = join([keras.models.load_model(info.path / "model.keras", compile=False) for info in infos])
     first = infos[0]
     training = {
         "architecture": " + ".join(i.metrics["training"]["architecture"] for i in infos) + " (ensemble)",
-        "input_size": first.metrics["training"]["input_size"], "parameters": int(model.count_params()),
+        "input_size": first.metrics["training"]["input_size"],
+        "parameters": int(model.count_params()),
         "members": [{"from": i.path.name, **i.metrics["training"]} for i in infos],
         "minutes": round(sum(i.metrics["training"].get("minutes", 0) for i in infos), 1),
         "checkpoint": "each member's own",
     }
-    metrics = {"labels": first.labels, "training": training, "split": first.metrics["split"],
-               "validation": {}, "test": {}}
+    metrics = {
+        "labels": first.labels,
+        "training": training,
+        "split": first.metrics["split"],
+        "validation": {},
+        "test": {},
+    }
     staging = Path(out).with_name(Path(out).name + ".joined")
     from model.modeldir import write_model_dir
     from model.train import draw_curve
+
     curves = {f"member {k} ({m['architecture']})": m.get("history", []) for k, m in enumerate(training["members"], 1)}
     write_model_dir(staging, model, first.thresholds_info, metrics, [], [], [], lambda path: draw_curve(curves, path))
     try:

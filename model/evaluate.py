@@ -1,7 +1,8 @@
 """Evaluate a model directory on a split of the dataset.
 
-    python -m model.evaluate --data DIR [--model DIR] [--split-seed N] [--json FILE] [--runtime litert|keras]
+python -m model.evaluate --data DIR [--model DIR] [--split-seed N] [--json FILE] [--runtime litert|keras]
 """
+
 import argparse
 import json
 import sys
@@ -16,8 +17,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.evaluate", description="Evaluate a model on the test split.")
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR), help="model directory (default: the shipped model)")
-    p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
-                   help=f"random_state of the split ({CONTRACT_SPLIT_SEED} = the contract split)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=CONTRACT_SPLIT_SEED,
+        help=f"random_state of the split ({CONTRACT_SPLIT_SEED} = the contract split)",
+    )
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--runtime", choices=["litert", "keras"], default="litert", help="forward passes (default litert)")
     add_verbose_flag(p)
@@ -25,14 +30,18 @@ def main(argv=None):
     quiet_tensorflow(args.verbose)
     try:
         from model.inference import Classifier
+
         dataset = load_dataset(args.data)
         classifier = Classifier(args.model, runtime=args.runtime)
         if dataset.label_names != classifier.labels:
             raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
         trained_on = classifier.info.metrics.get("split", {}).get("seed")
         if trained_on is not None and trained_on != args.split_seed:
-            print(f"note: the model was trained with split seed {trained_on}; this split's test photos "
-                  "may include photos it was trained on", file=sys.stderr)
+            print(
+                f"note: the model was trained with split seed {trained_on}; this split's test photos "
+                "may include photos it was trained on",
+                file=sys.stderr,
+            )
         _, _, test_idx = split(len(dataset.images), args.split_seed)
         probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
         metrics = classifier.evaluate(dataset.labels[test_idx], probs)

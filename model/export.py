@@ -63,6 +63,7 @@ Both formats get a copy of thresholds.json (label names, thresholds, at_least_on
 written to a temporary sibling `OUT.partial-write` and renamed into place, so a failed run leaves
 an earlier export intact; an existing OUT is replaced only if it holds an earlier export.
 """
+
 import argparse
 import contextlib
 import io
@@ -87,6 +88,7 @@ class ExportError(Exception):
 
 # ---------------------------------------------------------------- SavedModel
 
+
 def build_serving_module(model, labels, thresholds, at_least_one):
     """A tf.Module whose `serve` is the serving_default signature described in the module docstring."""
     import numpy as np
@@ -104,8 +106,11 @@ def build_serving_module(model, labels, thresholds, at_least_one):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def preprocess(self, image_bytes):
-            return tf.map_fn(lambda data: preprocess_graph(tf, data, size), image_bytes,
-                             fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+            return tf.map_fn(
+                lambda data: preprocess_graph(tf, data, size),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
+            )
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
         def serve(self, image_bytes):
@@ -129,11 +134,13 @@ def build_serving_module(model, labels, thresholds, at_least_one):
 
 def export_saved_model(model, labels, thresholds, at_least_one, out):
     import tensorflow as tf
+
     module = build_serving_module(model, labels, thresholds, at_least_one)
     tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve.get_concrete_function()})
 
 
 # ---------------------------------------------------------------- TF Lite
+
 
 def export_tflite(model, calibration_images, out):
     """Write model_float16.tflite and model_int8.tflite into `out`; `calibration_images` is uint8 (n, size, size, 3)."""
@@ -172,15 +179,18 @@ def export_tflite(model, calibration_images, out):
 def calibration_photos(dataset, size, n=CALIBRATION_PHOTOS):
     """The first `n` training photos of the contract split, preprocessed as for training."""
     from model.data import split
+
     train_idx = split(len(dataset.images))[0]
     return dataset.load_photos(train_idx[:n], size)
 
 
 # ---------------------------------------------------------------- output directory
 
+
 def _looks_like_export(path):
     return (path / "thresholds.json").is_file() and (
-        (path / "saved_model.pb").is_file() or any((path / f).is_file() for f in TFLITE_FILES.values()))
+        (path / "saved_model.pb").is_file() or any((path / f).is_file() for f in TFLITE_FILES.values())
+    )
 
 
 def check_output(out):
@@ -203,16 +213,20 @@ def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
     dataset = None
     if fmt == "tflite":
         from model.data import load_dataset
+
         dataset = load_dataset(data)  # calibration photos for the int8 model; fail before any slow work
     check_output(out)
     try:
         with atomic_dir(out) as tmp:
             model = info.load_keras()
             if model.output_shape[-1] != len(info.labels):
-                raise ModelDirError(f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
-                                    f"but thresholds.json names {len(info.labels)} labels")
+                raise ModelDirError(
+                    f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
+                    f"but thresholds.json names {len(info.labels)} labels"
+                )
             if info.thresholds_info.get("tta") == "flip":  # the thresholds were tuned on the mean with the mirror
                 from model.network import flip_tta
+
                 model = flip_tta(model)
             if fmt == "saved_model":
                 export_saved_model(model, info.labels, info.thresholds, info.at_least_one, tmp)
@@ -231,21 +245,32 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None):
-    p = _Parser(prog="python -m model.export",
-                description="Export a model directory as a TensorFlow SavedModel (for TF Serving) or TF Lite files.")
+    p = _Parser(
+        prog="python -m model.export",
+        description="Export a model directory as a TensorFlow SavedModel (for TF Serving) or TF Lite files.",
+    )
     p.add_argument("--model", default=str(SHIPPED_MODEL_DIR), help="model directory (default: the shipped model)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="saved_model: bytes in, labels out; "
-                   "tflite: float16 and int8 files taking preprocessed pixels")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="saved_model: bytes in, labels out; tflite: float16 and int8 files taking preprocessed pixels",
+    )
     p.add_argument("--out", required=True, help="directory to write (replaced if it holds an earlier export)")
     p.add_argument("--data", help="dataset for the int8 calibration photos (tflite only; default: $MIML_DATA)")
-    p.add_argument("--calibration", type=int, default=CALIBRATION_PHOTOS,
-                   help=f"number of training photos to calibrate the int8 model on (default {CALIBRATION_PHOTOS})")
+    p.add_argument(
+        "--calibration",
+        type=int,
+        default=CALIBRATION_PHOTOS,
+        help=f"number of training photos to calibrate the int8 model on (default {CALIBRATION_PHOTOS})",
+    )
     add_verbose_flag(p)
     args = p.parse_args(argv)
     if args.calibration < 1:
         p.error("argument --calibration: must be at least 1")
     quiet_tensorflow(args.verbose)
     from model.data import DataError
+
     try:
         files = export(args.model, args.format, args.out, args.data, args.calibration)
     except (ModelDirError, DataError, ExportError) as e:

@@ -7,10 +7,11 @@ same box reduce() for large photos, the same coefficients in 22-bit fixed point,
 order and rounding. tf.image.resize(method="bicubic", antialias=True) differs by up to 18 grey
 levels at sharp edges, which moved probabilities by up to 0.011 on the contract test photos.
 """
+
 from model.preprocess import GREY, MAX_PIXELS
 
 PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling (Resample.c)
-REDUCING_GAP = 3.0   # preprocess.letterbox's Image.resize(..., reducing_gap=3.0)
+REDUCING_GAP = 3.0  # preprocess.letterbox's Image.resize(..., reducing_gap=3.0)
 
 
 def _bicubic_filter(tf, x):
@@ -36,22 +37,28 @@ def _resample_axis(tf, image, axis, out_size, in_extent):
     support = 2.0 * filterscale
     ksize = tf.cast(tf.math.ceil(support), tf.int32) * 2 + 1
     center = (tf.cast(tf.range(out_size), tf.float64) + 0.5) * scale
-    xmin = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)       # C (int) truncates toward zero
+    xmin = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)  # C (int) truncates toward zero
     xmax = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size) - xmin
     taps = tf.range(ksize)[None]
     valid = taps < xmax[:, None]
-    weights = tf.where(valid, _bicubic_filter(tf, (tf.cast(taps + xmin[:, None], tf.float64) - center[:, None] + 0.5)
-                                               * (1.0 / filterscale)), 0.0)
-    total = tf.math.cumsum(weights, axis=1)[:, -1]                             # a sequential sum, as C's loop
+    weights = tf.where(
+        valid,
+        _bicubic_filter(tf, (tf.cast(taps + xmin[:, None], tf.float64) - center[:, None] + 0.5) * (1.0 / filterscale)),
+        0.0,
+    )
+    total = tf.math.cumsum(weights, axis=1)[:, -1]  # a sequential sum, as C's loop
     weights = tf.where(total[:, None] != 0.0, weights / total[:, None], weights)
     scaled = weights * float(1 << PRECISION_BITS)
     fixed = tf.cast(tf.where(weights < 0, -0.5 + scaled, 0.5 + scaled), tf.int32)
     # Apply as a sparse (out x in) matrix in float64: every product and sum is an integer below 2^53,
     # so this is exactly Pillow's int32 sum, without materialising a tap per output pixel.
     rows = tf.broadcast_to(tf.range(out_size)[:, None], tf.shape(taps + xmin[:, None]))
-    indices = tf.cast(tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(taps + xmin[:, None], valid)], 1), tf.int64)
-    matrix = tf.sparse.SparseTensor(indices, tf.cast(tf.boolean_mask(fixed, valid), tf.float64),
-                                    tf.cast(tf.stack([out_size, in_size]), tf.int64))
+    indices = tf.cast(
+        tf.stack([tf.boolean_mask(rows, valid), tf.boolean_mask(taps + xmin[:, None], valid)], 1), tf.int64
+    )
+    matrix = tf.sparse.SparseTensor(
+        indices, tf.cast(tf.boolean_mask(fixed, valid), tf.float64), tf.cast(tf.stack([out_size, in_size]), tf.int64)
+    )
     x = tf.cast(image, tf.float64)
     if axis == 1:
         x = tf.transpose(x, [1, 0, 2])
@@ -72,7 +79,7 @@ def _reduce(tf, image, fy, fx):
     sums = tf.reduce_sum(tf.reshape(padded, [oh, fy, ow, fx, -1]), axis=[1, 3])
     rows = tf.minimum(fy, h - tf.range(oh) * fy)
     cols = tf.minimum(fx, w - tf.range(ow) * fx)
-    count = rows[:, None] * cols[None]                                        # pixels in each block
+    count = rows[:, None] * cols[None]  # pixels in each block
     # division_UINT32: (UINT32)(4294967296.0f / (256 * n)); amend = n / 2; out = (ss + amend) * multiplier >> 24
     multiplier = tf.cast(tf.constant(4294967296.0, tf.float32) / tf.cast(256 * count, tf.float32), tf.int64)
     out = (tf.cast(sums, tf.int64) + tf.cast(count // 2, tf.int64)[..., None]) * multiplier[..., None]
@@ -90,8 +97,13 @@ def _resize_like_pillow(tf, image, height, width):
     # The resampling box after reduce() is (0, 0, w / fx, h / fy).
     box_w = tf.cast(w, tf.float64) / tf.cast(fx, tf.float64)
     box_h = tf.cast(h, tf.float64) / tf.cast(fy, tf.float64)
-    horizontal = lambda image: _resample_axis(tf, image, 1, width, box_w)
-    vertical = lambda image: _resample_axis(tf, image, 0, height, box_h)
+
+    def horizontal(image):
+        return _resample_axis(tf, image, 1, width, box_w)
+
+    def vertical(image):
+        return _resample_axis(tf, image, 0, height, box_h)
+
     # Pillow 13's ImagingResampleInner runs the vertical pass first when the height shrinks by more
     # than twice as many pixels as the width (older Pillow always went horizontal first).
     shrink_h, shrink_w = tf.shape(x)[0] - height, tf.shape(x)[1] - width
@@ -102,11 +114,15 @@ def _resize_like_pillow(tf, image, height, width):
 
 def _to_rgb(tf, image):
     """[h, w, 1|2|3|4] uint8 -> [h, w, 3]: grey to RGB, alpha composited on neutral grey."""
+
     def composite(rgb, alpha):
         a = tf.cast(alpha, tf.float32)
         out = (tf.cast(rgb, tf.float32) * a + float(GREY[0]) * (255.0 - a)) / 255.0
         return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
-    grey = lambda: tf.tile(image[..., :1], [1, 1, 3])
+
+    def grey():
+        return tf.tile(image[..., :1], [1, 1, 3])
+
     branches = [
         grey,
         lambda: composite(tf.tile(image[..., :1], [1, 1, 3]), image[..., 1:2]),
@@ -119,8 +135,10 @@ def _to_rgb(tf, image):
 def _check_pixels(tf, height, width):
     """preprocess.py's decompression-bomb limit, as an assertion the decoding waits for."""
     return tf.debugging.assert_less_equal(
-        tf.cast(height, tf.int64) * tf.cast(width, tf.int64), tf.constant(MAX_PIXELS, tf.int64),
-        message=f"image has too many pixels (limit {MAX_PIXELS:,})")
+        tf.cast(height, tf.int64) * tf.cast(width, tf.int64),
+        tf.constant(MAX_PIXELS, tf.int64),
+        message=f"image has too many pixels (limit {MAX_PIXELS:,})",
+    )
 
 
 JPEG_RATIOS = (1, 2, 4, 8)
@@ -139,13 +157,16 @@ def _jpeg_ratio_index(tf, height, width, size):
 
 def _decode(tf, data, size):
     """Encoded photo -> uint8 [h, w, 3], checking the size from the header first where that is cheap."""
+
     def jpeg():
         shape = tf.io.extract_jpeg_shape(data)
         with tf.control_dependencies([_check_pixels(tf, shape[0], shape[1])]):
             # Pillow decodes with libjpeg's accurate integer DCT; TF's default is the fast one. A large
             # JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT, as preprocess.py asks Pillow to.
-            branches = [lambda r=r: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE", ratio=r)
-                        for r in JPEG_RATIOS]
+            branches = [
+                lambda r=r: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE", ratio=r)
+                for r in JPEG_RATIOS
+            ]
             return tf.switch_case(_jpeg_ratio_index(tf, shape[0], shape[1], size), branches)
 
     def other():
@@ -155,6 +176,7 @@ def _decode(tf, data, size):
             height = ((size[4] * 256 + size[5]) * 256 + size[6]) * 256 + size[7]
             with tf.control_dependencies([_check_pixels(tf, height, width)]):
                 return tf.constant(True)
+
         is_png = tf.equal(tf.strings.substr(data, 0, 8), b"\x89PNG\r\n\x1a\n")
         checked = tf.cond(is_png, png_header_check, lambda: tf.constant(True))
         with tf.control_dependencies([checked]):
@@ -178,6 +200,5 @@ def preprocess_graph(tf, data, size):
     new_w = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float64) * scale), tf.int32))
     resized = _resize_like_pillow(tf, image, new_h, new_w)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas = tf.pad(resized, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]],
-                    constant_values=GREY[0])
+    canvas = tf.pad(resized, [[top, size - new_h - top], [left, size - new_w - left], [0, 0]], constant_values=GREY[0])
     return tf.ensure_shape(canvas, [size, size, 3])

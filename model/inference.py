@@ -20,6 +20,7 @@ times a positive scalar per label, which the per-label normalisation cancels:
 Grad-CAM = relu(F . W[:, label]) / max, a small matmul on the forward's feature map.
 Heads of another form (the seed CNN) keep the gradient computation in TensorFlow.
 """
+
 import contextlib
 import functools
 import hashlib
@@ -39,8 +40,15 @@ from model.data import load_dataset
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import ModelDirError, read_model_dir, write_atomically
 from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
-from model.preprocess import (ImageError, ImageTooLargeError, UnsupportedImageError,  # noqa: F401
-                              decode, decoded_pixels, letterbox, load_image)
+from model.preprocess import (  # the image error types are re-exported: the app's door to them
+    ImageError,  # noqa: F401
+    ImageTooLargeError,  # noqa: F401
+    UnsupportedImageError,  # noqa: F401
+    decode,
+    decoded_pixels,
+    letterbox,
+    load_image,
+)
 from model.registry import Registry, RegistryError  # noqa: F401  (the app's door to the runs folder)
 from model.thresholds import apply_thresholds
 
@@ -51,29 +59,37 @@ DISPLAY_SIZE = 480  # the longest side of the photo a page shows
 @dataclass
 class Analysis:
     """Everything the app shows for one photo, from one decode and one forward pass."""
-    image: object              # PIL image: the upright photo letterboxed to at most DISPLAY_SIZE (the model's framing)
-    size: tuple                # (width, height) of the upright photo as decoded
-    pixels: np.ndarray         # the model's input, (size, size, 3) uint8
-    probabilities: dict        # label -> probability
-    predicted: list            # labels at or above their tuned thresholds
-    cams: dict                 # label -> class map (h, w) in 0..1 at the feature map's resolution
-    embedding: np.ndarray      # pooled features, (d,) float32
+
+    image: object  # PIL image: the upright photo letterboxed to at most DISPLAY_SIZE (the model's framing)
+    size: tuple  # (width, height) of the upright photo as decoded
+    pixels: np.ndarray  # the model's input, (size, size, 3) uint8
+    probabilities: dict  # label -> probability
+    predicted: list  # labels at or above their tuned thresholds
+    cams: dict  # label -> class map (h, w) in 0..1 at the feature map's resolution
+    embedding: np.ndarray  # pooled features, (d,) float32
 
 
 def predict_arrays(model, images, batch_size=64):
     """Probabilities of a Keras model for a uint8 array (n, size, size, 3), in batches (used by training)."""
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    return np.concatenate([np.asarray(model.predict_on_batch(images[i:i + batch_size].astype(np.float32)))
-                           for i in range(0, len(images), batch_size)])
+    return np.concatenate(
+        [
+            np.asarray(model.predict_on_batch(images[i : i + batch_size].astype(np.float32)))
+            for i in range(0, len(images), batch_size)
+        ]
+    )
 
 
 def with_outputs(model, tta="none"):
     """`model` with three outputs: the last feature map, the pooled embedding, the probabilities;
     with tta="flip", each the mean over the photo and its mirror image (the mirror's map flipped back)."""
     import keras
-    three = keras.Model(model.inputs, [model.get_layer(gradcam_layer(model)).output,
-                                       model.get_layer(embedding_layer(model)).output, model.output])
+
+    three = keras.Model(
+        model.inputs,
+        [model.get_layer(gradcam_layer(model)).output, model.get_layer(embedding_layer(model)).output, model.output],
+    )
     return flip_tta(three, spatial=(0,)) if tta == "flip" else three
 
 
@@ -83,6 +99,7 @@ def litert_flatbuffer(three_outputs, model_sha256, tta="none"):
     The cache is `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it; a file that
     does not match is converted again (a half-written or damaged cache never reaches LiteRT)."""
     import tensorflow as tf
+
     folder = cache_dir() / "litert"
     path = folder / f"{model_sha256}{'' if tta == 'none' else '-' + tta}.tflite"
     check = path.with_suffix(".sha256")
@@ -111,7 +128,10 @@ class LiteRuntime:
 
     def __init__(self, flatbuffer, workers=1, threads=None):
         from ai_edge_litert.interpreter import Interpreter
-        self._make = functools.partial(Interpreter, model_content=flatbuffer, num_threads=threads or os.cpu_count() or 1)
+
+        self._make = functools.partial(
+            Interpreter, model_content=flatbuffer, num_threads=threads or os.cpu_count() or 1
+        )
         self._slots = queue.LifoQueue()
         for _ in range(workers):
             self._slots.put(OrderedDict())
@@ -144,6 +164,7 @@ class KerasRuntime:
 
     def __init__(self, three_outputs):
         import tensorflow as tf
+
         self._tf = tf
         self._fn = tf.function(lambda x: three_outputs(x, training=False), reduce_retracing=True)
         self._lock = threading.Lock()  # one call at a time: TensorFlow already uses every core for one
@@ -168,17 +189,24 @@ class Classifier:
         self.labels = list(self.info.labels)
         self.tta = tta or self.info.tta
         # The thresholds tuned for this TTA mode; a mode the directory has none for keeps its own (comparisons only).
-        thresholds, self.at_least_one = (self.info.operating_point(self.tta)
-                                         or (self.info.thresholds, self.info.at_least_one))
+        thresholds, self.at_least_one = self.info.operating_point(self.tta) or (
+            self.info.thresholds,
+            self.info.at_least_one,
+        )
         self.thresholds = dict(zip(self.labels, thresholds.tolist()))  # the one form everyone reads
         if self.model.output_shape[-1] != len(self.labels):
-            raise ModelDirError(f"{self.info.path / 'model.keras'}: has {self.model.output_shape[-1]} outputs "
-                                f"but thresholds.json names {len(self.labels)} labels")
+            raise ModelDirError(
+                f"{self.info.path / 'model.keras'}: has {self.model.output_shape[-1]} outputs "
+                f"but thresholds.json names {len(self.labels)} labels"
+            )
         self.size = self.model.input_shape[1]
         self.runtime = runtime
         three = with_outputs(self.model, self.tta)
-        self._forward = (LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
-                         if runtime == "litert" else KerasRuntime(three))
+        self._forward = (
+            LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
+            if runtime == "litert"
+            else KerasRuntime(three)
+        )
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
         self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
@@ -228,9 +256,13 @@ class Classifier:
     def results(self, probs):
         """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo."""
         probs = np.atleast_2d(probs)
-        return [{"probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, row)},
-                 "predicted": [l for l, on in zip(self.labels, flags) if on]}
-                for row, flags in zip(probs, self.decide(probs))]
+        return [
+            {
+                "probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, row)},
+                "predicted": [l for l, on in zip(self.labels, flags) if on],
+            }
+            for row, flags in zip(probs, self.decide(probs))
+        ]
 
     # --- photos --------------------------------------------------------------------------
     def load(self, source):
@@ -255,7 +287,9 @@ class Classifier:
         images = np.asarray(images)  # a list of arrays would be converted once per pass otherwise
         if len(images) == 0:
             return self.forward(np.zeros((1, self.size, self.size, 3), np.uint8))[output][:0]
-        return np.concatenate([self.forward(images[i:i + batch_size])[output] for i in range(0, len(images), batch_size)])
+        return np.concatenate(
+            [self.forward(images[i : i + batch_size])[output] for i in range(0, len(images), batch_size)]
+        )
 
     def probabilities(self, images, batch_size=32):
         """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities."""
@@ -288,9 +322,15 @@ class Classifier:
         pixels = np.asarray(letterbox(upright, self.size), dtype=np.uint8)
         features, embedding, probs = self.forward(pixels[None])
         result = self.results(probs)[0]
-        return Analysis(image=letterbox(upright, min(display_size, max(upright.size))), size=upright.size,
-                        pixels=pixels, probabilities=result["probabilities"], predicted=result["predicted"],
-                        cams=dict(zip(self.labels, self.class_maps(pixels, features))), embedding=embedding[0])
+        return Analysis(
+            image=letterbox(upright, min(display_size, max(upright.size))),
+            size=upright.size,
+            pixels=pixels,
+            probabilities=result["probabilities"],
+            predicted=result["predicted"],
+            cams=dict(zip(self.labels, self.class_maps(pixels, features))),
+            embedding=embedding[0],
+        )
 
     def _gradcam_function(self, three):
         import tensorflow as tf
@@ -301,30 +341,43 @@ class Classifier:
                 features, _, probs = three(image[None], training=False)
                 scores = probs[0]
             # One gradient per label, d p_label / d features, in a single vectorised jacobian.
-            grads = tape.jacobian(scores, features)[:, 0]                # (labels, h, w, channels)
-            weights = tf.reduce_mean(grads, axis=(1, 2))                  # (labels, channels)
+            grads = tape.jacobian(scores, features)[:, 0]  # (labels, h, w, channels)
+            weights = tf.reduce_mean(grads, axis=(1, 2))  # (labels, channels)
             cams = tf.nn.relu(tf.einsum("hwc,lc->lhw", features[0], weights))
             return cams / tf.maximum(tf.reduce_max(cams, axis=(1, 2), keepdims=True), 1e-12)
+
         return gradcam
 
     # --- the layer browser (Keras) -------------------------------------------------------------
     def layers(self):
         """[(name, output shape, is convolutional)] for every layer after the input."""
         import keras
-        conv = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.ReLU, keras.layers.BatchNormalization,
-                keras.layers.Add, keras.layers.MaxPooling2D, keras.layers.Concatenate)  # an ensemble's joined maps
-        return [(l.name, tuple(l.output.shape[1:]), isinstance(l, conv) and len(l.output.shape) == 4)
-                for l in self.model.layers[1:]]
+
+        conv = (
+            keras.layers.Conv2D,
+            keras.layers.DepthwiseConv2D,
+            keras.layers.ReLU,
+            keras.layers.BatchNormalization,
+            keras.layers.Add,
+            keras.layers.MaxPooling2D,
+            keras.layers.Concatenate,
+        )  # an ensemble's joined maps
+        return [
+            (l.name, tuple(l.output.shape[1:]), isinstance(l, conv) and len(l.output.shape) == 4)
+            for l in self.model.layers[1:]
+        ]
 
     def _build_layer_model(self, layer_name):
         import keras
         import tensorflow as tf
+
         model = keras.Model(self.model.inputs, self.model.get_layer(layer_name).output)
         return tf.function(lambda x: model(x, training=False))
 
     def activations(self, image, layer_name):
         """Output of `layer_name` for one image: (h, w, channels). Raises KeyError for an unknown layer."""
         import tensorflow as tf
+
         if layer_name not in {l.name for l in self.model.layers}:
             raise KeyError(layer_name)
         with self._keras_lock:

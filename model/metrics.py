@@ -12,10 +12,19 @@ Conventions (all on probabilities `probs` and 0/1 truth, one row a photo):
 - average_precision: example-based average precision, sklearn's label_ranking_average_precision_score
   (the literature's "average precision"; not mAP, which averages each label's precision-recall area).
 """
+
 import numpy as np
-from sklearn.metrics import (average_precision_score, coverage_error, f1_score, hamming_loss,
-                             label_ranking_average_precision_score, label_ranking_loss, matthews_corrcoef,
-                             precision_score, recall_score)
+from sklearn.metrics import (
+    average_precision_score,
+    coverage_error,
+    f1_score,
+    hamming_loss,
+    label_ranking_average_precision_score,
+    label_ranking_loss,
+    matthews_corrcoef,
+    precision_score,
+    recall_score,
+)
 
 from model.thresholds import apply_thresholds
 
@@ -65,8 +74,17 @@ def evaluate(y_true, probs, thresholds, label_names, at_least_one=False):
     }
 
 
-HEADLINE = ["hamming_loss", "exact_match", "micro_f1", "macro_f1", "samples_f1", "map",
-            "ranking_loss", "one_error", "coverage"]
+HEADLINE = [
+    "hamming_loss",
+    "exact_match",
+    "micro_f1",
+    "macro_f1",
+    "samples_f1",
+    "map",
+    "ranking_loss",
+    "one_error",
+    "coverage",
+]
 
 
 def format_table(metrics):
@@ -74,7 +92,9 @@ def format_table(metrics):
     lines = [f"{'metric':<14}{'value':>8}"] + [f"{k:<14}{metrics[k]:>8.4f}" for k in HEADLINE]
     lines += ["", f"{'label':<12}{'prec':>7}{'recall':>7}{'F1':>7}{'MCC':>7}{'AP':>7}{'thresh':>8}"]
     for name, m in metrics["per_label"].items():
-        lines.append(f"{name:<12}{m['precision']:>7.3f}{m['recall']:>7.3f}{m['f1']:>7.3f}"
-                     f"{m['mcc']:>7.3f}{m['ap']:>7.3f}{m['threshold']:>8.3f}")
+        lines.append(
+            f"{name:<12}{m['precision']:>7.3f}{m['recall']:>7.3f}{m['f1']:>7.3f}"
+            f"{m['mcc']:>7.3f}{m['ap']:>7.3f}{m['threshold']:>8.3f}"
+        )
     lines.append(f"({metrics['n_images']} photos)")
     return "\n".join(lines)

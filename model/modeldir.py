@@ -9,6 +9,7 @@
 It is written to a temporary sibling and renamed into place, so a run killed halfway
 leaves the previous model intact.
 """
+
 import contextlib
 import csv
 import functools
@@ -55,6 +56,7 @@ class ModelDir:
         if not zipfile.is_zipfile(self.path / "model.keras"):
             raise ModelDirError(f"{self.path / 'model.keras'}: not a Keras archive (truncated or damaged)")
         import keras
+
         try:
             return keras.saving.load_model(self.path / "model.keras", compile=False, safe_mode=True)
         except Exception as e:  # Keras raises many types for a damaged archive
@@ -92,7 +94,9 @@ def _read_json(path):
     try:
         size = path.stat().st_size
         if size > MAX_JSON_BYTES:
-            raise ModelDirError(f"{path}: {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for a model directory's JSON")
+            raise ModelDirError(
+                f"{path}: {size:,} bytes, over the {MAX_JSON_BYTES:,}-byte limit for a model directory's JSON"
+            )
         return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise ModelDirError(f"{path}: missing") from None
@@ -119,7 +123,9 @@ def _check_thresholds(path, info):
         raise ModelDirError(f"{path}: needs 'thresholds', one entry for each of the labels")
     for label in labels:
         if not (_is_number(table[label]) and 0 <= table[label] <= 1):
-            raise ModelDirError(f"{path}: the threshold of {label!r} is {json.dumps(table[label])}, not a number from 0 to 1")
+            raise ModelDirError(
+                f"{path}: the threshold of {label!r} is {json.dumps(table[label])}, not a number from 0 to 1"
+            )
     if not isinstance(info.get("at_least_one", False), bool):
         raise ModelDirError(f"{path}: 'at_least_one' must be true or false")
     if info.get("tta", "none") not in TTA_MODES:
@@ -143,8 +149,11 @@ def read_model_dir(path=None):
     info = _read_json(path / "thresholds.json")
     labels, thresholds, at_least_one = _check_thresholds(path / "thresholds.json", info)
     metrics = _read_json(path / "metrics.json")
-    if (not isinstance(metrics, dict) or not all(isinstance(metrics.get(k), dict) for k in ("test", "validation", "training"))
-            or not isinstance(metrics.get("split", {}), dict)):
+    if (
+        not isinstance(metrics, dict)
+        or not all(isinstance(metrics.get(k), dict) for k in ("test", "validation", "training"))
+        or not isinstance(metrics.get("split", {}), dict)
+    ):
         raise ModelDirError(f"{path / 'metrics.json'}: needs 'training', 'validation' and 'test' sections")
     return ModelDir(path, labels, thresholds, at_least_one, info, metrics)
 

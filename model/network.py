@@ -3,6 +3,7 @@
 Both take 0..255 RGB at their input size and end in one sigmoid per label; the
 normalisation is a layer inside the model, so callers never preprocess pixels.
 """
+
 import keras
 from keras import layers
 
@@ -74,5 +75,8 @@ def flip_tta(model, spatial=()):
     plain, mirrored = model(image), model(keras.ops.flip(image, axis=2))
     if not isinstance(plain, (list, tuple)):
         return keras.Model(image, (plain + mirrored) / 2, name=f"{model.name}_flip_tta")
-    return keras.Model(image, [(p + (keras.ops.flip(m, axis=2) if i in spatial else m)) / 2
-                               for i, (p, m) in enumerate(zip(plain, mirrored))], name=f"{model.name}_flip_tta")
+    return keras.Model(
+        image,
+        [(p + (keras.ops.flip(m, axis=2) if i in spatial else m)) / 2 for i, (p, m) in enumerate(zip(plain, mirrored))],
+        name=f"{model.name}_flip_tta",
+    )

@@ -13,6 +13,7 @@ Without an output file, one line a photo (or --json, a JSON list) goes to stdout
 `--engine ray` runs the same pipeline on Ray Data (model/ray_batch.py): locally or on a cluster,
 the same CSV rows; SOURCE may also be a glob, a text file of paths, or a URI pyarrow reads.
 """
+
 import argparse
 import csv
 import json
@@ -32,7 +33,9 @@ class JsonList:
         self.f, self.n = f, 0
 
     def write(self, item):
-        self.f.write(("[\n" if not self.n else ",\n") + "\n".join("  " + l for l in json.dumps(item, indent=2).splitlines()))
+        self.f.write(
+            ("[\n" if not self.n else ",\n") + "\n".join("  " + l for l in json.dumps(item, indent=2).splitlines())
+        )
         self.n += 1
 
     def close(self):
@@ -50,7 +53,9 @@ class CsvRows:
         if "error" in r:
             self.writer.writerow([r["path"], *[""] * len(self.labels), "", r["error"]])
         else:
-            self.writer.writerow([r["path"], *(r["probabilities"][l] for l in self.labels), " ".join(r["predicted"]), ""])
+            self.writer.writerow(
+                [r["path"], *(r["probabilities"][l] for l in self.labels), " ".join(r["predicted"]), ""]
+            )
 
     def close(self):
         pass
@@ -74,7 +79,9 @@ def predict_locally(args, classifier, writers, to_files):
     """The in-process engine (model/batch.py): (predicted, failed)."""
     # On a terminal, with an output file: a progress bar, after counting the photos (a second, cheap walk).
     bar = to_files and sys.stderr.isatty()
-    progress = tqdm(total=sum(1 for _ in expand(args.paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr)
+    progress = tqdm(
+        total=sum(1 for _ in expand(args.paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr
+    )
     failed = predicted = 0
     for result in predict_paths(classifier, expand(args.paths), args.batch_size):
         failed += "error" in result
@@ -94,12 +101,21 @@ def main(argv=None):
     p.add_argument("--csv", metavar="FILE", help="write path, probabilities, predicted labels and error to a CSV file")
     p.add_argument("--json-file", metavar="FILE", help="write the JSON list to a file")
     p.add_argument("--batch-size", type=int, default=32, help="photos a forward pass (default 32)")
-    p.add_argument("--tta", choices=["none", "flip"],
-                   help="test-time augmentation (default: the model's own; the shipped model's is flip). none: one pass "
-                        "a photo, twice as fast, with the thresholds tuned on validation for it (thresholds.json)")
-    p.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: Ray Data, on a local Ray or the cluster at --address")
-    p.add_argument("--address", help="with --engine ray: the Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--tta",
+        choices=["none", "flip"],
+        help="test-time augmentation (default: the model's own; the shipped model's is flip). none: one pass "
+        "a photo, twice as fast, with the thresholds tuned on validation for it (thresholds.json)",
+    )
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (default); ray: Ray Data, on a local Ray or the cluster at --address",
+    )
+    p.add_argument(
+        "--address", help="with --engine ray: the Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)"
+    )
     p.add_argument("--actors", type=int, default=1, help="with --engine ray: model copies, one a Ray actor (default 1)")
     p.add_argument("--parquet", metavar="DIR", help="with --engine ray: write the rows as Parquet files into DIR")
     add_verbose_flag(p)
@@ -116,6 +132,7 @@ def main(argv=None):
             labels = list(read_model_dir(args.model).labels)  # the model itself loads in the Ray actors
         else:
             from model.inference import Classifier
+
             classifier = Classifier(args.model, tta=args.tta)
             labels = classifier.labels
     except ModelDirError as e:
@@ -137,6 +154,7 @@ def main(argv=None):
         writers.append(JsonList(sys.stdout) if args.json else Lines())
     if args.engine == "ray":  # Ray Data shows its own progress
         from model import ray_batch
+
         predicted, failed = ray_batch.run(args, writers, labels)
     else:
         predicted, failed = predict_locally(args, classifier, writers, bool(files))
@@ -145,12 +163,17 @@ def main(argv=None):
     for f in files:
         f.close()
     if not predicted + failed:
-        print(f"error: no photos found in {', '.join(args.paths)} (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})",
-              file=sys.stderr)
+        print(
+            f"error: no photos found in {', '.join(args.paths)} (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if files or args.parquet:
         where = f" (see {args.csv or args.json_file or args.parquet})" if failed else ""
-        print(f"{predicted} photo{'' if predicted == 1 else 's'} predicted, {failed} could not be read{where}", file=sys.stderr)
+        print(
+            f"{predicted} photo{'' if predicted == 1 else 's'} predicted, {failed} could not be read{where}",
+            file=sys.stderr,
+        )
     sys.exit(1 if failed else 0)
 
 

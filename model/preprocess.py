@@ -18,6 +18,7 @@ Training, evaluation, the CLIs and the app all call `load_image` (or `decode` an
    model's normalisation maps to 0). Nothing is cropped, and an odd aspect ratio
    is never stretched.
 """
+
 import io
 import warnings
 

@@ -9,6 +9,7 @@ are the logistic regressions' coefficients, which is exactly what the pooled emb
 (dropout is off at inference), so Classifier, the gallery and evaluation read it unchanged.
 Embeddings are cached per photo (its sha256) and per backbone in `--cache`.
 """
+
 import argparse
 import hashlib
 import sys
@@ -35,7 +36,7 @@ def cached_embeddings(classifier, paths, cache, progress=None, batch_size=32):
     todo = [i for i, k in enumerate(keys) if not (folder / f"{k}.npy").is_file()]
     started = time.time()
     for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
+        chunk = todo[start : start + batch_size]
         for i, e in zip(chunk, classifier.embeddings(np.stack([classifier.load(paths[i]) for i in chunk]))):
             tmp = folder / f"{keys[i]}.{id(e)}.tmp.npy"
             np.save(tmp, e.astype(np.float32))
@@ -52,11 +53,13 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
     Returns (kernel (d, labels), bias (labels,), the C of each label) on the raw embeddings."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
+
     for j, label in enumerate(labels):
         if len(set(y_train[:, j])) < 2:
             have = "every" if y_train[0, j] else "no"
-            raise DataError(f"label {label!r}: {have} photo of the training split has it; a label needs photos "
-                            "with and without it")
+            raise DataError(
+                f"label {label!r}: {have} photo of the training split has it; a label needs photos with and without it"
+            )
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     zt, zv = (x_train - mean) / std, (x_val - mean) / std
     kernel, bias, chosen = np.zeros((x_train.shape[1], len(labels)), np.float32), np.zeros(len(labels), np.float32), []
@@ -64,7 +67,7 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
         fits = [LogisticRegression(C=c, max_iter=2000).fit(zt, y_train[:, j]) for c in C_GRID]
         losses = [log_loss(y_val[:, j], f.predict_proba(zv)[:, 1], labels=[0, 1]) for f in fits]
         best = fits[int(np.argmin(losses))]
-        kernel[:, j] = best.coef_[0] / std        # fold the standardisation into the weights
+        kernel[:, j] = best.coef_[0] / std  # fold the standardisation into the weights
         bias[j] = best.intercept_[0] - float((best.coef_[0] * mean / std).sum())
         chosen.append(C_GRID[int(np.argmin(losses))])
     return kernel, bias, chosen
@@ -72,6 +75,7 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
 
 def head_probabilities(embeddings, kernel, bias):
     from scipy.special import expit  # the logistic function without overflow warnings
+
     return expit(embeddings @ kernel + bias).astype(np.float32)
 
 
@@ -79,6 +83,7 @@ def build_quick_model(backbone, labels, kernel, bias):
     """The backbone's network (any architecture with a `dropout` layer before its head: a single model or an
     ensemble) with a new `probabilities` layer carrying (kernel, bias)."""
     import keras
+
     base = backbone.model
     head = keras.layers.Dense(len(labels), activation="sigmoid", name="probabilities")
     model = keras.Model(base.inputs, head(base.get_layer("dropout").output), name=base.name)
@@ -92,10 +97,19 @@ def imagenet_backbone(cache, arch="efficientnet-lite0"):
     folder = Path(cache) / f"imagenet-{arch}"
     if not (folder / "model.keras").is_file():
         from model.network import build_model
+
         model = build_model(arch, ["unused"])
         training = {"architecture": arch, "input_size": model.input_shape[1], "backbone": "ImageNet weights only"}
-        write_model_dir(folder, model, {"labels": ["unused"], "thresholds": {"unused": 0.5}},
-                        {"training": training, "validation": {}, "test": {}}, [], [], [], lambda path: None)
+        write_model_dir(
+            folder,
+            model,
+            {"labels": ["unused"], "thresholds": {"unused": 0.5}},
+            {"training": training, "validation": {}, "test": {}},
+            [],
+            [],
+            [],
+            lambda path: None,
+        )
     return folder
 
 
@@ -105,18 +119,24 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
     `progress(fraction, message, seconds left or None)` reports as it goes."""
     from model.inference import Classifier
     from model.train import choose_thresholds
+
     report = progress or (lambda *a: None)
     started = time.time()
     report(0.02, "reading the dataset and the backbone", None)
     dataset = load_dataset(data)
     labels = dataset.label_names
     # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
-    backbone = Classifier({"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone)
-                          or imagenet_backbone(cache), tta="none")
+    backbone = Classifier(
+        {"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone) or imagenet_backbone(cache), tta="none"
+    )
     train_idx, val_idx, test_idx = split(len(dataset.images), split_seed)
     paths = [dataset.path(i) for i in range(len(dataset.images))]
-    x = cached_embeddings(backbone, paths, cache, lambda f, left: report(
-        0.05 + 0.7 * f, f"embeddings: {round(f * 100)}% of the photos not seen before", left))
+    x = cached_embeddings(
+        backbone,
+        paths,
+        cache,
+        lambda f, left: report(0.05 + 0.7 * f, f"embeddings: {round(f * 100)}% of the photos not seen before", left),
+    )
     report(0.76, "fitting the logistic head (C chosen on validation)", None)
     y = dataset.labels
     kernel, bias, chosen = fit_head(x[train_idx], y[train_idx], x[val_idx], y[val_idx], labels)
@@ -129,16 +149,29 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
     metrics = {
         "labels": labels,
         "training": {
-            "mode": "quick", "architecture": backbone.metrics["training"]["architecture"],
-            "input_size": backbone.size, "parameters": int(model.count_params()),
-            "backbone": str(backbone.info.path), "head": "logistic regression per label on the frozen pooled embedding",
-            "C": dict(zip(labels, chosen)), "epochs_run": 0, "warmup_epochs": 0, "max_epochs": 0,
-            "checkpoint": "regularisation chosen by validation log loss", "minutes": round((time.time() - started) / 60, 2),
-            "dataset": str(dataset.root), "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "mode": "quick",
+            "architecture": backbone.metrics["training"]["architecture"],
+            "input_size": backbone.size,
+            "parameters": int(model.count_params()),
+            "backbone": str(backbone.info.path),
+            "head": "logistic regression per label on the frozen pooled embedding",
+            "C": dict(zip(labels, chosen)),
+            "epochs_run": 0,
+            "warmup_epochs": 0,
+            "max_epochs": 0,
+            "checkpoint": "regularisation chosen by validation log loss",
+            "minutes": round((time.time() - started) / 60, 2),
+            "dataset": str(dataset.root),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "history": [],
         },
-        "split": {"seed": split_seed, "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
-                  "test_images": test_images},
+        "split": {
+            "seed": split_seed,
+            "train": len(train_idx),
+            "validation": len(val_idx),
+            "test": len(test_idx),
+            "test_images": test_images,
+        },
         "validation": evaluate(y[val_idx], val_probs, thresholds, labels, at_least_one),
         "test": evaluate(y[test_idx], test_probs, thresholds, labels, at_least_one),
     }
@@ -150,11 +183,15 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
 
 def main(argv=None):
     from model.cli import add_verbose_flag, quiet_tensorflow
+
     p = argparse.ArgumentParser(prog="python -m model.quick", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--backbone", default="shipped",
-                   help="shipped (default: the shipped model's, fine-tuned on MIML), imagenet, or a model directory")
+    p.add_argument(
+        "--backbone",
+        default="shipped",
+        help="shipped (default: the shipped model's, fine-tuned on MIML), imagenet, or a model directory",
+    )
     p.add_argument("--cache", default="runs/embeddings", help="embedding cache folder (default runs/embeddings)")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED)
     add_verbose_flag(p)
@@ -162,8 +199,14 @@ def main(argv=None):
     quiet_tensorflow(args.verbose)
     started = time.time()
     try:
-        metrics = train_quick(args.data, args.out, args.cache, args.backbone, args.split_seed,
-                              lambda f, message, left: print(f"{f:4.0%} {message}", flush=True))
+        metrics = train_quick(
+            args.data,
+            args.out,
+            args.cache,
+            args.backbone,
+            args.split_seed,
+            lambda f, message, left: print(f"{f:4.0%} {message}", flush=True),
+        )
     except (DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     print(format_table(metrics["test"]))

@@ -14,6 +14,7 @@ The order of the paths is kept (Ray Data's `preserve_order`), so the rows come o
 order and `--csv` is byte for byte what `python -m model.predict --csv` writes. `--parquet` writes Ray
 Data's files (one or more a task) into DIR with the same columns, the probabilities unrounded (float32).
 """
+
 import glob
 import os
 import sys
@@ -24,7 +25,9 @@ import numpy as np
 from model.batch import IMAGE_SUFFIXES, expand, open_regular, why
 from model.modeldir import read_model_dir
 
-DECODE_BATCH = 64  # photos a decoding task: big enough that Ray's per-task cost (a few ms) is small beside ~1.5 ms a photo
+DECODE_BATCH = (
+    64  # photos a decoding task: big enough that Ray's per-task cost (a few ms) is small beside ~1.5 ms a photo
+)
 # Half a CPU a decoding task: two share a core, so one's file reads (slow on a network store) overlap the
 # other's decoding. Being unlike the actors' 1 CPU, it also keeps Ray from fusing decoding into the model
 # actors: decoding scales with the cluster's CPUs, not with the number of model copies.
@@ -56,6 +59,7 @@ def list_paths(sources):
 def _list_uri(uri):
     """A URI's files: a folder's image files (recursive, sorted) or the file itself."""
     from pyarrow import fs
+
     filesystem, path = fs.FileSystem.from_uri(uri)
     info = filesystem.get_file_info(path)
     if info.type != fs.FileType.Directory:
@@ -63,14 +67,18 @@ def _list_uri(uri):
         return
     scheme = uri.split("://", 1)[0]
     found = filesystem.get_file_info(fs.FileSelector(path, recursive=True))
-    yield from sorted(f"{scheme}://{f.path}" for f in found
-                      if f.type == fs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES)
+    yield from sorted(
+        f"{scheme}://{f.path}"
+        for f in found
+        if f.type == fs.FileType.File and Path(f.path).suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def read_bytes(path):
     """A file's bytes: a local path opened as the in-process path opens it (regular files only), a URI with pyarrow."""
     if is_uri(path):
         from pyarrow import fs
+
         filesystem, inner = fs.FileSystem.from_uri(path)
         with filesystem.open_input_file(inner) as f:
             return f.readall()
@@ -81,6 +89,7 @@ def read_bytes(path):
 def read_and_decode(batch, size):
     """A Ray Data batch {'path'} -> {'path', 'image' (n, size, size, 3) uint8, 'error' ('' when readable)}."""
     from model.preprocess import ImageError, load_image  # ImageError is a ValueError: named for the reader
+
     paths = list(batch["path"])
     images = np.zeros((len(paths), size, size, 3), np.uint8)
     errors = []
@@ -98,8 +107,10 @@ class Predictor:
 
     def __init__(self, model_dir, batch_size, tta=None):
         from model.cli import quiet_tensorflow
+
         quiet_tensorflow()
         from model.inference import Classifier
+
         self.classifier, self.batch_size = Classifier(model_dir, tta=tta), batch_size
 
     def __call__(self, batch):
@@ -110,13 +121,18 @@ class Predictor:
         if ok.any():
             probs[ok] = clf.probabilities(batch["image"][ok], self.batch_size)
             predicted[ok] = [" ".join(l for l, on in zip(clf.labels, row) if on) for row in clf.decide(probs[ok])]
-        return {"path": batch["path"], **{l: probs[:, i] for i, l in enumerate(clf.labels)},
-                "predicted": predicted, "error": batch["error"]}
+        return {
+            "path": batch["path"],
+            **{l: probs[:, i] for i, l in enumerate(clf.labels)},
+            "predicted": predicted,
+            "error": batch["error"],
+        }
 
 
 def start(address=None, **kwargs):
     """ray.init: a local Ray (as many CPUs as the machine has) or the cluster at `address`; idempotent."""
     import ray
+
     if not ray.is_initialized():
         ray.init(address=address, **kwargs)
     return ray
@@ -130,16 +146,28 @@ def input_size(info):
 def predictions(paths, model_dir, batch_size=32, actors=1, tta=None):
     """The Ray Dataset of result rows for `paths` (a list of strings), in their order; Ray must be started."""
     import ray
+
     info = read_model_dir(model_dir)
     ray.data.DataContext.get_current().execution_options.preserve_order = True
     blocks = max(1, min(len(paths) // DECODE_BATCH, 4096))
-    return (ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
-            .map_batches(read_and_decode, fn_kwargs={"size": input_size(info)}, batch_size=DECODE_BATCH,
-                         batch_format="numpy", num_cpus=DECODE_CPUS)
-            .map_batches(Predictor, fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()),
-                                                           "batch_size": batch_size, "tta": tta},
-                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
-                         batch_size=batch_size, batch_format="numpy"))
+    return (
+        ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+        .map_batches(
+            read_and_decode,
+            fn_kwargs={"size": input_size(info)},
+            batch_size=DECODE_BATCH,
+            batch_format="numpy",
+            num_cpus=DECODE_CPUS,
+        )
+        .map_batches(
+            Predictor,
+            fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "batch_size": batch_size, "tta": tta},
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=1,
+            batch_size=batch_size,
+            batch_format="numpy",
+        )
+    )
 
 
 def results(dataset, labels):
@@ -149,8 +177,11 @@ def results(dataset, labels):
             if batch["error"][i]:
                 yield {"path": path, "error": batch["error"][i]}
             else:
-                yield {"path": path, "probabilities": {l: round(float(batch[l][i]), 4) for l in labels},
-                       "predicted": batch["predicted"][i].split()}
+                yield {
+                    "path": path,
+                    "probabilities": {l: round(float(batch[l][i]), 4) for l in labels},
+                    "predicted": batch["predicted"][i].split(),
+                }
 
 
 def run(args, writers, labels):
@@ -177,6 +208,7 @@ def dataset_errors(folder):
     """Error rows in the parquet files written to `folder`."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
     table = pq.read_table(folder, columns=["error"])
     return int(pc.sum(pc.not_equal(table["error"], "")).as_py() or 0)
 

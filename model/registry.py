@@ -10,6 +10,7 @@ Nothing is written outside RUNS. A job runs in its own process (multiprocessing 
 fork do not mix), the leader of its own process group, so cancelling ends it and anything it started.
 One job runs at a time.
 """
+
 import json
 import multiprocessing
 import os
@@ -25,8 +26,8 @@ from pathlib import Path
 from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir, write_atomically
 
 SHIPPED = "shipped"
-DATA = "data"                 # the --data dataset
-FEEDBACK = "feedback"         # the --feedback folder, once it holds corrected photos
+DATA = "data"  # the --data dataset
+FEEDBACK = "feedback"  # the --feedback folder, once it holds corrected photos
 MODES = ("quick", "full")
 BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class RegistryError(Exception):
     """A request the registry refuses; `status` is the HTTP status that fits it."""
+
     status = 400
 
     def __init__(self, message, status=None):
@@ -71,8 +73,11 @@ class Registry:
         self.root = Path(runs)
         self.data_dir = Path(data_dir) if data_dir else None
         # folders given on the command line that are datasets too: id -> (folder, how the list names it)
-        self.folders = {i: (Path(f), f"{flag} {Path(f).name}") for i, f, flag in
-                        ((DATA, data_dir, "--data"), (FEEDBACK, feedback_dir, "--feedback")) if f}
+        self.folders = {
+            i: (Path(f), f"{flag} {Path(f).name}")
+            for i, f, flag in ((DATA, data_dir, "--data"), (FEEDBACK, feedback_dir, "--feedback"))
+            if f
+        }
         for sub in ("datasets", "models", "jobs", "embeddings"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -82,6 +87,7 @@ class Registry:
     def import_zip(self, source, filename):
         """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
         from model.datasets import DatasetError, import_zip, slug
+
         dataset_id = slug(filename)
         try:
             result = import_zip(source, self.root / "datasets" / dataset_id)
@@ -94,14 +100,16 @@ class Registry:
     def datasets(self):
         """[{"dataset", "name", "photos", "labels", "created"}], --data and --feedback first, then the newest uploads."""
         from model.data import DataError, load_dataset
+
         out = []
         for dataset_id, (folder, name) in self.folders.items():
             try:
                 d = load_dataset(folder)
             except DataError:  # an empty feedback folder, say
                 continue
-            out.append({"dataset": dataset_id, "name": name, "photos": len(d.images), "labels": d.label_names,
-                        "created": None})
+            out.append(
+                {"dataset": dataset_id, "name": name, "photos": len(d.images), "labels": d.label_names, "created": None}
+            )
         infos = [read_json(p / "dataset.json") for p in (self.root / "datasets").iterdir()]
         infos = sorted((i for i in infos if i), key=lambda i: i["created"], reverse=True)
         return out + [{k: i[k] for k in ("dataset", "name", "photos", "labels", "created")} for i in infos]
@@ -127,13 +135,29 @@ class Registry:
         info = read_model_dir(path)
         training = info.metrics["training"]
         dataset = Path(training.get("dataset", ""))
-        dataset_id = (dataset.name if dataset.parent == self.root / "datasets"
-                      else DATA if self.data_dir and dataset == self.data_dir else str(dataset))
-        created = training.get("created") or (None if model_id == SHIPPED else datetime.fromtimestamp(
-            (path / "model.keras").stat().st_mtime, timezone.utc).isoformat(timespec="seconds"))
-        return {"id": model_id, "labels": info.labels, "architecture": training.get("architecture"),
-                "mode": training.get("mode", "full"), "created": created, "dataset": dataset_id,
-                "metrics": {k: info.metrics["test"].get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")}}
+        dataset_id = (
+            dataset.name
+            if dataset.parent == self.root / "datasets"
+            else DATA
+            if self.data_dir and dataset == self.data_dir
+            else str(dataset)
+        )
+        created = training.get("created") or (
+            None
+            if model_id == SHIPPED
+            else datetime.fromtimestamp((path / "model.keras").stat().st_mtime, timezone.utc).isoformat(
+                timespec="seconds"
+            )
+        )
+        return {
+            "id": model_id,
+            "labels": info.labels,
+            "architecture": training.get("architecture"),
+            "mode": training.get("mode", "full"),
+            "created": created,
+            "dataset": dataset_id,
+            "metrics": {k: info.metrics["test"].get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")},
+        }
 
     def models(self):
         """Every model: the shipped one first, then the trained ones, newest first."""
@@ -144,14 +168,18 @@ class Registry:
                     trained.append(self._describe(path.name, path))
                 except ModelDirError:
                     continue  # half-written or damaged: not offered
-        return [self._describe(SHIPPED, SHIPPED_MODEL_DIR)] + sorted(trained, key=lambda m: (m["created"], m["id"]), reverse=True)
+        return [self._describe(SHIPPED, SHIPPED_MODEL_DIR)] + sorted(
+            trained, key=lambda m: (m["created"], m["id"]), reverse=True
+        )
 
     def delete_model(self, model_id):
         if model_id == SHIPPED:
             raise RegistryError("the shipped model cannot be deleted", 403)
         path = self.model_path(model_id)
         if self.active() == model_id:
-            raise RegistryError(f"model {model_id!r} is the one in use; switch to another model before deleting it", 409)
+            raise RegistryError(
+                f"model {model_id!r} is the one in use; switch to another model before deleting it", 409
+            )
         shutil.rmtree(path)
 
     def active(self):
@@ -177,25 +205,45 @@ class Registry:
             raise RegistryError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
         if backbone is not None and (mode != "quick" or backbone not in BACKBONES):
             raise RegistryError(f"backbone is for quick mode: one of {', '.join(BACKBONES)}, not {backbone!r}")
-        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS):
+        if epochs is not None and (
+            isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= MAX_EPOCHS
+        ):
             raise RegistryError(f"epochs must be a whole number from 1 to {MAX_EPOCHS}, not {epochs!r}")
         if mode == "quick" and epochs is not None:
             raise RegistryError("quick mode has no epochs (it fits a logistic head); leave epochs out")
         data = self.dataset_path(dataset_id)
         with self._lock:
             if self.live_job():
-                raise RegistryError(f"job {self._running[0]!r} is still running; one job runs at a time "
-                                    "(wait for it or cancel it)", 409)
+                raise RegistryError(
+                    f"job {self._running[0]!r} is still running; one job runs at a time (wait for it or cancel it)", 409
+                )
             job_id = f"{mode}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
             folder = self.root / "jobs" / job_id
             folder.mkdir()
-            status = {"job": job_id, "dataset": dataset_id, "mode": mode, "epochs": epochs, "state": "queued",
-                      "progress": 0.0, "message": "starting", "eta_s": None, "model": None, "curve": [],
-                      "created": now()}
+            status = {
+                "job": job_id,
+                "dataset": dataset_id,
+                "mode": mode,
+                "epochs": epochs,
+                "state": "queued",
+                "progress": 0.0,
+                "message": "starting",
+                "eta_s": None,
+                "model": None,
+                "curve": [],
+                "created": now(),
+            }
             write_json(folder / "status.json", status)
-            spec = {"folder": str(folder), "data": str(data), "mode": mode, "epochs": epochs,
-                    "out": str(self.root / "models" / job_id), "cache": str(self.root / "embeddings"),
-                    "backbone": backbone or "shipped", "train_args": list(train_args)}
+            spec = {
+                "folder": str(folder),
+                "data": str(data),
+                "mode": mode,
+                "epochs": epochs,
+                "out": str(self.root / "models" / job_id),
+                "cache": str(self.root / "embeddings"),
+                "backbone": backbone or "shipped",
+                "train_args": list(train_args),
+            }
             process = multiprocessing.get_context("spawn").Process(target=run_job, args=(spec,), daemon=True)
             process.start()
             self._running = (job_id, process)
@@ -215,8 +263,12 @@ class Registry:
         running = self._running if self._running and self._running[0] == job_id else None
         if status["state"] in LIVE and (running is None or not running[1].is_alive()):
             code = running[1].exitcode if running else None
-            status.update(state="failed", eta_s=None, message="the training process ended unexpectedly"
-                          + (f" (exit code {code})" if code is not None else " (the server restarted)"))
+            status.update(
+                state="failed",
+                eta_s=None,
+                message="the training process ended unexpectedly"
+                + (f" (exit code {code})" if code is not None else " (the server restarted)"),
+            )
             write_json(folder / "status.json", status)
         return status
 
@@ -251,16 +303,23 @@ def run_job(spec):
     status = read_json(folder / "status.json")
 
     def report(progress, message, eta_s=None, **extra):
-        status.update(state="running", progress=round(min(progress, 1.0), 4), message=message,
-                      eta_s=None if eta_s is None else round(eta_s), **extra)
+        status.update(
+            state="running",
+            progress=round(min(progress, 1.0), 4),
+            message=message,
+            eta_s=None if eta_s is None else round(eta_s),
+            **extra,
+        )
         write_json(folder / "status.json", status)
 
     try:
         report(0.01, "starting")
         if spec["mode"] == "quick":
             from model.cli import quiet_tensorflow
+
             quiet_tensorflow()
             from model.quick import train_quick
+
             train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
         else:
             run_full(spec, report)
@@ -278,21 +337,33 @@ def die_with_parent():
     """In the child, before it runs: SIGTERM when the job process ends, however it ends (Linux's PR_SET_PDEATHSIG),
     so a job killed alone (or with its server) leaves no model.train behind."""
     import ctypes
+
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
 def run_full(spec, report):
     """`python -m model.train` in a subprocess, its per-epoch lines turned into progress, ETA and a curve."""
     epochs = spec["epochs"] or 20
-    args = [sys.executable, "-m", "model.train", "--data", spec["data"], "--out", spec["out"],
-            "--epochs", str(epochs), *spec["train_args"]]
+    args = [
+        sys.executable,
+        "-m",
+        "model.train",
+        "--data",
+        spec["data"],
+        "--out",
+        spec["out"],
+        "--epochs",
+        str(epochs),
+        *spec["train_args"],
+    ]
     warmup = int(args[args.index("--warmup-epochs") + 1]) if "--warmup-epochs" in args else 2
     total = warmup + epochs
     curve, times, log = [], [], []
     state = [0.03, "starting model.train", None]  # progress, message, seconds left
     with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
-        process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(
+            args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent
+        )
         for line in process.stdout:
             log_file.write(line)
             log_file.flush()
@@ -300,14 +371,21 @@ def run_full(spec, report):
             losses = dict(LOSS.findall(line))
             m = EPOCH_LINE.match(line.strip())
             if "val_loss" in losses:  # Keras's epoch summary
-                curve.append({"epoch": len(curve) + 1, "loss": float(losses["loss"]), "val_loss": float(losses["val_loss"])})
+                curve.append(
+                    {"epoch": len(curve) + 1, "loss": float(losses["loss"]), "val_loss": float(losses["val_loss"])}
+                )
             elif m:  # model.train's: the epoch's time, so an ETA
                 times.append(float(m["took"]))
-                state = [0.05 + 0.9 * len(times) / total, f"{m['phase']}: epoch {m['n']}/{m['of']}",
-                         (total - len(times)) * sum(times) / len(times)]
+                state = [
+                    0.05 + 0.9 * len(times) / total,
+                    f"{m['phase']}: epoch {m['n']}/{m['of']}",
+                    (total - len(times)) * sum(times) / len(times),
+                ]
             elif line.strip() and not times:  # what it does before the first epoch ends
                 state[1] = line.strip()[:200]
             report(*state, curve=curve)
         if process.wait() != 0:
-            raise RuntimeError(next((l for l in reversed(log) if l.startswith("error")), None)
-                               or f"model.train failed (exit code {process.returncode}); see {log_file.name}")
+            raise RuntimeError(
+                next((l for l in reversed(log) if l.startswith("error")), None)
+                or f"model.train failed (exit code {process.returncode}); see {log_file.name}"
+            )

@@ -9,6 +9,7 @@ thresholds and the "at least one label" rule come from the validation photos onl
 The training record, the split and the training curve are kept; `thresholds.json` says which TTA
 the thresholds belong to, and every later load of the directory runs that way.
 """
+
 import argparse
 import shutil
 import sys
@@ -25,6 +26,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
     under the other mode, for callers who trade accuracy for speed); returns metrics.json's content."""
     from model.inference import Classifier
     from model.train import choose_thresholds
+
     dataset = load_dataset(data_dir)
     classifier = Classifier(model_dir, tta=tta)
     if dataset.label_names != classifier.labels:
@@ -43,16 +45,31 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
 
     val_probs, thresholds, at_least_one, thresholds_info = tune(classifier)
     *_, other_info = tune(Classifier(model_dir, tta=next(mode for mode in TTA_MODES if mode != tta)))
-    thresholds_info["other_tta"] = {k: other_info[k] for k in ("tta", "thresholds", "at_least_one", "at_least_one_check")}
+    thresholds_info["other_tta"] = {
+        k: other_info[k] for k in ("tta", "thresholds", "at_least_one", "at_least_one_check")
+    }
     test_probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
 
     def scores(truth, probs):
         return evaluate(truth, probs, thresholds, classifier.labels, at_least_one)
-    metrics = {**classifier.metrics, "validation": scores(y_val, val_probs), "test": scores(y_test, test_probs),
-               "retuned": {"from": Path(model_dir).name, "tta": tta, "criterion": criterion}}
+
+    metrics = {
+        **classifier.metrics,
+        "validation": scores(y_val, val_probs),
+        "test": scores(y_test, test_probs),
+        "retuned": {"from": Path(model_dir).name, "tta": tta, "criterion": criterion},
+    }
     curve = Path(model_dir) / "training_curve.png"
-    write_model_dir(out, classifier.model, thresholds_info, metrics, [dataset.images[i] for i in test_idx],
-                    y_test, test_probs, lambda path: shutil.copyfile(curve, path) if curve.exists() else None)
+    write_model_dir(
+        out,
+        classifier.model,
+        thresholds_info,
+        metrics,
+        [dataset.images[i] for i in test_idx],
+        y_test,
+        test_probs,
+        lambda path: shutil.copyfile(curve, path) if curve.exists() else None,
+    )
     return metrics
 
 
@@ -78,8 +95,10 @@ def write_or_exit(args, write):
 
 def summary(metrics, out):
     v, t = metrics["validation"], metrics["test"]
-    return (f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
-            f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {out}")
+    return (
+        f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
+        f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {out}"
+    )
 
 
 def main(argv=None):

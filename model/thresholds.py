@@ -3,6 +3,7 @@
 For each label, the threshold on a fine grid that maximises Matthews correlation
 (or F1); ties go to the middle of the best run, which is steadier than its edge.
 """
+
 import numpy as np
 from sklearn.metrics import f1_score, matthews_corrcoef
 

@@ -17,6 +17,7 @@ A run that is stopped can be started again with the same command: it resumes
 from the last finished epoch. An --out that already holds a model directory is
 replaced only with --force.
 """
+
 import argparse
 import csv
 import os
@@ -40,38 +41,69 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
     p.add_argument("--out", required=True, help="model directory to write")
-    p.add_argument("--arch", "--backbone", dest="arch", default="efficientnet-lite0",
-                   help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2 or seed-cnn")
-    p.add_argument("--input-size", type=int,
-                   help="EfficientNet input size in pixels (default: the backbone's native size, 224 for Lite0); "
-                        "the seed CNN is always 100")
+    p.add_argument(
+        "--arch",
+        "--backbone",
+        dest="arch",
+        default="efficientnet-lite0",
+        help="efficientnet-lite0 (default), efficientnet-lite1, efficientnet-lite2 or seed-cnn",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        help="EfficientNet input size in pixels (default: the backbone's native size, 224 for Lite0); "
+        "the seed CNN is always 100",
+    )
     p.add_argument("--epochs", type=int, default=20, help="most fine-tuning epochs (default 20)")
     p.add_argument("--warmup-epochs", type=int, default=2, help="head-only epochs before fine-tuning")
     p.add_argument("--patience", type=int, default=5, help="early stopping patience on validation loss")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (Adam)")
-    p.add_argument("--augment", choices=["scene", "upload"], default="upload",
-                   help="scene (version 1's): flips, mild zoom and shifts; upload (default): crops of any aspect ratio from portrait to "
-                        "panorama, mild brightness/contrast, blur and JPEG recompression, flips (hues kept)")
-    p.add_argument("--schedule", choices=["plateau", "cosine"], default="plateau",
-                   help="plateau: constant learning rate, early stopping; cosine: decays to 1%% over --epochs, "
-                        "which all run (the lowest-validation-loss epoch is still kept)")
-    p.add_argument("--early-lr", type=float, default=1.0,
-                   help="learning-rate factor for the stem and the first three stages when fine-tuning "
-                        "(e.g. 0.1 keeps more of the ImageNet features; default 1)")
+    p.add_argument(
+        "--augment",
+        choices=["scene", "upload"],
+        default="upload",
+        help="scene (version 1's): flips, mild zoom and shifts; upload (default): crops of any aspect ratio from portrait to "
+        "panorama, mild brightness/contrast, blur and JPEG recompression, flips (hues kept)",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=["plateau", "cosine"],
+        default="plateau",
+        help="plateau: constant learning rate, early stopping; cosine: decays to 1%% over --epochs, "
+        "which all run (the lowest-validation-loss epoch is still kept)",
+    )
+    p.add_argument(
+        "--early-lr",
+        type=float,
+        default=1.0,
+        help="learning-rate factor for the stem and the first three stages when fine-tuning "
+        "(e.g. 0.1 keeps more of the ImageNet features; default 1)",
+    )
     p.add_argument("--label-smoothing", type=float, default=0.0, help="binary label smoothing (default 0)")
     p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) parameter, 0 = off (default)")
     p.add_argument("--criterion", choices=sorted(CRITERIA), default="mcc", help="threshold criterion")
     p.add_argument("--seed", type=int, default=0, help="random seed for weights, shuffling and augmentation")
-    p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED,
-                   help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)")
-    p.add_argument("--fold", metavar="K/N",
-                   help="train for fold K (1..N) of an N-fold cross-validation over every photo (model.crossval "
-                        "runs them all) instead of the --split-seed split: test = fold K, validation = 20%% of the rest")
-    p.add_argument("--distribute", choices=["none", "mirrored", "multi-worker"], default="none",
-                   help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs; multi-worker: "
-                        "MultiWorkerMirroredStrategy over the workers TF_CONFIG names, this process being one "
-                        "(batch size per replica)")
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=CONTRACT_SPLIT_SEED,
+        help=f"random_state of the splits ({CONTRACT_SPLIT_SEED} = the contract split)",
+    )
+    p.add_argument(
+        "--fold",
+        metavar="K/N",
+        help="train for fold K (1..N) of an N-fold cross-validation over every photo (model.crossval "
+        "runs them all) instead of the --split-seed split: test = fold K, validation = 20%% of the rest",
+    )
+    p.add_argument(
+        "--distribute",
+        choices=["none", "mirrored", "multi-worker"],
+        default="none",
+        help="mirrored: tf.distribute.MirroredStrategy over all visible GPUs; multi-worker: "
+        "MultiWorkerMirroredStrategy over the workers TF_CONFIG names, this process being one "
+        "(batch size per replica)",
+    )
     p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
     add_verbose_flag(p)
     return p.parse_args(argv)
@@ -90,10 +122,10 @@ def scene_augment(tf, image, key):
 
 def gaussian_blur(tf, image, sigma):
     """A (h, w, 3) image blurred by a 7-tap Gaussian of `sigma` pixels, edges mirrored."""
-    taps = tf.exp(-tf.range(-3.0, 4.0) ** 2 / (2 * sigma ** 2))
+    taps = tf.exp(-(tf.range(-3.0, 4.0) ** 2) / (2 * sigma**2))
     taps = tf.tile((taps / tf.reduce_sum(taps))[:, None, None, None], [1, 1, 3, 1])
     x = tf.pad(image[None], [[0, 0], [3, 3], [3, 3], [0, 0]], "REFLECT")
-    x = tf.nn.depthwise_conv2d(x, taps, [1, 1, 1, 1], "VALID")                         # down the columns
+    x = tf.nn.depthwise_conv2d(x, taps, [1, 1, 1, 1], "VALID")  # down the columns
     return tf.nn.depthwise_conv2d(x, tf.transpose(taps, [1, 0, 2, 3]), [1, 1, 1, 1], "VALID")[0]  # along the rows
 
 
@@ -121,8 +153,11 @@ def upload_augment(tf, image, box, key, size):
     mean = tf.reduce_mean(crop)
     crop = tf.clip_by_value((crop - mean) * (0.85 + 0.3 * u[5]) + mean + (u[6] - 0.5) * 51.0, 0.0, 255.0)
     crop = tf.cond(u[7] < 0.3, lambda: gaussian_blur(tf, crop, 0.4 + u[8]), lambda: crop)
-    crop = tf.cond(u[9] < 0.3, lambda: 255.0 * tf.image.adjust_jpeg_quality(
-        crop / 255.0, tf.cast(35 + 55 * u[10], tf.int32)), lambda: crop)
+    crop = tf.cond(
+        u[9] < 0.3,
+        lambda: 255.0 * tf.image.adjust_jpeg_quality(crop / 255.0, tf.cast(35 + 55 * u[10], tf.int32)),
+        lambda: crop,
+    )
     crop = tf.cond(u[11] < 0.5, lambda: tf.reverse(crop, [1]), lambda: crop)
     padded = tf.image.pad_to_bounding_box(crop - 127.0, (size - out_h) // 2, (size - out_w) // 2, size, size)
     return tf.ensure_shape(padded + 127.0, [size, size, 3])
@@ -134,8 +169,10 @@ def mixup(tf, x, y, key, alpha):
     a = tf.random.stateless_gamma([tf.shape(x)[0]], key, alpha)
     b = tf.random.stateless_gamma([tf.shape(x)[0]], key + 1, alpha)
     weight = a / (a + b)
-    return (weight[:, None, None, None] * x + (1 - weight[:, None, None, None]) * x[::-1],
-            weight[:, None] * y + (1 - weight[:, None]) * y[::-1])
+    return (
+        weight[:, None, None, None] * x + (1 - weight[:, None, None, None]) * x[::-1],
+        weight[:, None] * y + (1 - weight[:, None]) * y[::-1],
+    )
 
 
 def train_batches(tf, x, y, batch_size, epochs, seed, augment=None, mixup_alpha=0.0):
@@ -150,10 +187,15 @@ def train_batches(tf, x, y, batch_size, epochs, seed, augment=None, mixup_alpha=
     rng = np.random.default_rng(seed)
     order = np.concatenate([np.resize(rng.permutation(len(x)), steps * batch_size) for _ in range(epochs)])
     keys = np.stack([np.full(len(order), seed), np.arange(len(order)) * 3], axis=1)
-    ds = (tf.data.Dataset.from_tensor_slices((order, keys))
-          .map(lambda i, key: (augment(tf.cast(tf.gather(x, i), tf.float32), i, key), tf.gather(y, i), key),
-               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .batch(batch_size))
+    ds = (
+        tf.data.Dataset.from_tensor_slices((order, keys))
+        .map(
+            lambda i, key: (augment(tf.cast(tf.gather(x, i), tf.float32), i, key), tf.gather(y, i), key),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+    )
     if mixup_alpha:
         ds = ds.map(lambda xb, yb, kb: mixup(tf, xb, yb, kb[0] + [0, 1], mixup_alpha) + (kb,))
     return ds.map(lambda xb, yb, kb: (xb, yb)).prefetch(2), steps
@@ -175,17 +217,22 @@ def phase_progress(keras, phase, epochs):
     def epoch_end(epoch, logs):
         times.append(time.time() - starts[-1])
         left = (epochs - epoch - 1) * sum(times) / len(times)
-        print(f"{phase}: epoch {epoch + 1}/{epochs} took {times[-1]:.0f} s; at most {left / 60:.1f} min left "
-              "in this phase (early stopping may end it sooner)", flush=True)
+        print(
+            f"{phase}: epoch {epoch + 1}/{epochs} took {times[-1]:.0f} s; at most {left / 60:.1f} min left "
+            "in this phase (early stopping may end it sooner)",
+            flush=True,
+        )
 
     return keras.callbacks.LambdaCallback(
         on_train_begin=lambda logs: print(f"{phase}: up to {epochs} epochs", flush=True),
         on_epoch_begin=lambda epoch, logs: starts.append(time.time()),
-        on_epoch_end=epoch_end)
+        on_epoch_end=epoch_end,
+    )
 
 
 def model_tf(model):
     import tensorflow as tf
+
     return tf
 
 
@@ -197,6 +244,7 @@ def build_from_plain_batch(model, batches):
     2. Each step averages its scalar logs (loss, mAP) over the workers with strategy.reduce(..., axis=0),
        which fails on a scalar ("Invalid reduction dimension 0"): reduce scalars with axis=None."""
     from keras.src.backend.tensorflow import trainer
+
     build, batch = model._maybe_symbolic_build, next(iter(batches))
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: build(data_batch=batch)
     if not getattr(trainer.reduce_per_replica, "scalar_safe", False):
@@ -205,8 +253,10 @@ def build_from_plain_batch(model, batches):
         def reduce_per_replica(values, strategy, reduction):
             if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
                 return trainer.tree.map_structure(
-                    lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values)
+                    lambda v: strategy.reduce("MEAN", v, axis=None if v.shape.rank == 0 else 0), values
+                )
             return reduce(values, strategy, reduction)
+
         reduce_per_replica.scalar_safe = True
         trainer.reduce_per_replica = reduce_per_replica
 
@@ -214,6 +264,7 @@ def build_from_plain_batch(model, batches):
 def layerwise_adam(keras, learning_rate, slow_layers, factor):
     """Adam whose steps are `factor` times as long for the variables of layers whose names start with one of
     `slow_layers` (scaling their gradients would not do it: Adam's steps do not depend on the gradient's scale)."""
+
     class LayerwiseAdam(keras.optimizers.Adam):
         def build(self, variables):
             super().build(variables)
@@ -223,6 +274,7 @@ def layerwise_adam(keras, learning_rate, slow_layers, factor):
             if self.slow[self._get_variable_index(variable)]:
                 learning_rate = learning_rate * factor
             return super().update_step(gradient, variable, learning_rate)
+
     return LayerwiseAdam(learning_rate)
 
 
@@ -233,8 +285,7 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience,
     if (work / f"{name}.done").exists():
         model.load_weights(best)
         return
-    model.compile(optimizer, loss,
-                  metrics=[keras.metrics.AUC(curve="PR", multi_label=True, name="map")])
+    model.compile(optimizer, loss, metrics=[keras.metrics.AUC(curve="PR", multi_label=True, name="map")])
     callbacks = [
         keras.callbacks.BackupAndRestore(str(work / f"{name}.backup")),
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
@@ -246,8 +297,15 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience,
     if isinstance(model.distribute_strategy, model_tf(model).distribute.MultiWorkerMirroredStrategy):
         build_from_plain_batch(model, batches)
     # shuffle=False: train_batches already orders (and reorders) the samples; Keras cannot shuffle a tf.data pipeline
-    model.fit(batches, validation_data=val, epochs=epochs, steps_per_epoch=steps, callbacks=callbacks,
-              shuffle=False, verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(
+        batches,
+        validation_data=val,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        callbacks=callbacks,
+        shuffle=False,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     model.load_weights(best)
     (work / f"{name}.done").touch()
 
@@ -256,8 +314,10 @@ def draw_curve(histories, path):
     """The training curve: loss and mAP per epoch, train and validation; `histories` is one run's log rows, or
     {name: rows} for several runs (an ensemble's members), one row of plots each."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     histories = histories if isinstance(histories, dict) else {"": histories}
     fig, axes = plt.subplots(len(histories), 2, figsize=(10, 3.6 * len(histories)), squeeze=False)
     for row, (name, logs) in zip(axes, histories.items()):
@@ -287,8 +347,10 @@ def make_strategy(tf, distribute):
         return tf.distribute.MirroredStrategy()
     if distribute == "multi-worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--distribute multi-worker needs TF_CONFIG: the workers' host:port list and this "
-                             "worker's index (see README, \"At scale\")")
+            raise ValueError(
+                "--distribute multi-worker needs TF_CONFIG: the workers' host:port list and this "
+                'worker\'s index (see README, "At scale")'
+            )
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
@@ -300,8 +362,10 @@ def training_photos(args, tf, dataset, train_idx, photos, size):
         return tf.constant(photos[train_idx]), None
     source = round(1.5 * size)
     boxes = tf.constant([content_box(dataset.path(i), source) for i in train_idx], tf.float32)
-    return (tf.constant(dataset.load_photos(train_idx, source)),
-            lambda image, i, key: upload_augment(tf, image, tf.gather(boxes, i), key, size))
+    return (
+        tf.constant(dataset.load_photos(train_idx, source)),
+        lambda image, i, key: upload_augment(tf, image, tf.gather(boxes, i), key, size),
+    )
 
 
 def finetune_optimizer(args, keras, steps_per_epoch):
@@ -312,6 +376,7 @@ def finetune_optimizer(args, keras, steps_per_epoch):
     if args.early_lr == 1.0:
         return keras.optimizers.Adam(lr)
     from model.backbones.efficientnet_lite import early_layers
+
     return layerwise_adam(keras, lr, early_layers(args.arch.split("-", 1)[1]), args.early_lr)
 
 
@@ -322,6 +387,7 @@ def fit_model(args, dataset, splits, work):
     import keras
     import tensorflow as tf
     from model.network import build_model
+
     train_idx, val_idx, test_idx = splits
     strategy = make_strategy(tf, args.distribute)  # first: a multi-worker strategy must precede any TensorFlow op
     keras.utils.set_random_seed(args.seed)
@@ -329,27 +395,45 @@ def fit_model(args, dataset, splits, work):
     with strategy.scope():
         model = build_model(args.arch, dataset.label_names, size=args.input_size)
         size = model.input_shape[1]
-        print(f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
-              f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos; "
-              f"{strategy.num_replicas_in_sync} replica(s), batch {batch_size}")
+        print(
+            f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
+            f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos; "
+            f"{strategy.num_replicas_in_sync} replica(s), batch {batch_size}"
+        )
         photos = dataset.load_photos(range(len(dataset.images)), size)
         x_train, augment = training_photos(args, tf, dataset, train_idx, photos, size)
         y_train = tf.constant(dataset.labels[train_idx], tf.float32)
-        val_ds = tf.data.Dataset.from_tensor_slices((photos[val_idx], dataset.labels[val_idx].astype("float32"))).batch(64)
+        val_ds = tf.data.Dataset.from_tensor_slices((photos[val_idx], dataset.labels[val_idx].astype("float32"))).batch(
+            64
+        )
         loss = keras.losses.BinaryCrossentropy(label_smoothing=args.label_smoothing)
 
         def stage(name, phase, epochs, optimizer, seed, patience=args.patience):  # own order and augmentation
-            batches = train_batches(tf, x_train, y_train, batch_size, epochs, args.seed * 10 + seed, augment, args.mixup)
+            batches = train_batches(
+                tf, x_train, y_train, batch_size, epochs, args.seed * 10 + seed, augment, args.mixup
+            )
             fit_stage(model, keras, name, work, batches, val_ds, epochs, optimizer, patience, phase, loss)
+
         if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
-            stage("finetune", "training from scratch", args.epochs,
-                  keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True), 1)
+            stage(
+                "finetune",
+                "training from scratch",
+                args.epochs,
+                keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+                1,
+            )
         else:
             set_backbone_trainable(model, keras, False)
             stage("warmup", "warm-up (head only)", args.warmup_epochs, keras.optimizers.Adam(1e-3), 0)
             set_backbone_trainable(model, keras, True)
-            stage("finetune", "fine-tuning (whole network)", args.epochs, finetune_optimizer(args, keras, -(-len(train_idx) // batch_size)), 1,
-                  args.epochs if args.schedule == "cosine" else args.patience)
+            stage(
+                "finetune",
+                "fine-tuning (whole network)",
+                args.epochs,
+                finetune_optimizer(args, keras, -(-len(train_idx) // batch_size)),
+                1,
+                args.epochs if args.schedule == "cosine" else args.patience,
+            )
     return model, photos, strategy.num_replicas_in_sync, batch_size
 
 
@@ -359,30 +443,50 @@ def choose_thresholds(args, labels, y_val, val_probs):
     Returns the thresholds, the rule, and thresholds.json's content."""
     thresholds = tune_thresholds(y_val, val_probs, args.criterion)
     at_least_one, check = at_least_one_helps(y_val, val_probs, thresholds)
-    return thresholds, at_least_one, {
-        "labels": labels,
-        "thresholds": dict(zip(labels, thresholds.tolist())),
-        "criterion": args.criterion,
-        "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
-        "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}"
-                     f"{', fold ' + args.fold if getattr(args, 'fold', None) else ''}); never the test split",
-        "at_least_one": at_least_one,
-        "at_least_one_check": check,
-    }
+    return (
+        thresholds,
+        at_least_one,
+        {
+            "labels": labels,
+            "thresholds": dict(zip(labels, thresholds.tolist())),
+            "criterion": args.criterion,
+            "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
+            "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}"
+            f"{', fold ' + args.fold if getattr(args, 'fold', None) else ''}); never the test split",
+            "at_least_one": at_least_one,
+            "at_least_one_check": check,
+        },
+    )
 
 
 def training_record(args, model, work, replicas, batch_size, minutes, dataset):
     """metrics.json's "training" section: the recipe, the run and every epoch's log row (warm-up first)."""
-    logs = [row for stage in ("warmup", "finetune") if (work / f"{stage}.log.csv").exists()
-            for row in csv.DictReader(open(work / f"{stage}.log.csv"))]
+    logs = [
+        row
+        for stage in ("warmup", "finetune")
+        if (work / f"{stage}.log.csv").exists()
+        for row in csv.DictReader(open(work / f"{stage}.log.csv"))
+    ]
     return {
-        "architecture": args.arch, "input_size": model.input_shape[1], "parameters": int(model.count_params()),
-        "epochs_run": len(logs), "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
-        "max_epochs": args.epochs, "learning_rate": args.lr, "batch_size": batch_size, "replicas": replicas,
-        "augment": "scene" if args.arch == "seed-cnn" else args.augment, "schedule": args.schedule,
-        "early_lr": args.early_lr, "label_smoothing": args.label_smoothing, "mixup": args.mixup,
-        "seed": args.seed, "minutes": round(minutes, 1), "dataset": str(dataset.root),
-        "checkpoint": "lowest validation loss", "history": logs,
+        "architecture": args.arch,
+        "input_size": model.input_shape[1],
+        "parameters": int(model.count_params()),
+        "epochs_run": len(logs),
+        "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
+        "max_epochs": args.epochs,
+        "learning_rate": args.lr,
+        "batch_size": batch_size,
+        "replicas": replicas,
+        "augment": "scene" if args.arch == "seed-cnn" else args.augment,
+        "schedule": args.schedule,
+        "early_lr": args.early_lr,
+        "label_smoothing": args.label_smoothing,
+        "mixup": args.mixup,
+        "seed": args.seed,
+        "minutes": round(minutes, 1),
+        "dataset": str(dataset.root),
+        "checkpoint": "lowest validation loss",
+        "history": logs,
     }
 
 
@@ -412,6 +516,7 @@ def train(args):
 
     from model.inference import predict_arrays
     from model.network import build_model
+
     # The model to write, with the trained weights: uncompiled (no optimizer state) and outside any distribution
     # strategy, so that each worker of a multi-worker run predicts its photos alone (not gathered from all).
     export = build_model(args.arch, labels, pretrained=False, size=model.input_shape[1])
@@ -424,18 +529,34 @@ def train(args):
     metrics = {
         "labels": labels,
         "training": training,
-        "split": {"seed": args.split_seed, **({"fold": args.fold} if args.fold else {}), "train": len(train_idx), "validation": len(val_idx), "test": len(test_idx),
-                  "test_images": [dataset.images[i] for i in test_idx]},
+        "split": {
+            "seed": args.split_seed,
+            **({"fold": args.fold} if args.fold else {}),
+            "train": len(train_idx),
+            "validation": len(val_idx),
+            "test": len(test_idx),
+            "test_images": [dataset.images[i] for i in test_idx],
+        },
         "validation": evaluate(y_val, val_probs, thresholds, labels, at_least_one),
         "test": evaluate(y_test, test_probs, thresholds, labels, at_least_one),
     }
-    write_model_dir(out, export, thresholds_info, metrics, metrics["split"]["test_images"],
-                    y_test, test_probs, lambda path: draw_curve(training["history"], path))
+    write_model_dir(
+        out,
+        export,
+        thresholds_info,
+        metrics,
+        metrics["split"]["test_images"],
+        y_test,
+        test_probs,
+        lambda path: draw_curve(training["history"], path),
+    )
     shutil.rmtree(work, ignore_errors=True)
     test = metrics["test"]
     print(format_table(test))
-    print(f"test split: Hamming loss {test['hamming_loss']:.4f}, exact match {test['exact_match']:.4f}, "
-          f"mAP {test['map']:.4f}; wrote {out} in {minutes:.1f} minutes")
+    print(
+        f"test split: Hamming loss {test['hamming_loss']:.4f}, exact match {test['exact_match']:.4f}, "
+        f"mAP {test['map']:.4f}; wrote {out} in {minutes:.1f} minutes"
+    )
 
 
 def main(argv=None):

@@ -31,6 +31,7 @@ def tiny_dataset(tmp_path_factory):
 def tiny_model(tiny_dataset, tmp_path_factory):
     """A real EfficientNet-Lite0 model directory trained for one epoch on the 3-label tiny dataset."""
     from model.train import main
+
     out = tmp_path_factory.mktemp("tinymodel") / "model"
     main(["--data", str(tiny_dataset), "--out", str(out), *TINY_TRAINING])
     return out
@@ -41,6 +42,7 @@ def scenes(miml_data):
     """The app's model and dataset, warmed up with one classify and one analyse of a real photo: TensorFlow
     writes an autograph file on its first call, which a test checking that nothing is written must not see."""
     from app.scenes import Scenes
+
     scenes = Scenes(data_dir=miml_data)
     photo = miml_data / "original" / scenes.dataset.images[0]
     scenes.classifier.classify(scenes.classifier.load(photo)[None], batch_size=1)
@@ -51,17 +53,20 @@ def scenes(miml_data):
 @pytest.fixture()
 def client(scenes):
     from app import create_app
+
     return create_app(scenes=scenes).test_client()
 
 
 @pytest.fixture(scope="session")
 def client_without_data():
     from app import create_app
+
     return create_app().test_client()
 
 
 def _first_with(miml_data, label):
     import csv
+
     for row in csv.DictReader(open(miml_data / "labels.csv")):
         if row[label] == "1" and sum(int(row[k]) for k in row if k != "image") == 1:
             return (miml_data / "original" / row["image"]).read_bytes()

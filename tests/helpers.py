@@ -1,4 +1,5 @@
 """Small generated datasets for tests that must not depend on the real photos."""
+
 import csv
 
 import numpy as np
@@ -23,4 +24,3 @@ def make_tiny_dataset(root, n=36, seed=0):
             Image.fromarray(pixels.astype(np.uint8)).save(root / "original" / f"{i}.jpg")
             writer.writerow([f"{i}.jpg", *labels])
     return root
-

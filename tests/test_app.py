@@ -1,4 +1,5 @@
 """Every route of the web app through Flask's test client, on the shipped model."""
+
 import base64
 import io
 import json
@@ -53,11 +54,14 @@ def test_api_gradcam(client, sea_photo):
     assert r.status_code == 400 and "volcano" in r.get_json()["error"]
 
 
-@pytest.mark.parametrize("name, content, status, words", [
-    ("empty.jpg", b"", 400, "empty"),
-    ("notes.jpg", b"just some text", 415, "not an image"),
-    ("doc.pdf", b"%PDF-1.4\n%...", 415, "not an image"),
-])
+@pytest.mark.parametrize(
+    "name, content, status, words",
+    [
+        ("empty.jpg", b"", 400, "empty"),
+        ("notes.jpg", b"just some text", 415, "not an image"),
+        ("doc.pdf", b"%PDF-1.4\n%...", 415, "not an image"),
+    ],
+)
 def test_api_bad_files(client, name, content, status, words):
     r = post_photos(client, "/api/predict", (name, content))
     assert r.status_code == status and words in r.get_json()["error"] and name in r.get_json()["error"]
@@ -115,8 +119,18 @@ def test_photo_detail_and_layers(client, scenes):
     assert r.status_code == 200 and "of 2560 channels" in r.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("url", ["/photo/0", "/photo/2001", "/photo/-1", "/photo/abc", "/photo/..%2F..%2Fetc%2Fpasswd",
-                                 "/photo/1/thumb.jpg/../../x", "/photo/99999/thumb.jpg"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/photo/0",
+        "/photo/2001",
+        "/photo/-1",
+        "/photo/abc",
+        "/photo/..%2F..%2Fetc%2Fpasswd",
+        "/photo/1/thumb.jpg/../../x",
+        "/photo/99999/thumb.jpg",
+    ],
+)
 def test_bad_photo_urls_are_404(client, url):
     assert client.get(url).status_code == 404
 
@@ -143,8 +157,9 @@ def test_gallery_filters(client, scenes):
     assert f"{len(scenes.test_photos) - len(wrong)} of" in right
 
 
-@pytest.mark.parametrize("query, status", [("show=fp", 400), ("label=volcano", 400), ("sort=x", 400),
-                                           ("page=999", 404), ("page=x", 400)])
+@pytest.mark.parametrize(
+    "query, status", [("show=fp", 400), ("label=volcano", 400), ("sort=x", 400), ("page=999", 404), ("page=x", 400)]
+)
 def test_gallery_bad_queries(client, query, status):
     assert client.get(f"/gallery?{query}").status_code == status
 
@@ -186,6 +201,7 @@ def client_with_script_label(tmp_path_factory):
     header, rest = csv.read_text().split("\n", 1)
     csv.write_text(header.replace("_sea", "_" + SCRIPT_IN_LABEL) + "\n" + rest)
     from app import create_app
+
     return create_app(model_dir=model).test_client()
 
 
@@ -195,7 +211,9 @@ def test_a_label_name_cannot_inject_markup(client_with_script_label, url):
     html = r.get_data(as_text=True)
     assert r.status_code == 200 and "<script>alert" not in html and "</script><script>" not in html
     if url == "/evaluation":
-        data = json.loads(re.search(r'<script type="application/json" id="eval-data">(.*?)</script>', html, re.S).group(1))
+        data = json.loads(
+            re.search(r'<script type="application/json" id="eval-data">(.*?)</script>', html, re.S).group(1)
+        )
         assert data["labels"][2] == SCRIPT_IN_LABEL
 
 
@@ -208,8 +226,16 @@ def test_too_many_form_parts_says_so(client):
     assert r.status_code == 413 and "too many form parts" in r.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("host, status", [("localhost", 200), ("127.0.0.1:5000", 200), ("[::1]:5000", 200),
-                                          ("evil.example", 400), ("localhost.evil.example", 400)])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost", 200),
+        ("127.0.0.1:5000", 200),
+        ("[::1]:5000", 200),
+        ("evil.example", 400),
+        ("localhost.evil.example", 400),
+    ],
+)
 def test_host_header_is_checked(client, host, status):
     r = client.get("/api/health", headers={"Host": host})
     assert r.status_code == status

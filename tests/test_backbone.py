@@ -13,8 +13,17 @@ from model.backbones.efficientnet_lite import VARIANTS, imagenet_classifier, ima
 from model.backbones.torch_legacy import LEGACY_MAGIC, WeightsFileError, load_state_dict, sha256_of
 
 # ImageNet classes of natural scenes: 970 alp ... 980 volcano
-SCENE_CLASSES = {970: "alp", 972: "cliff", 973: "coral reef", 975: "lakeside", 976: "promontory",
-                 977: "sandbar", 978: "seashore", 979: "valley", 980: "volcano"}
+SCENE_CLASSES = {
+    970: "alp",
+    972: "cliff",
+    973: "coral reef",
+    975: "lakeside",
+    976: "promontory",
+    977: "sandbar",
+    978: "seashore",
+    979: "valley",
+    980: "volcano",
+}
 
 
 def write_legacy_state_dict(path, arrays, monkeypatch):
@@ -24,10 +33,12 @@ def write_legacy_state_dict(path, arrays, monkeypatch):
 
     class FloatStorage:
         pass
+
     FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
 
     def _rebuild_tensor_v2(*args):
         pass
+
     _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
     torch.FloatStorage, utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
     monkeypatch.setitem(sys.modules, "torch", torch)
@@ -67,8 +78,11 @@ def test_legacy_reader_restores_shapes_strides_and_values(tmp_path, monkeypatch)
     conv = np.arange(24, dtype=np.float32).reshape(2, 3, 2, 2)
     base = np.arange(6, dtype=np.float32)  # stored as 2x3, read as its 3x2 transpose through strides
     path = tmp_path / "w.pth"
-    write_legacy_state_dict(path, {"conv.weight": (conv.ravel(), (2, 3, 2, 2), (12, 4, 2, 1)),
-                                   "fc.weight": (base, (3, 2), (1, 3))}, monkeypatch)
+    write_legacy_state_dict(
+        path,
+        {"conv.weight": (conv.ravel(), (2, 3, 2, 2), (12, 4, 2, 1)), "fc.weight": (base, (3, 2), (1, 3))},
+        monkeypatch,
+    )
     state = load_state_dict(path, sha256=sha256_of(path))
     assert np.array_equal(state["conv.weight"], conv)
     assert np.array_equal(state["fc.weight"], base.reshape(2, 3).T)
@@ -99,7 +113,9 @@ def test_pickled_code_is_refused_in_every_pickle(tmp_path, monkeypatch, position
     index = {"magic number": 0, "state dict": 3, "storage keys": 4}[position]
     pickles[index] = pickle.dumps(Payload(f"touch {marker}"), protocol=2)
     path.write_bytes(b"".join(pickles))
-    with pytest.raises(WeightsFileError, match=r"evil\.pth: cannot read weights \(unexpected object (posix|nt)\.system\)"):
+    with pytest.raises(
+        WeightsFileError, match=r"evil\.pth: cannot read weights \(unexpected object (posix|nt)\.system\)"
+    ):
         load_state_dict(path, sha256=sha256_of(path))  # the checksum of a crafted file proves nothing
     assert not marker.exists()
 
@@ -107,13 +123,14 @@ def test_pickled_code_is_refused_in_every_pickle(tmp_path, monkeypatch, position
 def split_pickles(data):
     """The file's five pickles, then the storages' bytes as one last piece."""
     import io
+
     f, pieces = io.BytesIO(data), []
     for _ in range(5):
         start = f.tell()
         for _op, _arg, _pos in pickletools.genops(f):
             pass
-        pieces.append(data[start:f.tell()])
-    return pieces + [data[f.tell():]]
+        pieces.append(data[start : f.tell()])
+    return pieces + [data[f.tell() :]]
 
 
 @pytest.mark.parametrize("shape, stride, reach", [((3,), (5,), 10), ((4,), (1,), 3), ((2, 2), (2, 1), 3)])
@@ -128,7 +145,7 @@ def test_storage_longer_than_the_file_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "w.pth"
     write_legacy_state_dict(path, {"a": (np.ones(3), (3,), (1,))}, monkeypatch)
     data = path.read_bytes()
-    path.write_bytes(data[:-4 * 3 - 8] + struct.pack("<q", 1 << 60) + data[-4 * 3:])
+    path.write_bytes(data[: -4 * 3 - 8] + struct.pack("<q", 1 << 60) + data[-4 * 3 :])
     with pytest.raises(WeightsFileError, match="claims 1152921504606846976 elements, more than the file holds"):
         load_state_dict(path, sha256=sha256_of(path))
 
@@ -147,12 +164,14 @@ def test_converted_weights_are_cached(tmp_path, monkeypatch):
 
 def scene_photos(miml_data, column, n):
     import csv
+
     rows = list(csv.DictReader(open(miml_data / "labels.csv")))
     return [miml_data / "original" / r["image"] for r in rows if r[column] == "1"][:n]
 
 
 def test_imagenet_head_sees_scenes_in_miml_photos(miml_data):
     from model.preprocess import load_image
+
     model = imagenet_classifier("lite0")
     size = VARIANTS["lite0"]["size"]
     for column in ("sea", "mountains"):

@@ -1,5 +1,6 @@
 """Bad input through the API and the upload form: a clear 4xx (never a 500), nothing written to disk,
 and the next good request still answered correctly."""
+
 import io
 import struct
 import tempfile
@@ -33,7 +34,7 @@ def png_with_size(width, height):
 def corrupt_png():
     data = bytearray(encode(photo_like()))
     idat = data.index(b"IDAT")
-    data[idat + 20: idat + 60] = b"\x00" * 40
+    data[idat + 20 : idat + 60] = b"\x00" * 40
     return bytes(data)
 
 
@@ -53,7 +54,13 @@ JPEG = encode(photo_like(), "JPEG")
 BAD = [  # (case, file name, bytes, status, words in the message)
     ("empty file", "empty.jpg", b"", 400, "empty"),
     ("text named .jpg", "notes.jpg", b"hello, this is text\n" * 10, 415, "not an image format"),
-    ("PDF named .jpg", "paper.jpg", b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF", 415, "not an image format"),
+    (
+        "PDF named .jpg",
+        "paper.jpg",
+        b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\n%%EOF",
+        415,
+        "not an image format",
+    ),
     ("truncated JPEG", "cut.jpg", JPEG[: len(JPEG) // 2], 400, "damaged or truncated"),
     ("PNG with a corrupt chunk", "corrupt.png", corrupt_png(), 400, "damaged or truncated"),
     ("decompression bomb", "bomb.png", png_with_size(50000, 50000), 413, "too many pixels"),
@@ -63,7 +70,11 @@ BAD = [  # (case, file name, bytes, status, words in the message)
 GOOD = [  # (case, file name, bytes)
     ("1x1 image", "dot.png", encode(Image.new("RGB", (1, 1), (200, 30, 30)))),
     ("extreme aspect ratio 4000x10", "strip.png", encode(photo_like(size=(4000, 10)))),
-    ("16-bit greyscale", "grey16.png", encode(Image.fromarray((np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)))),
+    (
+        "16-bit greyscale",
+        "grey16.png",
+        encode(Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20)),
+    ),
     ("CMYK JPEG", "cmyk.jpg", encode(photo_like("CMYK"), "JPEG")),
     ("palette PNG with transparency", "palette.png", palette_with_transparency()),
     ("LA", "la.png", encode(photo_like("LA"))),
@@ -125,8 +136,10 @@ def test_exif_rotated_photo_is_predicted_upright(client, sea_photo):
     rotated = encode(upright.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=95, exif=exif)
     plain = encode(upright, "JPEG", quality=95)
     without_exif = encode(upright.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=95)
-    a, b, c = (post(client, "/api/predict", [("x.jpg", d)]).get_json()["results"][0]["probabilities"]
-               for d in (rotated, plain, without_exif))
+    a, b, c = (
+        post(client, "/api/predict", [("x.jpg", d)]).get_json()["results"][0]["probabilities"]
+        for d in (rotated, plain, without_exif)
+    )
     assert all(abs(a[l] - b[l]) < 0.03 for l in a), (a, b)
     assert max(abs(c[l] - b[l]) for l in c) > max(abs(a[l] - b[l]) for l in a)  # the EXIF tag is what fixed it
 
@@ -153,12 +166,15 @@ def test_too_many_files(client, sea_photo):
     assert r.status_code == 200 and len(r.get_json()["results"]) == MAX_FILES
 
 
-@pytest.mark.parametrize("name, shown", [
-    ("../../etc/passwd.jpg", "passwd.jpg"),
-    ("C:\\Users\\me\\beach.jpg", "beach.jpg"),
-    ("a\x00b.jpg", "ab.jpg"),
-    ("x" * 10240 + ".jpg", "x" * 77 + "..."),
-])
+@pytest.mark.parametrize(
+    "name, shown",
+    [
+        ("../../etc/passwd.jpg", "passwd.jpg"),
+        ("C:\\Users\\me\\beach.jpg", "beach.jpg"),
+        ("a\x00b.jpg", "ab.jpg"),
+        ("x" * 10240 + ".jpg", "x" * 77 + "..."),
+    ],
+)
 def test_hostile_file_names(client, no_disk, name, shown):
     r = post(client, "/api/predict", [(name, JPEG)])
     assert r.status_code == 200 and r.get_json()["results"][0]["filename"] == shown
@@ -166,17 +182,21 @@ def test_hostile_file_names(client, no_disk, name, shown):
 
 def test_non_utf8_form_data(client, sea_photo, reference):
     boundary = "XyZ"
-    body = (b"--XyZ\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n\xff\xfe\xfa\r\n"
-            b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"\xff\xfe.jpg\"\r\n"
-            b"Content-Type: image/jpeg\r\n\r\n" + JPEG + b"\r\n--XyZ--\r\n")
+    body = (
+        b'--XyZ\r\nContent-Disposition: form-data; name="note"\r\n\r\n\xff\xfe\xfa\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="\xff\xfe.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + JPEG + b"\r\n--XyZ--\r\n"
+    )
     r = client.post("/api/predict", data=body, content_type=f"multipart/form-data; boundary={boundary}")
     # werkzeug drops a multipart body it cannot decode: the answer is the clear 400 for "no photo"
     assert r.status_code == 400 and "no photo received" in r.get_json()["error"]
     still_answers(client, sea_photo, reference)
 
 
-@pytest.mark.parametrize("method, url", [("put", "/api/predict"), ("delete", "/"), ("post", "/gallery"),
-                                         ("post", "/api/health"), ("get", "/inspect")])
+@pytest.mark.parametrize(
+    "method, url",
+    [("put", "/api/predict"), ("delete", "/"), ("post", "/gallery"), ("post", "/api/health"), ("get", "/inspect")],
+)
 def test_wrong_methods(client, method, url):
     r = getattr(client, method)(url)
     assert r.status_code == 405
@@ -186,6 +206,7 @@ def test_wrong_methods(client, method, url):
 
 def test_inspect_with_a_decompression_bomb_is_400(client):
     import base64
+
     bomb = base64.b64encode(png_with_size(50000, 50000)).decode()
     r = client.post("/inspect", data={"pixels": bomb, "name": "x.png"})
     assert r.status_code == 400 and "malformed" in r.get_data(as_text=True)
@@ -195,6 +216,7 @@ def test_a_damaged_dataset_photo_is_422_not_500(tmp_path, miml_data):
     """/photo/N and its thumbnail name the photo that cannot be read; the other photos still show."""
     from app import create_app
     from app.scenes import Scenes
+
     (tmp_path / "original").mkdir()
     rows = (miml_data / "labels.csv").read_text().splitlines()[:3]
     (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")

@@ -1,4 +1,5 @@
 """Streaming batch prediction (model/batch.py) and its CLI outputs, on the tiny 3-label model."""
+
 import csv
 import itertools
 import json
@@ -15,6 +16,7 @@ from tests.test_cli import run
 @pytest.fixture(scope="module")
 def classifier(tiny_model):
     from model.inference import Classifier
+
     return Classifier(tiny_model)
 
 
@@ -54,8 +56,11 @@ def test_results_in_order_and_identical_to_classify(classifier, nested, tmp_path
     assert set(errors) == {broken, str(missing)} and errors[str(missing)] == "No such file or directory"
     assert errors[broken].startswith("not an image format")
     want = expected(classifier, paths[:-1], batch_size)  # the same photos in the same batches
-    assert {r["path"]: {"probabilities": r["probabilities"], "predicted": r["predicted"]}
-            for r in results if "error" not in r} == want
+    assert {
+        r["path"]: {"probabilities": r["probabilities"], "predicted": r["predicted"]}
+        for r in results
+        if "error" not in r
+    } == want
 
 
 def test_paths_are_streamed_not_collected(classifier, tiny_dataset):
@@ -75,8 +80,16 @@ def test_paths_are_streamed_not_collected(classifier, tiny_dataset):
 
 def test_csv_and_json_files(classifier, nested, tmp_path):
     out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
-    r = run("model.predict", str(nested), "--model", str(classifier.info.path), "--csv", str(out_csv),
-            "--json-file", str(out_json))
+    r = run(
+        "model.predict",
+        str(nested),
+        "--model",
+        str(classifier.info.path),
+        "--csv",
+        str(out_csv),
+        "--json-file",
+        str(out_json),
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"36 photos predicted, 1 could not be read (see {out_csv})"
     assert r.stdout == ""

@@ -1,4 +1,5 @@
 """The pages in real headless Chromium (Debian's chromium driven by Playwright). Screenshots go to artifacts/."""
+
 import shutil
 import threading
 
@@ -10,13 +11,20 @@ from model.thresholds import apply_thresholds
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
 def base_url(scenes):
     from app import create_app
+
     server = make_server("127.0.0.1", 0, create_app(scenes=scenes), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -27,6 +35,7 @@ def base_url(scenes):
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
     executable = shutil.which("chromium") or "/usr/bin/chromium"
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
@@ -121,8 +130,9 @@ def assert_page_shows_metrics(page, scenes, thresholds):
             assert abs(float(panel.locator(f'[data-pl="{key}"]').inner_text()) - m["per_label"][label][key]) <= 0.0005
         t, p = truth[:, j] == 1, predicted[:, j] == 1
         counts = {"tp": t & p, "fp": ~t & p, "fn": t & ~p, "tn": ~t & ~p}
-        assert {k: int(panel.locator(f'[data-cm="{k}"]').inner_text()) for k in counts} == \
-            {k: int(v.sum()) for k, v in counts.items()}, label
+        assert {k: int(panel.locator(f'[data-cm="{k}"]').inner_text()) for k in counts} == {
+            k: int(v.sum()) for k, v in counts.items()
+        }, label
 
 
 def test_threshold_sliders_show_the_metrics_of_model_metrics(page, base_url, scenes):

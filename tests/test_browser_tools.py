@@ -1,6 +1,7 @@
 """The camera, the batch page (folder and ZIP), label-set links and the model page in headless Chromium.
 
 Chromium runs with a fake camera (a moving test pattern) that it may use without asking."""
+
 import csv
 import io
 import json
@@ -18,10 +19,12 @@ BAD = {"notes.jpg": (b"just some text, not a photo", "not an image"), "empty.jpg
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
+
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
-                                    args=CHROMIUM_ARGS + CAMERA_ARGS)
+        browser = p.chromium.launch(
+            executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS + CAMERA_ARGS
+        )
         yield browser
         browser.close()
 
@@ -33,8 +36,14 @@ def page(browser):
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and not (
-        m.location["url"].endswith("/api/predict") and "status of 4" in m.text) and errors.append(m.text))
+    page.on(
+        "console",
+        lambda m: (
+            m.type == "error"
+            and not (m.location["url"].endswith("/api/predict") and "status of 4" in m.text)
+            and errors.append(m.text)
+        ),
+    )
     yield page
     context.close()
     assert not errors, f"browser errors: {errors}"
@@ -43,16 +52,21 @@ def page(browser):
 @pytest.fixture(scope="module")
 def photos(scenes, miml_data):
     """38 MIML photos as {relative path: bytes} (some in a subfolder) and what /api/predict answers for each."""
-    files = {(f"sub/{name}" if i % 3 == 0 else name): (miml_data / "original" / name).read_bytes()
-             for i, name in enumerate(scenes.dataset.images[:38])}
+    files = {
+        (f"sub/{name}" if i % 3 == 0 else name): (miml_data / "original" / name).read_bytes()
+        for i, name in enumerate(scenes.dataset.images[:38])
+    }
     c = scenes.classifier
     return files, {path: c.classify(c.load(data)[None], batch_size=1)[0] for path, data in files.items()}
 
 
 def table_rows(page):
     """[(photo, [cells after the photo], is an error row)] of the batch table as shown."""
-    return page.eval_on_selector_all("[data-batch-table] tbody tr", """trs => trs.map(tr => [
-        tr.cells[0].textContent, [...tr.cells].slice(1).map(td => td.textContent), tr.classList.contains('error')])""")
+    return page.eval_on_selector_all(
+        "[data-batch-table] tbody tr",
+        """trs => trs.map(tr => [
+        tr.cells[0].textContent, [...tr.cells].slice(1).map(td => td.textContent), tr.classList.contains('error')])""",
+    )
 
 
 def assert_full_table(page, expected, bad, labels):
@@ -77,7 +91,9 @@ def test_camera_photo_is_predicted_like_an_upload(page, base_url):  # noqa: F811
     card = page.locator("[data-card]")
     card.wait_for(timeout=30000)
     assert card.locator(".card-title").inner_text().startswith("camera-")
-    probabilities = card.locator(".bar-row").evaluate_all("rows => rows.map(r => [r.dataset.label, Number(r.dataset.p)])")
+    probabilities = card.locator(".bar-row").evaluate_all(
+        "rows => rows.map(r => [r.dataset.label, Number(r.dataset.p)])"
+    )
     assert [l for l, _ in probabilities] == ["desert", "mountains", "sea", "sunset", "trees"]
     assert all(0 <= p <= 1 for _, p in probabilities)
     page.screenshot(path=str(SHOTS / "camera.png"), full_page=True)
@@ -99,7 +115,11 @@ def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path)
     page.set_input_files("[data-batch-folder]", str(folder))
     page.wait_for_selector("[data-batch-status]:has-text('Done')", timeout=120000)
     status = page.inner_text("[data-batch-status]")
-    assert status.startswith("Done: 40 of 40 photos") and "2 could not be read" in status and "1 hidden file left out" in status
+    assert (
+        status.startswith("Done: 40 of 40 photos")
+        and "2 could not be read" in status
+        and "1 hidden file left out" in status
+    )
     expected = {f"holiday/{p}": r for p, r in expected.items()}
     bad = {f"holiday/{n}": words for n, (_, words) in BAD.items()}
     assert_full_table(page, expected, bad, scenes.labels)
@@ -164,9 +184,9 @@ def set_stated_size(archive, name, size):
     """Overwrite the uncompressed size the ZIP's central directory states for entry `name`."""
     data = bytearray(archive.read_bytes())
     at = data.index(b"PK\x01\x02")  # a central directory signature; the name must follow it too
-    while data[at + 46: at + 46 + int.from_bytes(data[at + 28: at + 30], "little")] != name.encode():
+    while data[at + 46 : at + 46 + int.from_bytes(data[at + 28 : at + 30], "little")] != name.encode():
         at = data.index(b"PK\x01\x02", at + 4)
-    data[at + 24: at + 28] = size.to_bytes(4, "little")
+    data[at + 24 : at + 28] = size.to_bytes(4, "little")
     archive.write_bytes(bytes(data))
 
 
@@ -183,7 +203,7 @@ def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  
         z.writestr("bomb.jpg", bytes(1_000_000), compress_type=zipfile.ZIP_DEFLATED)  # 1 KB deflated
         z.writestr("huge.jpg", b"x", compress_type=zipfile.ZIP_STORED)
     set_stated_size(archive, "bomb.jpg", 1000)  # says 1000 bytes: inflating it stops there
-    set_stated_size(archive, "huge.jpg", 11 * 2 ** 20)  # says 11 MB: never read
+    set_stated_size(archive, "huge.jpg", 11 * 2**20)  # says 11 MB: never read
     page.goto(base_url + "/batch")
     page.set_input_files("[data-batch-zip]", str(archive))
     page.wait_for_selector("[data-batch-status]:has-text('Done')", timeout=120000)
@@ -193,7 +213,9 @@ def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  
     assert_full_table(page, {f"album/{p}": r for p, r in expected.items()}, bad, scenes.labels)
 
     page.goto(base_url + "/batch")
-    page.set_input_files("[data-batch-zip]", files=[{"name": "x.zip", "mimeType": "application/zip", "buffer": b"PK nothing"}])
+    page.set_input_files(
+        "[data-batch-zip]", files=[{"name": "x.zip", "mimeType": "application/zip", "buffer": b"PK nothing"}]
+    )
     page.wait_for_selector("[data-batch-status]:has-text('not a ZIP file')")
 
 
@@ -215,7 +237,8 @@ def test_model_page_curve_and_comparison(page, base_url):  # noqa: F811
     assert page.locator("[data-compare] tbody tr").count() == 5
     assert page.locator("[data-compare] tr.ours th").all_inner_texts() == [
         "efficientnet-lite0 + efficientnet-lite1 (ensemble) (this model)",
-        "efficientnet-lite0, upload augmentation: the training recipe, cross-validated"]
+        "efficientnet-lite0, upload augmentation: the training recipe, cross-validated",
+    ]
     page.screenshot(path=str(SHOTS / "model-compare.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the wide table scrolls inside its box

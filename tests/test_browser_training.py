@@ -1,5 +1,6 @@
 """The training pages in headless Chromium: upload a dataset, watch the progress bar, switch models, compare.
 Screenshots go to artifacts/screenshots/."""
+
 import json
 import shutil
 import threading
@@ -20,6 +21,7 @@ def runs(tmp_path_factory):
 def base_url(runs):
     from app import create_app
     from app.scenes import Scenes
+
     server = make_server("127.0.0.1", 0, create_app(scenes=Scenes(), runs_dir=runs), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -47,7 +49,9 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
     while page.locator("[data-job]").get_attribute("data-state") in ("queued", "running"):
         seen.add(bar.evaluate("e => e.value"))
         page.wait_for_timeout(300)
-    assert page.locator("[data-job]").get_attribute("data-state") == "done", page.locator("[data-job-text]").inner_text()
+    assert page.locator("[data-job]").get_attribute("data-state") == "done", page.locator(
+        "[data-job-text]"
+    ).inner_text()
     assert len({v for v in seen if 0 < v < 1}) >= 2  # the bar moved while it ran (its last step, the LiteRT
     # conversion, takes seconds; the embeddings of 120 photos may pass between two polls)
     assert bar.evaluate("e => e.value") == 1 and page.locator("[data-job-cancel]").is_hidden()
@@ -77,8 +81,9 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
     photos = page.locator("[data-disagreements] figure")
     photos.first.wait_for()
     assert photos.count() > 0 and page.locator("[data-compare-metrics] td.better").count() > 0
-    page.wait_for_function("() => [...document.querySelectorAll('[data-disagreements] img')]"
-                           ".every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-disagreements] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
 
     page.goto(base_url + "/models")  # back to the shipped model; delete the copy with its confirmation
@@ -94,19 +99,29 @@ def test_full_mode_progress_draws_the_learning_curve(page, base_url, runs):  # n
     """The page's side of a full run (the job itself is tests/test_training_full.py's): the server's answers are
     stood in for, a run in its fourth epoch of 22 with its losses so far."""
     curve = [{"epoch": i + 1, "loss": 0.6 / (i + 1) ** 0.5, "val_loss": 0.55 / (i + 1) ** 0.4} for i in range(4)]
-    status = {"job": "full-x", "state": "running", "progress": 0.21, "message": "fine-tuning (whole network): epoch 2/20",
-              "eta_s": 754, "model": None, "curve": curve}
+    status = {
+        "job": "full-x",
+        "state": "running",
+        "progress": 0.21,
+        "message": "fine-tuning (whole network): epoch 2/20",
+        "eta_s": 754,
+        "model": None,
+        "curve": curve,
+    }
     page.route("**/api/jobs", lambda route: route.fulfill(status=202, json={"job": "full-x"}))
     page.route("**/api/jobs/full-x", lambda route: route.fulfill(json=status))
     page.goto(base_url + "/train")
     page.check("input[name=mode][value=full]")
-    page.evaluate("() => { document.querySelector('[data-datasets]').append(new Option('x', 'x', true, true));"
-                  " document.querySelector('[data-train] button[type=submit]').disabled = false; }")  # no dataset here
+    page.evaluate(
+        "() => { document.querySelector('[data-datasets]').append(new Option('x', 'x', true, true));"
+        " document.querySelector('[data-train] button[type=submit]').disabled = false; }"
+    )  # no dataset here
     page.click("[data-train] button[type=submit]")
     page.locator("[data-job-curve] polyline.val").wait_for()
     points = page.locator("[data-job-curve] polyline.train").get_attribute("points").split()
     assert len(points) == 4 and float(points[0].split(",")[1]) < float(points[-1].split(",")[1])  # loss falls: y grows
     assert page.locator("[data-job-text]").inner_text() == (
-        "running: 21% · fine-tuning (whole network): epoch 2/20, about 13 min left")
+        "running: 21% · fine-tuning (whole network): epoch 2/20, about 13 min left"
+    )
     page.locator("[data-job-curve]").screenshot(path=str(SHOTS / "train-curve.png"))
     page.screenshot(path=str(SHOTS / "train-full-progress.png"), full_page=True)

@@ -1,4 +1,5 @@
 """The command-line tools, end to end, on a model trained on generated 3-label photos."""
+
 import json
 import subprocess
 import sys
@@ -48,22 +49,41 @@ def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_pat
     assert r.returncode == 0, r.stderr
     assert "hamming_loss" in r.stdout and "(8 photos)" in r.stdout
     metrics = json.loads(out.read_text())
-    for key in ("hamming_loss", "exact_match", "micro_f1", "macro_f1", "samples_f1", "map", "ranking_loss",
-                "one_error", "coverage", "n_images", "per_label"):
+    for key in (
+        "hamming_loss",
+        "exact_match",
+        "micro_f1",
+        "macro_f1",
+        "samples_f1",
+        "map",
+        "ranking_loss",
+        "one_error",
+        "coverage",
+        "n_images",
+        "per_label",
+    ):
         assert key in metrics
     stored = read_model_dir(tiny_model).metrics["test"]
     assert metrics["hamming_loss"] == pytest.approx(stored["hamming_loss"])  # same photos, same model, same answer
     assert set(metrics["per_label"]["red"]) >= {"precision", "recall", "f1", "mcc", "ap", "threshold"}
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (("model.evaluate", "--data", "/nonexistent/data"), "/nonexistent/data: dataset directory not found"),
-    (("model.train", "--data", "/nonexistent/data", "--out", "/nonexistent/out"), "/nonexistent/data: dataset directory not found"),
-    (("model.predict", "x.jpg", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
-    (("model.export", "--format", "saved_model", "--out", "/nonexistent/out", "--model", "/nonexistent/model"),
-     "/nonexistent/model: model directory not found"),
-    (("visualization", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (("model.evaluate", "--data", "/nonexistent/data"), "/nonexistent/data: dataset directory not found"),
+        (
+            ("model.train", "--data", "/nonexistent/data", "--out", "/nonexistent/out"),
+            "/nonexistent/data: dataset directory not found",
+        ),
+        (("model.predict", "x.jpg", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
+        (
+            ("model.export", "--format", "saved_model", "--out", "/nonexistent/out", "--model", "/nonexistent/model"),
+            "/nonexistent/model: model directory not found",
+        ),
+        (("visualization", "--model", "/nonexistent/model"), "/nonexistent/model: model directory not found"),
+    ],
+)
 def test_cli_errors_are_one_line(args, fragment):
     r = run(*args)
     assert r.returncode != 0
@@ -78,6 +98,7 @@ def test_verbose_shows_tensorflow_start_up_lines():
 
 def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     import shutil
+
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     (broken / "thresholds.json").write_text('{"labels": ["red"], "thresholds": {"red": 7}}')
@@ -91,6 +112,7 @@ def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
 
 def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model, tiny_dataset):
     from model.train import main
+
     before = (tiny_model / "metrics.json").read_bytes()
     with pytest.raises(SystemExit, match=f"^error: {tiny_model}: already exists and is not empty; pass --force"):
         main(["--data", str(tiny_dataset), "--out", str(tiny_model), *TINY_TRAINING])
@@ -102,6 +124,7 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
     import re
     import warnings
     from model import train
+
     again = tmp_path / "again"
     again.mkdir()
     (again / "old.txt").write_text("replaced with --force")
@@ -109,6 +132,7 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
 
     def killed(*args):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(train, "write_model_dir", killed)  # stopped after both phases, before writing
     with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
         warnings.simplefilter("always")
@@ -116,7 +140,9 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
     assert not [w for w in caught if "shuffle" in str(w.message)]
     out = capsys.readouterr().out
     assert re.search(r"^warm-up \(head only\): up to 1 epochs$", out, re.M)
-    assert re.search(r"^fine-tuning \(whole network\): epoch 1/1 took \d+ s; at most 0.0 min left in this phase", out, re.M)
+    assert re.search(
+        r"^fine-tuning \(whole network\): epoch 1/1 took \d+ s; at most 0.0 min left in this phase", out, re.M
+    )
     assert (again / "old.txt").exists()
 
     monkeypatch.undo()
@@ -130,10 +156,13 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
 
 def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
+
     main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), *TINY_TRAINING, "--distribute", "mirrored"])
     mirrored = read_model_dir(tmp_path / "mirrored")
     assert mirrored.metrics["training"]["replicas"] == 1
-    np.testing.assert_allclose(mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4)
+    np.testing.assert_allclose(
+        mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4
+    )
 
 
 def test_unwritable_output_directory(tiny_dataset, tmp_path):
@@ -149,6 +178,7 @@ def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
     import shutil
     from model.modeldir import write_model_dir
     from model.inference import Classifier
+
     target = tmp_path / "model"
     shutil.copytree(tiny_model, target)
     before = (target / "thresholds.json").read_text()
@@ -166,6 +196,7 @@ def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
 def test_phase_progress_prints_each_epoch_and_the_time_left(monkeypatch, capsys):
     import keras
     from model import train
+
     clock = iter([0.0, 60.0, 60.0, 150.0])  # epoch 1 takes 60 s, epoch 2 takes 90 s
     monkeypatch.setattr(train.time, "time", lambda: next(clock))
     callback = train.phase_progress(keras, "fine-tuning", 4)

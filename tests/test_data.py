@@ -42,14 +42,17 @@ def test_mat_without_targets_names_the_file(tmp_path):
         load_dataset(root)
 
 
-@pytest.mark.parametrize("content, message", [
-    ("image,a,b\n1.jpg,1\n", "line 2"),
-    ("image,a,b\n1.jpg,1,2\n", "line 2"),
-    ("photo,a\n1.jpg,1\n", "header"),
-    ("image,a,a\n1.jpg,1,0\n", "unique"),
-    ("image,a\n../1.jpg,1\n", "invalid image name"),
-    ("image,a\n", "no photos"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("image,a,b\n1.jpg,1\n", "line 2"),
+        ("image,a,b\n1.jpg,1,2\n", "line 2"),
+        ("photo,a\n1.jpg,1\n", "header"),
+        ("image,a,a\n1.jpg,1,0\n", "unique"),
+        ("image,a\n../1.jpg,1\n", "invalid image name"),
+        ("image,a\n", "no photos"),
+    ],
+)
 def test_malformed_csv_names_file_and_problem(tmp_path, content, message):
     root = make_tiny_dataset(tmp_path / "d", n=2)
     (root / "labels.csv").write_text(content)

@@ -1,4 +1,5 @@
 """model.ensemble: trained models joined into one network, its logits the mean of theirs."""
+
 import json
 
 import numpy as np
@@ -14,6 +15,7 @@ from tests.test_cli import run
 def second_member(tiny_dataset, tmp_path_factory):
     """A second tiny model on the same split, from another seed."""
     from model.train import main
+
     out = tmp_path_factory.mktemp("member") / "model"
     main(["--data", str(tiny_dataset), "--out", str(out), "--seed", "1", *TINY_TRAINING])
     return out
@@ -22,6 +24,7 @@ def second_member(tiny_dataset, tmp_path_factory):
 @pytest.fixture(scope="module")
 def joined(tiny_model, second_member, tiny_dataset, tmp_path_factory):
     from model.ensemble import ensemble
+
     out = tmp_path_factory.mktemp("ensemble") / "model"
     ensemble([tiny_model, second_member], tiny_dataset, "none", out)
     return out
@@ -50,15 +53,44 @@ def test_the_ensemble_directory_records_its_members_and_validation_thresholds(jo
     assert members == [tiny_model.name, second_member.name] and info["training"]["architecture"].endswith("(ensemble)")
     thresholds = json.loads((joined / "thresholds.json").read_text())
     assert thresholds["tta"] == "none" and thresholds["chosen_on"].startswith("validation split")
-    assert info["validation"]["n_images"] == json.loads((tiny_model / "metrics.json").read_text())["split"]["validation"]
-    assert info["test"]["hamming_loss"] >= 0 and (joined / "model.keras").stat().st_size > (tiny_model / "model.keras").stat().st_size
+    assert (
+        info["validation"]["n_images"] == json.loads((tiny_model / "metrics.json").read_text())["split"]["validation"]
+    )
+    assert (
+        info["test"]["hamming_loss"] >= 0
+        and (joined / "model.keras").stat().st_size > (tiny_model / "model.keras").stat().st_size
+    )
 
 
 def test_members_that_disagree_on_the_input_size_are_refused_in_one_line(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
+
     other = tmp_path / "bigger"
-    main(["--data", str(tiny_dataset), "--out", str(other), "--epochs", "1", "--warmup-epochs", "1", "--input-size", "64"])
-    r = run("model.ensemble", "--members", str(tiny_model), str(other), "--data", str(tiny_dataset),
-            "--tta", "none", "--out", str(tmp_path / "joined"))
+    main(
+        [
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(other),
+            "--epochs",
+            "1",
+            "--warmup-epochs",
+            "1",
+            "--input-size",
+            "64",
+        ]
+    )
+    r = run(
+        "model.ensemble",
+        "--members",
+        str(tiny_model),
+        str(other),
+        "--data",
+        str(tiny_dataset),
+        "--tta",
+        "none",
+        "--out",
+        str(tmp_path / "joined"),
+    )
     assert r.returncode != 0 and r.stderr == f"error: {other}: not the same input size as {tiny_model}\n"
     assert not (tmp_path / "joined").exists()

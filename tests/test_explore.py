@@ -1,5 +1,6 @@
 """Exploring the model: similar photos (/api/predict?similar=K, cards), the embedding map (/api/map, /map),
 the atlas cache, and label feedback (/api/feedback), on 61 MIML photos copied into a small dataset."""
+
 import csv
 import io
 import json
@@ -43,6 +44,7 @@ def small_data(miml_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def explore_scenes(small_data, tmp_path_factory):
     from app.scenes import Scenes
+
     scenes = Scenes(data_dir=small_data)
     scenes.atlas = scenes.classifier.atlas(scenes.dataset, tmp_path_factory.mktemp("atlas")).start().wait(300)
     return scenes
@@ -51,6 +53,7 @@ def explore_scenes(small_data, tmp_path_factory):
 @pytest.fixture()
 def explore_client(explore_scenes):
     from app import create_app
+
     return create_app(scenes=explore_scenes).test_client()
 
 
@@ -77,6 +80,7 @@ def true_labels(dataset, i):
 
 
 # --- similar photos ---------------------------------------------------------------------------------
+
 
 def test_similar_photos_are_the_exact_cosine_neighbours(explore_client, explore_scenes, reference):
     d = explore_scenes.dataset
@@ -124,8 +128,8 @@ def test_similar_and_map_answer_503_with_progress_until_ready(explore_client, ex
     assert r.status_code == 503 and r.get_json() == {"error": "computing similar photos: 0%", "progress": 0.0}
     not_started.progress = 0.4
     assert explore_client.get("/api/map").get_json() == {"error": "computing similar photos: 40%", "progress": 0.4}
-    page = post(explore_client, "/", photo).get_data(as_text=True)
-    assert "computing similar photos: 40%" in page
+    html = post(explore_client, "/", photo).get_data(as_text=True)
+    assert "computing similar photos: 40%" in html
     assert post(explore_client, "/api/predict", photo).status_code == 200  # plain predictions never wait
 
 
@@ -133,8 +137,8 @@ def test_similar_and_map_without_a_dataset_are_404(client_without_data, sea_phot
     r = post(client_without_data, "/api/predict?similar=3", sea_photo)
     assert r.status_code == 404 and "start the app with --data DIR" in r.get_json()["error"]
     assert client_without_data.get("/api/map").status_code == 404
-    page = client_without_data.get("/map")
-    assert page.status_code == 200 and "No dataset is loaded" in page.get_data(as_text=True)
+    response = client_without_data.get("/map")
+    assert response.status_code == 200 and "No dataset is loaded" in response.get_data(as_text=True)
 
 
 def similar_links(html):
@@ -155,21 +159,31 @@ def test_cards_show_the_closest_photos(explore_client, explore_scenes):
 
 # --- the map ----------------------------------------------------------------------------------------
 
+
 def test_map_points(explore_client, explore_scenes, reference):
     d = explore_scenes.dataset
     points = explore_client.get("/api/map").get_json()["points"]
     assert [p["photo_id"] for p in points] == list(range(1, len(d.images) + 1))
     assert all(set(p) == {"photo_id", "x", "y", "split", "truth", "predicted"} for p in points)
     xy = np.array([[p["x"], p["y"]] for p in points])
-    assert xy.min() == pytest.approx(0, abs=1e-4) and xy.max() == pytest.approx(1, abs=1e-4) and len(np.unique(xy, axis=0)) > 55
+    assert (
+        xy.min() == pytest.approx(0, abs=1e-4)
+        and xy.max() == pytest.approx(1, abs=1e-4)
+        and len(np.unique(xy, axis=0)) > 55
+    )
     assert [p["truth"] for p in points] == [true_labels(d, i) for i in range(len(d.images))]
     _, probs = reference
     assert [p["predicted"] for p in points] == [r["predicted"] for r in explore_scenes.classifier.results(probs)]
     train, val, test = split(len(d.images), 100)
-    assert [sum(p["split"] == s for p in points) for s in ("train", "validation", "test")] == [len(train), len(val), len(test)]
+    assert [sum(p["split"] == s for p in points) for s in ("train", "validation", "test")] == [
+        len(train),
+        len(val),
+        len(test),
+    ]
 
 
 # --- the cache ----------------------------------------------------------------------------------------
+
 
 def test_second_start_reads_the_cache_and_runs_no_photo(explore_scenes, monkeypatch):
     first = explore_scenes.atlas
@@ -206,6 +220,7 @@ def test_cache_key_follows_the_model_and_the_listing(explore_scenes, small_data,
 
 # --- feedback ---------------------------------------------------------------------------------------
 
+
 def rows(folder):
     with open(folder / "labels.csv", newline="") as f:
         return list(csv.reader(f))
@@ -213,6 +228,7 @@ def rows(folder):
 
 def test_feedback_saves_the_photo_and_one_row_per_photo(explore_client, explore_scenes, feedback_dir):
     import hashlib
+
     d = explore_scenes.dataset
     photo, other = d.path(0).read_bytes(), d.path(1).read_bytes()
     name = hashlib.sha256(photo).hexdigest()[:16] + ".jpg"
@@ -229,12 +245,15 @@ def test_feedback_saves_the_photo_and_one_row_per_photo(explore_client, explore_
     assert sorted(p.name for p in (feedback_dir / "original").iterdir()) == sorted(dataset.images)
 
 
-@pytest.mark.parametrize("fields, data, status, words", [
-    ({"labels": "sea,volcano"}, None, 400, "unknown label 'volcano'; labels are desert, mountains"),
-    ({}, None, 400, "send the true labels in the form field 'labels'"),
-    ({"labels": "sea"}, b"just some text", 415, "photo.jpg: not an image format"),
-    ({"labels": "sea"}, b"", 400, "photo.jpg: the file is empty"),
-])
+@pytest.mark.parametrize(
+    "fields, data, status, words",
+    [
+        ({"labels": "sea,volcano"}, None, 400, "unknown label 'volcano'; labels are desert, mountains"),
+        ({}, None, 400, "send the true labels in the form field 'labels'"),
+        ({"labels": "sea"}, b"just some text", 415, "photo.jpg: not an image format"),
+        ({"labels": "sea"}, b"", 400, "photo.jpg: the file is empty"),
+    ],
+)
 def test_feedback_bad_requests(explore_client, explore_scenes, feedback_dir, fields, data, status, words):
     data = explore_scenes.dataset.path(0).read_bytes() if data is None else data
     r = post(explore_client, "/api/feedback", data, **fields)
@@ -257,7 +276,9 @@ def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scen
     (merged / "original").mkdir(parents=True)
     for photo in [*(small_data / "original").iterdir(), *(feedback_dir / "original").iterdir()]:
         os.link(photo, merged / "original" / photo.name)
-    lines = (small_data / "labels.csv").read_text().splitlines() + (feedback_dir / "labels.csv").read_text().splitlines()[1:]
+    lines = (small_data / "labels.csv").read_text().splitlines() + (
+        feedback_dir / "labels.csv"
+    ).read_text().splitlines()[1:]
     (merged / "labels.csv").write_text("\n".join(lines) + "\n")
     dataset = load_dataset(merged)
     assert len(dataset.images) == 62 and dataset.labels[-1].tolist() == [0, 0, 0, 1, 0]
@@ -266,11 +287,14 @@ def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scen
 def test_feedback_folder_of_other_labels_stops_the_app(tmp_path):
     (tmp_path / "labels.csv").write_text("image,cats,dogs\n")
     from tests.test_server import free_port, start
+
     proc = start("--port", str(free_port()), "--feedback", str(tmp_path))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
-    assert err.strip().splitlines()[-1] == (f"error: {tmp_path / 'labels.csv'}: its header is 'image,cats,dogs', "
-                                            "not the model's 'image,desert,mountains,sea,sunset,trees'")
+    assert err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'labels.csv'}: its header is 'image,cats,dogs', "
+        "not the model's 'image,desert,mountains,sea,sunset,trees'"
+    )
 
 
 def test_feedback_without_the_option_is_404(client, sea_photo):
@@ -278,13 +302,13 @@ def test_feedback_without_the_option_is_404(client, sea_photo):
     assert r.status_code == 404 and "start the app with --feedback DIR" in r.get_json()["error"]
 
 
-
-
 # --- in the browser -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def explore_url(explore_scenes):
     from app import create_app
+
     server = make_server("127.0.0.1", 0, create_app(scenes=explore_scenes), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
@@ -335,13 +359,20 @@ def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     started again on the same model and dataset, its first /api/map already answers the map."""
     from model.backbones.efficientnet_lite import cache_dir
     from tests.test_server import free_port, get
+
     (tmp_path / "litert").symlink_to(cache_dir() / "litert")  # the flatbuffer, converted once already
     env = {**os.environ, "MIML_CACHE": str(tmp_path)}
     first_answers = []
-    for run in range(2):
+    for _ in range(2):
         port = free_port()
-        proc = subprocess.Popen([sys.executable, "visualization.py", "--port", str(port), "--data", str(small_data)],
-                                cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "visualization.py", "--port", str(port), "--data", str(small_data)],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             assert proc.stdout.readline().startswith("MIML Scenes ready at")
             status, _, body = get(port, "/api/map")
@@ -381,20 +412,20 @@ def test_feedback_flow_in_the_browser(page, explore_url, explore_scenes, feedbac
 
 def test_map_page_shows_the_progress_then_draws(browser, explore_url, explore_scenes, monkeypatch, tmp_path):  # noqa: F811
     """Chromium logs each 503 the page polls as a console error, so only script errors count here."""
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    tab = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    tab.on("pageerror", lambda e: errors.append(str(e)))
     ready = explore_scenes.atlas
     computing = explore_scenes.classifier.atlas(explore_scenes.dataset, tmp_path)  # not started: stays at 40%
     computing.progress = 0.4
     monkeypatch.setattr(explore_scenes, "atlas", computing)
-    page.goto(explore_url + "/map")
-    status = page.locator("[data-map-status]")
-    page.wait_for_function("e => e.textContent === 'computing similar photos: 40%'", arg=status.element_handle())
-    assert page.locator("[data-map-progress]").evaluate("e => e.value") == pytest.approx(0.4)
-    page.screenshot(path=str(SHOTS / "map-computing.png"))
+    tab.goto(explore_url + "/map")
+    status = tab.locator("[data-map-status]")
+    tab.wait_for_function("e => e.textContent === 'computing similar photos: 40%'", arg=status.element_handle())
+    assert tab.locator("[data-map-progress]").evaluate("e => e.value") == pytest.approx(0.4)
+    tab.screenshot(path=str(SHOTS / "map-computing.png"))
     monkeypatch.setattr(explore_scenes, "atlas", ready)  # the page polls every second
-    page.locator("canvas[data-ready]").wait_for(timeout=10000)
+    tab.locator("canvas[data-ready]").wait_for(timeout=10000)
     assert status.inner_text() == f"{len(explore_scenes.dataset.images)} photos"
-    page.close()
+    tab.close()
     assert not errors

@@ -8,6 +8,7 @@ Measured with the shipped model on the 400 contract test photos (CPU, TF 2.21):
   photos change a predicted label, Hamming loss 0.0660 vs 0.0635.
 The tolerances below leave room for a retrained model.
 """
+
 import io
 import subprocess
 import sys
@@ -24,10 +25,10 @@ from model.preprocess import load_image
 from tests.conftest import ROOT
 
 SAVED_MODEL_TOLERANCE = 2e-3
-FLOAT16_TOLERANCE = 0.02          # measured 0.008
-INT8_MEAN_TOLERANCE = 0.03        # measured 0.009
-INT8_MAX_TOLERANCE = 0.5          # measured 0.31; a broken input scaling gives ~1
-INT8_DECISION_AGREEMENT = 0.95    # share of (photo, label) decisions equal to Keras's; measured 0.99
+FLOAT16_TOLERANCE = 0.02  # measured 0.008
+INT8_MEAN_TOLERANCE = 0.03  # measured 0.009
+INT8_MAX_TOLERANCE = 0.5  # measured 0.31; a broken input scaling gives ~1
+INT8_DECISION_AGREEMENT = 0.95  # share of (photo, label) decisions equal to Keras's; measured 0.99
 TFLITE_PHOTOS = 200
 
 
@@ -44,6 +45,7 @@ def exported(miml_data, tmp_path_factory):
 def loaded(exported):
     """The SavedModel export loaded with TensorFlow alone (no Keras, no project code)."""
     import tensorflow as tf
+
     return tf.saved_model.load(str(exported / "saved_model"))
 
 
@@ -51,6 +53,7 @@ def loaded(exported):
 def reference(miml_data):
     """The Keras path on the contract test photos: classifier, file bytes, pixels, probabilities."""
     from model.inference import Classifier
+
     dataset = load_dataset(miml_data)
     test_idx = split(len(dataset.images))[2]
     classifier = Classifier()
@@ -74,6 +77,7 @@ def test_export_directories_are_complete(exported):
 
 def test_serving_signature_takes_bytes_and_returns_batch_major_outputs(loaded, reference):
     import tensorflow as tf
+
     classifier = reference[0]
     serve = loaded.signatures["serving_default"]
     _, inputs = serve.structured_input_signature
@@ -90,9 +94,10 @@ def test_serving_signature_takes_bytes_and_returns_batch_major_outputs(loaded, r
 
 def test_saved_model_matches_keras_on_the_contract_test_photos(loaded, reference):
     import tensorflow as tf
+
     classifier, raw, pixels, keras_probs, _ = reference
     serve = loaded.signatures["serving_default"]
-    outs = [serve(image_bytes=tf.constant(raw[i:i + 50])) for i in range(0, len(raw), 50)]
+    outs = [serve(image_bytes=tf.constant(raw[i : i + 50])) for i in range(0, len(raw), 50)]
     probs = np.concatenate([o["probabilities"].numpy() for o in outs])
     labels = np.concatenate([o["labels"].numpy() for o in outs])
     predicted = np.concatenate([o["predicted"].numpy() for o in outs])
@@ -133,6 +138,7 @@ def _jpeg(image):
 
 def test_in_graph_preprocessing_reproduces_pillow(loaded, reference):
     import tensorflow as tf
+
     classifier, raw, pixels = reference[:3]
     np.testing.assert_array_equal(loaded.preprocess(tf.constant(raw[:40])).numpy(), pixels[:40])
 
@@ -142,7 +148,9 @@ def test_in_graph_preprocessing_reproduces_pillow(loaded, reference):
     cases = {
         # tall and large: Pillow's reduce() step, then the vertical pass first
         "tall 700x1500 PNG": _png(noise.resize((700, 1500), Image.Resampling.BILINEAR)),
-        "phone-sized 2016x1512 JPEG (decoded at 1/4 scale)": _jpeg(noise.resize((2016, 1512), Image.Resampling.BILINEAR)),
+        "phone-sized 2016x1512 JPEG (decoded at 1/4 scale)": _jpeg(
+            noise.resize((2016, 1512), Image.Resampling.BILINEAR)
+        ),
         "12 MP 4000x3000 JPEG (decoded at 1/8 scale)": _jpeg(noise.resize((4000, 3000), Image.Resampling.BILINEAR)),
         "transparent RGBA PNG": _png(Image.fromarray(rgba, "RGBA")),
         "greyscale PNG": _png(noise.convert("L")),
@@ -154,6 +162,7 @@ def test_in_graph_preprocessing_reproduces_pillow(loaded, reference):
 
 def test_saved_model_refuses_non_images_and_decompression_bombs(loaded):
     import tensorflow as tf
+
     serve = loaded.signatures["serving_default"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="Unknown image file format"):
         serve(image_bytes=tf.constant([b"not an image"]))
@@ -163,6 +172,7 @@ def test_saved_model_refuses_non_images_and_decompression_bombs(loaded):
 
 def _run_tflite(path, pixels):
     import tensorflow as tf
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice (ai_edge_litert)
         interpreter = tf.lite.Interpreter(model_path=str(path))
@@ -199,8 +209,10 @@ def test_tflite_int8_agrees_with_keras(exported, reference):
     diff = np.abs(probs - keras_probs[:TFLITE_PHOTOS])
     ours, theirs = classifier.decide(probs), classifier.decide(keras_probs[:TFLITE_PHOTOS])
     agreement = float((ours == theirs).mean())
-    print(f"TF Lite int8 vs Keras on {TFLITE_PHOTOS} photos: largest {diff.max():.4f}, mean {diff.mean():.5f}, "
-          f"label decisions agreeing {agreement:.4f}, input quantization {inp['quantization']}")
+    print(
+        f"TF Lite int8 vs Keras on {TFLITE_PHOTOS} photos: largest {diff.max():.4f}, mean {diff.mean():.5f}, "
+        f"label decisions agreeing {agreement:.4f}, input quantization {inp['quantization']}"
+    )
     assert diff.mean() < INT8_MEAN_TOLERANCE and diff.max() < INT8_MAX_TOLERANCE
     assert agreement >= INT8_DECISION_AGREEMENT
     truth = truth[:TFLITE_PHOTOS]
@@ -209,10 +221,25 @@ def test_tflite_int8_agrees_with_keras(exported, reference):
 
 # ---------------------------------------------------------------- the CLI's errors
 
+
 def test_missing_model_directory_is_one_line_without_traceback(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "model.export", "--model", "/nonexistent/model",
-                        "--format", "saved_model", "--out", str(tmp_path / "out")],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.export",
+            "--model",
+            "/nonexistent/model",
+            "--format",
+            "saved_model",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1
     assert r.stderr == "error: /nonexistent/model: model directory not found\n"
     assert list(tmp_path.iterdir()) == []

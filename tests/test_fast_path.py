@@ -1,5 +1,6 @@
 """The one forward pass: LiteRT against Keras, class maps against Grad-CAM's gradients, DCT-scaled
 decoding of large JPEGs, phone formats, the format allow-list, concurrency, and the app's one door."""
+
 import ast
 import json
 import io
@@ -67,6 +68,7 @@ def gradcam_by_gradients(model, pixels):
     """Textbook Grad-CAM with TensorFlow's gradients: weights = spatial mean of d p / d features."""
     import keras
     import tensorflow as tf
+
     cam_model = keras.Model(model.inputs, [model.get_layer("top_activation").output, model.output])
     x = tf.constant(pixels[None], tf.float32)
     maps = []
@@ -125,6 +127,7 @@ def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
     """A head that is not pooling + dense gets Grad-CAM from TensorFlow's gradients, and LiteRT serves it too."""
     import shutil
     from model.network import build_seed_cnn
+
     labels = ["desert", "mountains", "sea", "sunset", "trees"]
     model = build_seed_cnn(labels)
     shutil.copytree(ROOT / "model" / "shipped", tmp_path / "seed")
@@ -154,7 +157,9 @@ def test_large_jpegs_are_decoded_small_and_keep_their_labels(lite, test_split):
         with Image.open(dataset.path(i)) as im:
             longer = (4000, 4032, 5000, 6000)[n % 4]
             scale = longer / max(im.size)
-            big = jpeg(im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC))
+            big = jpeg(
+                im.convert("RGB").resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.BICUBIC)
+            )
         assert decoded_pixels(big, 224) < 700_000  # at most about 1000 x 700 decoded, never the 12+ megapixels
         drafted = load_image(big, 224)
         full = np.asarray(letterbox(decode(big, float("inf")), 224))
@@ -172,8 +177,11 @@ def test_phone_formats(client, lite, sea_photo, fmt):
     assert Image.open(io.BytesIO(photo)).format == fmt
     from_jpeg, converted = lite.probabilities(np.stack([lite.load(sea_photo), lite.load(photo)]))
     assert np.abs(from_jpeg - converted).max() < 0.05
-    r = client.post("/api/predict", data={"image": [(io.BytesIO(photo), f"phone.{fmt.lower()}")]},
-                    content_type="multipart/form-data")
+    r = client.post(
+        "/api/predict",
+        data={"image": [(io.BytesIO(photo), f"phone.{fmt.lower()}")]},
+        content_type="multipart/form-data",
+    )
     assert r.status_code == 200 and "sea" in r.get_json()["results"][0]["predicted"]
 
 
@@ -191,8 +199,15 @@ def other_format(fmt):
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name, make", [("figure.eps", lambda: EPS), ("icon.ico", lambda: other_format("ICO")),
-                                        ("old.pcx", lambda: other_format("PCX")), ("pic.ppm", lambda: other_format("PPM"))])
+@pytest.mark.parametrize(
+    "name, make",
+    [
+        ("figure.eps", lambda: EPS),
+        ("icon.ico", lambda: other_format("ICO")),
+        ("old.pcx", lambda: other_format("PCX")),
+        ("pic.ppm", lambda: other_format("PPM")),
+    ],
+)
 def test_formats_outside_the_allow_list_are_415(client, name, make):
     r = client.post("/api/predict", data={"image": [(io.BytesIO(make()), name)]}, content_type="multipart/form-data")
     assert r.status_code == 415 and name in r.get_json()["error"] and "HEIC" in r.get_json()["error"]
@@ -226,6 +241,7 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     first = Classifier()
     (cached,) = (tmp_path / "litert").glob("*.tflite")
     from model.backbones.torch_legacy import sha256_of
+
     assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
     cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
     second = Classifier()
@@ -267,7 +283,7 @@ def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_pa
     refused, worst, growth, message = r.stdout.split(maxsplit=3)
     assert (refused, worst) == ("413", "200"), r.stderr[-2000:]
     assert "pixels" in message and "fewer" in message
-    assert int(growth) < 1024 ** 3, int(growth) / 2 ** 20
+    assert int(growth) < 1024**3, int(growth) / 2**20
 
 
 def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, tmp_path):
@@ -281,8 +297,11 @@ def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, 
     assert flip.at_least_one == info["other_tta"]["at_least_one"]
     assert flip.thresholds != lite.thresholds
     from tests.test_cli import run
+
     (tmp_path / "sea.jpg").write_bytes(sea_photo)
     for mode, classifier in (("none", lite), ("flip", flip)):
         r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode)
         (result,) = json.loads(r.stdout)
-        assert {k: result[k] for k in ("probabilities", "predicted")} == classifier.classify(classifier.load(sea_photo)[None])[0]
+        assert {k: result[k] for k in ("probabilities", "predicted")} == classifier.classify(
+            classifier.load(sea_photo)[None]
+        )[0]

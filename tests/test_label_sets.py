@@ -1,4 +1,5 @@
 """Label-set confusions on /evaluation and the gallery's exact label-set filter (?truth=...&predicted=...)."""
+
 import re
 from collections import Counter
 from html import unescape
@@ -83,9 +84,13 @@ def test_empty_label_set_and_spellings(client, scenes):
     assert "true labels are exactly <strong>{sea, sunset}</strong>" in html
 
 
-@pytest.mark.parametrize("query, word", [("truth=volcano", "'volcano'"), ("predicted=sea+Sea", "'Sea'"),
-                                          ("truth=sea&predicted=sunset+x", "'x'")])
+@pytest.mark.parametrize(
+    "query, word",
+    [("truth=volcano", "'volcano'"), ("predicted=sea+Sea", "'Sea'"), ("truth=sea&predicted=sunset+x", "'x'")],
+)
 def test_unknown_labels_are_400(client, query, word):
     r = client.get(f"/gallery?{query}")
     text = r.get_data(as_text=True)
-    assert r.status_code == 400 and word in unescape(text) and "labels are desert, mountains, sea, sunset, trees" in text
+    assert (
+        r.status_code == 400 and word in unescape(text) and "labels are desert, mountains, sea, sunset, trees" in text
+    )

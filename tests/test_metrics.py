@@ -5,10 +5,14 @@ from model.metrics import evaluate, one_error
 from model.thresholds import apply_thresholds, at_least_one_helps, tune_thresholds
 
 Y = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
-P = np.array([[0.9, 0.2, 0.1],   # top label right
-              [0.3, 0.6, 0.8],   # top label right
-              [0.4, 0.7, 0.5],   # top label right; 'a' below 0.5 -> a miss
-              [0.6, 0.1, 0.4]])  # top label wrong; 'a' a false alarm, 'c' a miss
+P = np.array(
+    [
+        [0.9, 0.2, 0.1],  # top label right
+        [0.3, 0.6, 0.8],  # top label right
+        [0.4, 0.7, 0.5],  # top label right; 'a' below 0.5 -> a miss
+        [0.6, 0.1, 0.4],
+    ]
+)  # top label wrong; 'a' a false alarm, 'c' a miss
 
 
 def test_metrics_by_hand():
@@ -32,7 +36,9 @@ def test_metrics_by_hand():
     assert m["per_label"]["b"]["f1"] == 1.0 and m["per_label"]["b"]["ap"] == 1.0
     # log loss by hand for two cells of photo 0 and the rest through the formula's other branch
     assert m["log_loss"] == pytest.approx(-np.mean(np.where(Y == 1, np.log(P), np.log(1 - P))))
-    assert evaluate(Y[:1], np.array([[0.5, 0.5, 0.5]]), [0.5] * 3, ["a", "b", "c"])["log_loss"] == pytest.approx(np.log(2))
+    assert evaluate(Y[:1], np.array([[0.5, 0.5, 0.5]]), [0.5] * 3, ["a", "b", "c"])["log_loss"] == pytest.approx(
+        np.log(2)
+    )
     assert m["n_images"] == 4 and m["micro_f1"] == pytest.approx(2 * 4 / (2 * 4 + 2 + 2))
 
 

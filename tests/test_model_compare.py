@@ -1,4 +1,5 @@
 """The model page: the training curve served from the model directory, and our metrics beside published ones."""
+
 import re
 import shutil
 from html import unescape
@@ -37,8 +38,14 @@ def test_our_row_and_the_published_rows(client, scenes):
     assert abs(float(ours["average_precision"]) - label_ranking_average_precision_score(truth, probs)) < 5e-5
     assert 0.9 < float(ours["average_precision"]) < 1
     mldf = rows["MLDF (Yang et al., ECAI 2020): deep forest on hand-crafted features"]
-    assert mldf == {"hamming_loss": "0.1480", "exact_match": "–", "one_error": "0.2390", "coverage": "0.1590",
-                    "ranking_loss": "0.1290", "average_precision": "0.8420"}
+    assert mldf == {
+        "hamming_loss": "0.1480",
+        "exact_match": "–",
+        "one_error": "0.2390",
+        "coverage": "0.1590",
+        "ranking_loss": "0.1290",
+        "average_precision": "0.8420",
+    }
     assert rows["Best honest pixel-trained CNN we know of"]["exact_match"] == "0.5850"
     assert rows["The original project's 4-layer CNN, as it reported"]["hamming_loss"] == "0.1395"
     assert html.count("<strong>5-fold CV</strong>") == 1 + 1 + 1  # the note, our recipe's row and MLDF's row
@@ -55,6 +62,7 @@ def test_model_without_a_curve(tmp_path):
     model = tmp_path / "model"
     shutil.copytree(SHIPPED_MODEL_DIR, model, ignore=shutil.ignore_patterns("training_curve.png"))
     from app import create_app
+
     client = create_app(model_dir=model).test_client()
     r = client.get("/model/training_curve.png")
     assert r.status_code == 404 and "no training_curve.png" in r.get_data(as_text=True)

@@ -1,4 +1,5 @@
 """model.modeldir: every malformed file of a model directory is one ModelDirError naming it."""
+
 import json
 import shutil
 
@@ -26,22 +27,42 @@ def test_shipped_model_directory_reads(model_dir):
     assert info.at_least_one is THRESHOLDS["at_least_one"] is True  # chosen on validation (see thresholds.json)
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("thresholds.json", with_thresholds(thresholds={**THRESHOLDS["thresholds"], "sea": True}),
-     "the threshold of 'sea' is true, not a number from 0 to 1"),
-    ("thresholds.json", with_thresholds(thresholds={**THRESHOLDS["thresholds"], "sea": 1.5}),
-     "the threshold of 'sea' is 1.5, not a number from 0 to 1"),
-    ("thresholds.json", with_thresholds(labels=["desert", "desert", "sea", "sunset", "trees"]),
-     "label 'desert' appears more than once in 'labels'"),
-    ("thresholds.json", with_thresholds(labels=["desert", 7]), "needs 'labels', a list of label names"),
-    ("thresholds.json", with_thresholds(thresholds={"desert": 0.5}), "needs 'thresholds', one entry for each of the labels"),
-    ("thresholds.json", with_thresholds(at_least_one=1), "'at_least_one' must be true or false"),
-    ("thresholds.json", with_thresholds(tta="rotate"), "'tta' must be one of none, flip"),
-    ("thresholds.json", "[" * 200_000 + "]" * 200_000, r"not valid JSON \(nested too deeply\)"),
-    ("metrics.json", '{"a": ' * 200_000 + "1" + "}" * 200_000, r"not valid JSON \(nested too deeply\)"),
-    ("metrics.json", '{"training": {}, "validation": {}, "test": {}, "split": []}', "needs 'training', 'validation' and 'test'"),
-    ("thresholds.json", "{", r"not valid JSON \(Expecting property name"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        (
+            "thresholds.json",
+            with_thresholds(thresholds={**THRESHOLDS["thresholds"], "sea": True}),
+            "the threshold of 'sea' is true, not a number from 0 to 1",
+        ),
+        (
+            "thresholds.json",
+            with_thresholds(thresholds={**THRESHOLDS["thresholds"], "sea": 1.5}),
+            "the threshold of 'sea' is 1.5, not a number from 0 to 1",
+        ),
+        (
+            "thresholds.json",
+            with_thresholds(labels=["desert", "desert", "sea", "sunset", "trees"]),
+            "label 'desert' appears more than once in 'labels'",
+        ),
+        ("thresholds.json", with_thresholds(labels=["desert", 7]), "needs 'labels', a list of label names"),
+        (
+            "thresholds.json",
+            with_thresholds(thresholds={"desert": 0.5}),
+            "needs 'thresholds', one entry for each of the labels",
+        ),
+        ("thresholds.json", with_thresholds(at_least_one=1), "'at_least_one' must be true or false"),
+        ("thresholds.json", with_thresholds(tta="rotate"), "'tta' must be one of none, flip"),
+        ("thresholds.json", "[" * 200_000 + "]" * 200_000, r"not valid JSON \(nested too deeply\)"),
+        ("metrics.json", '{"a": ' * 200_000 + "1" + "}" * 200_000, r"not valid JSON \(nested too deeply\)"),
+        (
+            "metrics.json",
+            '{"training": {}, "validation": {}, "test": {}, "split": []}',
+            "needs 'training', 'validation' and 'test'",
+        ),
+        ("thresholds.json", "{", r"not valid JSON \(Expecting property name"),
+    ],
+)
 def test_malformed_json_is_one_error_naming_the_file(model_dir, name, content, message):
     (model_dir / name).write_text(content)
     with pytest.raises(ModelDirError, match=f"^{model_dir / name}: {message}") as error:
@@ -53,15 +74,19 @@ def test_malformed_json_is_one_error_naming_the_file(model_dir, name, content, m
 def test_huge_json_is_refused_before_reading(model_dir, name):
     with open(model_dir / name, "wb") as f:
         f.truncate(600_000_000)  # sparse: reading it whole would take 600 MB
-    with pytest.raises(ModelDirError, match=f"{model_dir / name}: 600,000,000 bytes, over the {MAX_JSON_BYTES:,}-byte limit"):
+    with pytest.raises(
+        ModelDirError, match=f"{model_dir / name}: 600,000,000 bytes, over the {MAX_JSON_BYTES:,}-byte limit"
+    ):
         read_model_dir(model_dir)
 
 
 def test_truncated_keras_file_is_not_reported_as_missing(model_dir):
     data = (model_dir / "model.keras").read_bytes()
-    (model_dir / "model.keras").write_bytes(data[:len(data) // 2])
+    (model_dir / "model.keras").write_bytes(data[: len(data) // 2])
     info = read_model_dir(model_dir)  # the JSON files are fine; the network is read on demand
-    with pytest.raises(ModelDirError, match=f"^{model_dir / 'model.keras'}: not a Keras archive \\(truncated or damaged\\)$"):
+    with pytest.raises(
+        ModelDirError, match=f"^{model_dir / 'model.keras'}: not a Keras archive \\(truncated or damaged\\)$"
+    ):
         info.load_keras()
 
 

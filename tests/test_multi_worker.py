@@ -8,6 +8,7 @@ taken out (in these processes only) because it is the one thing that cannot matc
 masks of its own half batch, which are not the rows of the single worker's mask for those photos, so with
 dropout a two-worker run is another sample of the same training (its predictions differ by up to 0.1 after
 this run's two steps), not the same numbers."""
+
 import json
 import os
 import socket
@@ -20,8 +21,10 @@ from model.modeldir import read_model_dir
 from tests.conftest import ROOT
 from tests.helpers import TINY_TRAINING
 
-WITHOUT_DROPOUT = ("import sys, keras; keras.layers.Dropout.call = lambda self, x, training=None: x; "
-                   "from model.train import main; main(sys.argv[1:])")
+WITHOUT_DROPOUT = (
+    "import sys, keras; keras.layers.Dropout.call = lambda self, x, training=None: x; "
+    "from model.train import main; main(sys.argv[1:])"
+)
 
 
 def free_ports(n):
@@ -36,16 +39,30 @@ def free_ports(n):
 
 def train(tiny_dataset, out, *args, tf_config=None):
     env = {**os.environ, **({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {})}
-    return subprocess.Popen([sys.executable, "-c", WITHOUT_DROPOUT, "--data", str(tiny_dataset), "--out", str(out),
-                             *TINY_TRAINING, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", WITHOUT_DROPOUT, "--data", str(tiny_dataset), "--out", str(out), *TINY_TRAINING, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_two_workers_train_the_model_one_worker_trains(tiny_dataset, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
-    procs = [train(tiny_dataset, tmp_path / f"worker{i}", "--batch-size", "16", "--distribute", "multi-worker",
-                   tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-             for i in range(2)]  # each worker its own --out: here they share one disk
+    procs = [
+        train(
+            tiny_dataset,
+            tmp_path / f"worker{i}",
+            "--batch-size",
+            "16",
+            "--distribute",
+            "multi-worker",
+            tf_config={"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}},
+        )
+        for i in range(2)
+    ]  # each worker its own --out: here they share one disk
     procs.append(train(tiny_dataset, tmp_path / "one", "--batch-size", "32"))
     try:
         outputs = [p.communicate(timeout=600)[0] for p in procs]
@@ -64,6 +81,21 @@ def test_two_workers_train_the_model_one_worker_trains(tiny_dataset, tmp_path):
 
 def test_multi_worker_needs_tf_config(tiny_dataset, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    r = subprocess.run([sys.executable, "-m", "model.train", "--data", str(tiny_dataset), "--out", str(tmp_path / "m"),
-                        "--distribute", "multi-worker"], cwd=ROOT, env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model.train",
+            "--data",
+            str(tiny_dataset),
+            "--out",
+            str(tmp_path / "m"),
+            "--distribute",
+            "multi-worker",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "needs TF_CONFIG" in r.stderr and "Traceback" not in r.stderr

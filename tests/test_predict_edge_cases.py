@@ -1,4 +1,5 @@
 """`python -m model.predict` on awkward real folders: each odd entry gets its error row, the run goes on."""
+
 import csv
 import fcntl
 import os
@@ -17,8 +18,13 @@ DEPTH = 1100  # deeper than Python's recursion limit
 
 
 def predict(*args, stderr=subprocess.PIPE):
-    return subprocess.run([sys.executable, "-m", "model.predict", *map(os.fsencode, args)], cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=stderr, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "model.predict", *map(os.fsencode, args)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        timeout=180,
+    )
 
 
 @pytest.fixture()
@@ -40,7 +46,7 @@ def awkward(tmp_path, sea_photo):
     os.mkfifo(fifo)
     yield photos, non_utf8, fifo
     (deep.parent / "deep.jpg").unlink()
-    for folder in list(deep.parents)[:DEPTH + 1]:  # so that pytest can clean up tmp_path
+    for folder in list(deep.parents)[: DEPTH + 1]:  # so that pytest can clean up tmp_path
         folder.rmdir()
 
 
@@ -100,6 +106,8 @@ def test_no_photos_found_is_one_line_and_exit_2(tmp_path):
     r = predict(tmp_path / "empty", tmp_path / "notes")
     assert r.returncode == 2 and r.stdout == b""
     lines = r.stderr.decode().strip().splitlines()
-    assert lines[-1] == (f"error: no photos found in {tmp_path / 'empty'}, {tmp_path / 'notes'} "
-                         "(image files end in .avif, .bmp, .gif, .heic, .heif, .jpeg, .jpg, .png, .tif, .tiff, .webp)")
+    assert lines[-1] == (
+        f"error: no photos found in {tmp_path / 'empty'}, {tmp_path / 'notes'} "
+        "(image files end in .avif, .bmp, .gif, .heic, .heif, .jpeg, .jpg, .png, .tif, .tiff, .webp)"
+    )
     assert not any(line.startswith("error") for line in lines[:-1]) and "Traceback" not in r.stderr.decode()

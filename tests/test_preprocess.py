@@ -18,7 +18,7 @@ def encode(im, fmt="PNG", **kw):
 def half_red_half_blue(w=80, h=60):
     a = np.zeros((h, w, 3), np.uint8)
     a[:, : w // 2] = (255, 0, 0)
-    a[:, w // 2:] = (0, 0, 255)
+    a[:, w // 2 :] = (0, 0, 255)
     return Image.fromarray(a)
 
 
@@ -26,12 +26,21 @@ RED, BLUE = (255, 0, 0), (0, 0, 255)
 GREY_RED, GREY_BLUE = (76,) * 3, (29,) * 3  # ITU-R 601 luma of pure red and pure blue
 
 
-@pytest.mark.parametrize("mode, left, right, tolerance", [
-    ("RGB", RED, BLUE, 2), ("RGBA", RED, BLUE, 2), ("P", RED, BLUE, 2), ("CMYK", RED, BLUE, 40),
-    ("L", GREY_RED, GREY_BLUE, 2), ("LA", GREY_RED, GREY_BLUE, 2), ("I;16", GREY_RED, GREY_BLUE, 2),
-    ("I", GREY_RED, GREY_BLUE, 2), ("F", GREY_RED, GREY_BLUE, 2),
-    ("1", GREY_RED, GREY_BLUE, 30),  # dithered black and white: right on average
-])
+@pytest.mark.parametrize(
+    "mode, left, right, tolerance",
+    [
+        ("RGB", RED, BLUE, 2),
+        ("RGBA", RED, BLUE, 2),
+        ("P", RED, BLUE, 2),
+        ("CMYK", RED, BLUE, 40),
+        ("L", GREY_RED, GREY_BLUE, 2),
+        ("LA", GREY_RED, GREY_BLUE, 2),
+        ("I;16", GREY_RED, GREY_BLUE, 2),
+        ("I", GREY_RED, GREY_BLUE, 2),
+        ("F", GREY_RED, GREY_BLUE, 2),
+        ("1", GREY_RED, GREY_BLUE, 30),  # dithered black and white: right on average
+    ],
+)
 def test_every_mode_becomes_rgb_uint8_letterboxed(mode, left, right, tolerance):
     """80x60, red left and blue right, becomes 64x48 centred on 64x64 grey: bars of 8 rows above and below."""
     im = half_red_half_blue().convert("RGB")
@@ -123,6 +132,7 @@ def test_decompression_bomb_is_refused():
     # rewrite the IHDR size to 50000 x 50000 (with a fixed CRC) without allocating it
     import struct
     import zlib
+
     ihdr = struct.pack(">IIBBBBB", 50000, 50000, 1, 0, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     bomb = png[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk)) + png[33:]

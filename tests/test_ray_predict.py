@@ -2,6 +2,7 @@
 
 One local Ray for the module (2 CPUs, no dashboard, its files in a temporary folder, shut down at the end),
 on 100 MIML photos with the shipped model."""
+
 import csv
 import os
 import shutil
@@ -60,23 +61,36 @@ def test_ray_csv_is_byte_for_byte_the_in_process_csv(local_ray, photos, tmp_path
     assert cli(photos, "--engine", "ray", "--csv", tmp_path / "ray.csv") == 1
     assert (tmp_path / "ray.csv").read_bytes() == (tmp_path / "local.csv").read_bytes()
     rows = read_csv(tmp_path / "ray.csv")
-    assert len(rows) == 1 + PHOTOS + 1 and rows[0] == ["path", "desert", "mountains", "sea", "sunset", "trees",
-                                                        "predicted", "error"]
+    assert len(rows) == 1 + PHOTOS + 1 and rows[0] == [
+        "path",
+        "desert",
+        "mountains",
+        "sea",
+        "sunset",
+        "trees",
+        "predicted",
+        "error",
+    ]
     broken = [r for r in rows if r[0].endswith("broken.jpg")]
     assert broken[0][-1].startswith("not an image format") and broken[0][1:-1] == [""] * 6
 
 
 def test_list_file_glob_uri_and_parquet(local_ray, photos, tmp_path):
     import pyarrow.parquet as pq
+
     first = sorted((photos / "a").glob("*.jpg"))[:3]
     listing = tmp_path / "paths.txt"
-    listing.write_text(f"# photos\n{first[0]}\n\nfile://{first[1]}\n{tmp_path / 'missing.jpg'}\n{photos}/b/1*.jpg\n"
-                       "nosuch://bucket/photo.jpg\n")
+    listing.write_text(
+        f"# photos\n{first[0]}\n\nfile://{first[1]}\n{tmp_path / 'missing.jpg'}\n{photos}/b/1*.jpg\n"
+        "nosuch://bucket/photo.jpg\n"
+    )
     paths = list(ray_batch.list_paths([listing]))
     assert paths[:3] == [str(first[0]), f"file://{first[1]}", str(tmp_path / "missing.jpg")]
     assert paths[3] == f"{photos}/b/1*.jpg"  # a list names files; a glob is expanded only as a SOURCE
     globbed = list(ray_batch.list_paths([f"{photos}/b/1*.jpg", f"file://{photos / 'a'}"]))
-    assert globbed == sorted(map(str, (photos / "b").glob("1*.jpg"))) + sorted(f"file://{p}" for p in (photos / "a").glob("*.jpg"))
+    assert globbed == sorted(map(str, (photos / "b").glob("1*.jpg"))) + sorted(
+        f"file://{p}" for p in (photos / "a").glob("*.jpg")
+    )
 
     assert cli(listing, "--engine", "ray", "--parquet", tmp_path / "out") == 1
     table = pq.read_table(tmp_path / "out").to_pylist()
@@ -86,8 +100,9 @@ def test_list_file_glob_uri_and_parquet(local_ray, photos, tmp_path):
     assert cli(first[0], first[1], "--csv", tmp_path / "local.csv") == 0
     local = read_csv(tmp_path / "local.csv")[1:]
     for row, want in zip(table, local):  # unrounded float32 in Parquet, 4 places in the CSV
-        assert [round(row[label], 4) for label in ("desert", "mountains", "sea", "sunset", "trees")] == \
-            [float(v) for v in want[1:6]]
+        assert [round(row[label], 4) for label in ("desert", "mountains", "sea", "sunset", "trees")] == [
+            float(v) for v in want[1:6]
+        ]
         assert row["predicted"] == want[6]
 
 

@@ -1,5 +1,6 @@
 """The training recipe's parts that model.train's options switch on: upload-like augmentation, mixup, slower
 early layers, and the cross-validation folds (model.crossval runs them end to end)."""
+
 import colorsys
 import json
 import shutil
@@ -25,6 +26,7 @@ def test_upload_augmentation_crops_any_aspect_letterboxes_and_keeps_hues(tmp_pat
     pixels[:] = (230, 120, 40)
     pixels[80:120] = (120, 60, 20)
     from PIL import Image
+
     Image.fromarray(pixels).save(tmp_path / "p.png")
     source = round(1.5 * SIZE)
     photo = tf.constant(load_image(tmp_path / "p.png", source), tf.float32)
@@ -55,7 +57,7 @@ def test_upload_augmentation_never_crops_into_the_grey_bands(miml_data):
         content = np.abs(out - 127).sum(axis=2) > 3
         rows, cols = np.flatnonzero(content.any(axis=1)), np.flatnonzero(content.any(axis=0))
         # a crop that reached into the bands would bring a grey margin inside the content's bounding box
-        inner = out[rows[0] + 2:rows[-1] - 1, cols[0] + 2:cols[-1] - 1]
+        inner = out[rows[0] + 2 : rows[-1] - 1, cols[0] + 2 : cols[-1] - 1]
         assert (np.abs(inner - 127).sum(axis=2) <= 3).mean() < 0.02
 
 
@@ -79,6 +81,7 @@ def test_train_batches_with_mixup_give_soft_labels_and_keep_the_batch_shape():
 
 def test_layerwise_adam_moves_the_slow_layers_by_the_factor():
     import keras
+
     inputs = keras.Input((3,))
     x = keras.layers.Dense(4, name="stem_conv")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(1, name="probabilities")(x))
@@ -101,16 +104,31 @@ def test_cross_validation_folds_partition_the_photos_and_are_stratified(miml_dat
         assert np.abs(labels[val].mean(axis=0) - labels.mean(axis=0)).max() < 0.01
         tests.append(test)
     assert sorted(np.concatenate(tests)) == list(range(len(labels)))  # every photo tested exactly once
-    assert np.array_equal(fold_split(labels, 5, 2)[2], tests[2])      # the same folds every time
+    assert np.array_equal(fold_split(labels, 5, 2)[2], tests[2])  # the same folds every time
     with pytest.raises(ValueError, match="fold 5 is not one of 0..4"):
         fold_split(labels, 5, 5)
 
 
-def test_crossval_trains_every_fold_reports_the_literature_metrics_and_resumes(tiny_dataset, tiny_model, tmp_path, capsys):
+def test_crossval_trains_every_fold_reports_the_literature_metrics_and_resumes(
+    tiny_dataset, tiny_model, tmp_path, capsys
+):
     from model.crossval import main
+
     out = tmp_path / "cv"
-    args = ["--data", str(tiny_dataset), "--out", str(out), "--folds", "2",
-            "--epochs", "1", "--warmup-epochs", "1", "--input-size", "64"]
+    args = [
+        "--data",
+        str(tiny_dataset),
+        "--out",
+        str(out),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--warmup-epochs",
+        "1",
+        "--input-size",
+        "64",
+    ]
     recorded = tmp_path / "model"
     shutil.copytree(tiny_model, recorded)
     main(args + ["--record-in", str(recorded)])
@@ -133,6 +151,7 @@ def test_crossval_trains_every_fold_reports_the_literature_metrics_and_resumes(t
 
 def test_crossval_refuses_options_it_sets_itself(tmp_path, capsys):
     from model.crossval import main
+
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path), "--fold", "1/5"])
     assert "set by model.crossval" in capsys.readouterr().err

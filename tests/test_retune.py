@@ -8,6 +8,7 @@ from tests.test_cli import run
 
 def test_retuning_the_shipped_model_reproduces_its_thresholds_and_metrics(miml_data, tmp_path):
     from model.retune import retune
+
     out = tmp_path / "retuned"
     shipped = read_model_dir(SHIPPED_MODEL_DIR)
     retune(SHIPPED_MODEL_DIR, miml_data, shipped.thresholds_info["tta"], out)  # "none": the ensemble's one pass

@@ -1,4 +1,5 @@
 """`python visualization.py` as a user starts it: waitress's limits, Host checks, start-up errors."""
+
 import http.client
 import json
 import socket
@@ -14,8 +15,9 @@ from tests.conftest import ROOT
 
 
 def start(*args):
-    return subprocess.Popen([sys.executable, "visualization.py", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "visualization.py", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def free_port():
@@ -47,8 +49,10 @@ def server(miml_data):
 
 
 def test_bad_model_or_data_is_one_line_and_exit_2(tmp_path):
-    for args, fragment in [(["--model", str(tmp_path / "none")], "model directory not found"),
-                           (["--data", str(tmp_path / "none")], "dataset directory not found")]:
+    for args, fragment in [
+        (["--model", str(tmp_path / "none")], "model directory not found"),
+        (["--data", str(tmp_path / "none")], "dataset directory not found"),
+    ]:
         proc = start("--port", str(free_port()), *args)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 2, err
@@ -73,9 +77,17 @@ def test_starts_with_waitress_prints_url_and_serves(server):
     assert status == 200 and b"of 400 test photos" in body
 
 
-@pytest.mark.parametrize("host, status", [("localhost:{port}", 200), ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200),
-                                          ("scenes.example", 200), ("attacker.example", 400),
-                                          ("localhost.attacker.example:{port}", 400)])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost:{port}", 200),
+        ("127.0.0.1:{port}", 200),
+        ("[::1]:{port}", 200),
+        ("scenes.example", 200),
+        ("attacker.example", 400),
+        ("localhost.attacker.example:{port}", 400),
+    ],
+)
 def test_only_local_and_allowed_hosts_are_answered(server, host, status):
     port, _ = server
     host = host.format(port=port)
@@ -83,8 +95,10 @@ def test_only_local_and_allowed_hosts_are_answered(server, host, status):
     assert code == status
     if status == 400:
         error = json.loads(body)["error"]
-        assert error == (f"this server does not answer for the host '{host}'; it answers for localhost, 127.0.0.1, "
-                         "[::1], scenes.example (add one with --allowed-host)")
+        assert error == (
+            f"this server does not answer for the host '{host}'; it answers for localhost, 127.0.0.1, "
+            "[::1], scenes.example (add one with --allowed-host)"
+        )
         assert headers["X-Frame-Options"] == "DENY"
         code, _, page = get(port, "/gallery", host=host)
         assert code == 400 and b"<h1>400" in page and b"attacker.example" in page and b"400 test photos" not in page
@@ -113,8 +127,12 @@ def test_a_body_just_over_the_limit_is_answered_by_the_app(server):
     port, _ = server
     size = MAX_UPLOAD_BYTES + 200_000  # over the app's limit, not over waitress's
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("POST", "/api/predict", body=b"x" * size,
-                 headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(size)})
+    conn.request(
+        "POST",
+        "/api/predict",
+        body=b"x" * size,
+        headers={"Content-Type": "multipart/form-data; boundary=b", "Content-Length": str(size)},
+    )
     r = conn.getresponse()
     assert r.status == 413 and r.headers["Content-Type"] == "application/json"
     assert json.loads(r.read()) == {"error": "the upload is too large: at most 10 MB per request"}

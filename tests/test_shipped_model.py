@@ -1,4 +1,5 @@
 """The shipped model, evaluated now on the real contract test split."""
+
 import numpy as np
 import pytest
 

@@ -1,5 +1,6 @@
 """Training your own labels through the API: dataset ZIPs (and the bad ones), quick-mode jobs, the model
 registry, ?model=, switching, deleting and the loaded-model bound."""
+
 import csv
 import io
 import re
@@ -56,6 +57,7 @@ def runs(tmp_path_factory):
 def app(runs, miml_data):
     from app import create_app
     from app.scenes import Scenes
+
     return create_app(scenes=Scenes(), runs_dir=runs)  # its own Scenes: switching models must not touch other tests'
 
 
@@ -128,22 +130,33 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     labels = own_dataset[1]
     sea = next(i for i, f in labels.items() if f == (1, 0, 0) and i in names)
     sunset = next(i for i, f in labels.items() if f == (0, 1, 0) and i in names)
-    r = client.post(f"/api/predict?model={model_id}", content_type="multipart/form-data",
-                    data={"image": [(open(miml_data / "original" / sea, "rb"), sea),
-                                     (open(miml_data / "original" / sunset, "rb"), sunset)]})
+    r = client.post(
+        f"/api/predict?model={model_id}",
+        content_type="multipart/form-data",
+        data={
+            "image": [
+                (open(miml_data / "original" / sea, "rb"), sea),
+                (open(miml_data / "original" / sunset, "rb"), sunset),
+            ]
+        },
+    )
     assert r.status_code == 200
     results = r.get_json()["results"]
     assert [sorted(x["probabilities"]) for x in results] == [sorted(OWN_LABELS)] * 2
     assert results[0]["predicted"] == ["water"] and results[1]["predicted"] == ["golden"]
     assert set(r.get_json()["thresholds"]) == set(OWN_LABELS)
-    default = client.post("/api/predict", content_type="multipart/form-data",
-                          data={"image": (open(miml_data / "original" / sea, "rb"), sea)}).get_json()
+    default = client.post(
+        "/api/predict",
+        content_type="multipart/form-data",
+        data={"image": (open(miml_data / "original" / sea, "rb"), sea)},
+    ).get_json()
     assert "sea" in default["results"][0]["predicted"]  # without ?model= the model in use (shipped) answers
 
 
 def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
     """For photos the shipped model may have been fine-tuned on (MIML's), quick mode can use ImageNet's weights."""
     from model.quick import train_quick
+
     out = runs / "imagenet-quick"
     metrics = train_quick(runs / "datasets" / own_dataset[0]["dataset"], out, runs / "embeddings", "imagenet")
     assert metrics["training"]["backbone"].endswith("imagenet-efficientnet-lite0")
@@ -170,17 +183,24 @@ def test_a_second_job_is_refused_while_one_runs_and_cancelling_stops_it(client, 
     assert again.status_code == 409 and "already ended (cancelled)" in again.get_json()["error"]
 
 
-@pytest.mark.parametrize("body, status, message", [
-    ({"dataset": "nope-000000", "mode": "quick"}, 404, "no dataset 'nope-000000'"),
-    ({"dataset": "../etc", "mode": "quick"}, 404, "lowercase letters"),
-    ({"mode": "quick"}, 400, "send 'dataset'"),
-    ({"dataset": "x", "mode": "slow"}, 400, "mode must be one of quick, full"),
-    ({"dataset": "x", "mode": "full", "epochs": "ten"}, 400, "epochs must be a whole number"),
-    ({"dataset": "x", "mode": "full", "epochs": 0}, 400, "epochs must be a whole number"),
-    ({"dataset": "x", "mode": "quick", "rate": 1}, 400, "unknown field 'rate'"),
-    ({"dataset": "x", "mode": "quick", "backbone": "resnet"}, 400, "backbone is for quick mode: one of shipped, imagenet"),
-    ({"dataset": "x", "mode": "full", "backbone": "imagenet"}, 400, "backbone is for quick mode"),
-])
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"dataset": "nope-000000", "mode": "quick"}, 404, "no dataset 'nope-000000'"),
+        ({"dataset": "../etc", "mode": "quick"}, 404, "lowercase letters"),
+        ({"mode": "quick"}, 400, "send 'dataset'"),
+        ({"dataset": "x", "mode": "slow"}, 400, "mode must be one of quick, full"),
+        ({"dataset": "x", "mode": "full", "epochs": "ten"}, 400, "epochs must be a whole number"),
+        ({"dataset": "x", "mode": "full", "epochs": 0}, 400, "epochs must be a whole number"),
+        ({"dataset": "x", "mode": "quick", "rate": 1}, 400, "unknown field 'rate'"),
+        (
+            {"dataset": "x", "mode": "quick", "backbone": "resnet"},
+            400,
+            "backbone is for quick mode: one of shipped, imagenet",
+        ),
+        ({"dataset": "x", "mode": "full", "backbone": "imagenet"}, 400, "backbone is for quick mode"),
+    ],
+)
 def test_bad_job_requests_say_what_is_wrong(client, body, status, message):
     r = client.post("/api/jobs", json=body)
     assert r.status_code == status and message in r.get_json()["error"]
@@ -198,7 +218,9 @@ def test_zip_slip_is_refused_and_nothing_is_written(client, runs, miml_data, tmp
     for evil in ("../evil.jpg", "mine/../../evil.jpg", "/tmp/evil.jpg", "C:/evil.jpg", "a\\..\\evil.jpg"):
         r = upload(client, dataset_zip(miml_data, labels, extra={evil: b"x"}))
         assert r.status_code == 400, evil
-        assert "outside the dataset's folder" in r.get_json()["error"] and "nothing was extracted" in r.get_json()["error"]
+        assert (
+            "outside the dataset's folder" in r.get_json()["error"] and "nothing was extracted" in r.get_json()["error"]
+        )
     assert sorted(p.name for p in (runs / "datasets").iterdir()) == before
     assert not list(runs.rglob("evil.jpg")) and not (runs.parent / "evil.jpg").exists()
 
@@ -211,6 +233,7 @@ def test_a_zip_bomb_is_refused_before_it_inflates(client, runs, miml_data, monke
     r = upload(client, bomb)
     assert r.status_code == 400 and "over the 67,108,864-byte limit for one file" in r.get_json()["error"]
     import model.datasets
+
     monkeypatch.setattr(model.datasets, "MAX_TOTAL_BYTES", 20_000)  # the total, over many small members
     r = upload(client, dataset_zip(miml_data, labels))
     assert r.status_code == 400 and "over the 20,000-byte limit" in r.get_json()["error"]
@@ -220,15 +243,21 @@ def test_a_zip_bomb_is_refused_before_it_inflates(client, runs, miml_data, monke
     assert sorted(p.name for p in (runs / "datasets").iterdir()) == before
 
 
-@pytest.mark.parametrize("members, message", [
-    ({"mine/original/1.jpg": b"x"}, "no labels.csv in the ZIP"),
-    ({"labels.csv": b"name,sea\n1.jpg,1\n"}, "labels.csv: the header must be 'image,<label>,<label>,...'"),
-    ({"labels.csv": b"image,sea,sea\n1.jpg,1,0\n"}, "labels.csv: label names must be unique"),
-    ({"labels.csv": b"image,sea\n1.jpg,yes\n"}, "labels.csv: line 2 must have an image name and 1 values of 0 or 1"),
-    ({"labels.csv": b"image,sea\n../1.jpg,1\n"}, "labels.csv: line 2 has an invalid image name"),
-    ({"labels.csv": b"image,sea\n"}, "labels.csv: no photos listed"),
-    ({"labels.csv": b"\xff\xfe\x00garbage"}, "labels.csv"),
-])
+@pytest.mark.parametrize(
+    "members, message",
+    [
+        ({"mine/original/1.jpg": b"x"}, "no labels.csv in the ZIP"),
+        ({"labels.csv": b"name,sea\n1.jpg,1\n"}, "labels.csv: the header must be 'image,<label>,<label>,...'"),
+        ({"labels.csv": b"image,sea,sea\n1.jpg,1,0\n"}, "labels.csv: label names must be unique"),
+        (
+            {"labels.csv": b"image,sea\n1.jpg,yes\n"},
+            "labels.csv: line 2 must have an image name and 1 values of 0 or 1",
+        ),
+        ({"labels.csv": b"image,sea\n../1.jpg,1\n"}, "labels.csv: line 2 has an invalid image name"),
+        ({"labels.csv": b"image,sea\n"}, "labels.csv: no photos listed"),
+        ({"labels.csv": b"\xff\xfe\x00garbage"}, "labels.csv"),
+    ],
+)
 def test_a_broken_labels_csv_is_a_400_that_says_what_is_wrong(client, members, message):
     r = upload(client, zip_bytes(members))
     assert r.status_code == 400 and message in r.get_json()["error"], r.get_json()
@@ -241,16 +270,20 @@ def test_a_file_that_is_not_a_photo_is_left_out_and_named(client, miml_data, run
     labels["huge.png"] = (0, 0, 1)
     huge = io.BytesIO()
     Image.new("L", (8000, 6000)).save(huge, "PNG")  # 48 megapixels in 50 kB
-    members = {"mine/labels.csv": labels_csv(labels), "mine/original/notes.jpg": b"this is a text file, not a photo",
-               "mine/original/huge.png": huge.getvalue(),
-               **{f"mine/original/{image}": (miml_data / "original" / image).read_bytes() for image in list(labels)[:4]}}
+    members = {
+        "mine/labels.csv": labels_csv(labels),
+        "mine/original/notes.jpg": b"this is a text file, not a photo",
+        "mine/original/huge.png": huge.getvalue(),
+        **{f"mine/original/{image}": (miml_data / "original" / image).read_bytes() for image in list(labels)[:4]},
+    }
     r = upload(client, zip_bytes(members))
     info = r.get_json()
     assert r.status_code == 201 and info["photos"] == 4
     assert {s["image"]: s["error"] for s in info["skipped"]} == {
         "notes.jpg": "not an image format we can read (JPEG, PNG, GIF, WebP, BMP, TIFF, AVIF, HEIC work)",
         "missing.jpg": "listed in the labels but not in the ZIP",
-        "huge.png": "image has too many pixels (limit 40,000,000)"}
+        "huge.png": "image has too many pixels (limit 40,000,000)",
+    }
     folder = runs / "datasets" / info["dataset"]
     assert sorted(p.name for p in (folder / "original").iterdir()) == sorted(list(labels)[:4])
     assert len(list(csv.reader(open(folder / "labels.csv")))) == 5
@@ -258,8 +291,10 @@ def test_a_file_that_is_not_a_photo_is_left_out_and_named(client, miml_data, run
 
 def test_photos_beside_labels_csv_and_not_a_zip(client, miml_data):
     labels = dict(list(relabelled(miml_data).items())[:3])
-    members = {"labels.csv": labels_csv(labels),
-               **{image: (miml_data / "original" / image).read_bytes() for image in labels}}
+    members = {
+        "labels.csv": labels_csv(labels),
+        **{image: (miml_data / "original" / image).read_bytes() for image in labels},
+    }
     r = upload(client, zip_bytes(members), "My Photos.zip")
     assert r.status_code == 201 and r.get_json()["photos"] == 3 and r.get_json()["dataset"].startswith("my-photos-")
     r = upload(client, b"PK\x03\x04 not really")
@@ -281,6 +316,7 @@ def test_compare_shows_metrics_side_by_side_and_the_disagreements(client, quick_
     import shutil
     from model.metrics import evaluate
     from model.thresholds import apply_thresholds
+
     model_id = quick_model[0]
     strict = runs / "models" / "strict-copy"  # the same model with other thresholds: same labels, same test photos
     shutil.copytree(runs / "models" / model_id, strict)
@@ -314,6 +350,7 @@ def test_compare_shows_metrics_side_by_side_and_the_disagreements(client, quick_
 
 def quick_model_hamming(runs, model_id):
     import json
+
     return json.loads((runs / "models" / model_id / "metrics.json").read_text())["test"]["hamming_loss"]
 
 
@@ -335,9 +372,11 @@ def test_models_switch_survives_a_restart_and_deleting_asks_or_refuses(client, q
     assert r.status_code == 409 and "switch to another model" in r.get_json()["error"]
 
     from app import create_app
+
     restarted = create_app(runs_dir=runs).test_client()  # a new server on the same runs folder
     assert restarted.get("/api/model").get_json()["labels"] == OWN_LABELS
     from model.modeldir import SHIPPED_MODEL_DIR
+
     given = create_app(model_dir=SHIPPED_MODEL_DIR, runs_dir=runs).test_client()  # --model wins over the choice
     assert given.get("/api/model").get_json()["labels"] == ["desert", "mountains", "sea", "sunset", "trees"]
     assert not any(m["active"] for m in given.get("/api/models").get_json())
@@ -353,12 +392,14 @@ def test_models_switch_survives_a_restart_and_deleting_asks_or_refuses(client, q
 
 def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
     import app.training
+
     loads = []
     monkeypatch.setattr(app.training, "Classifier", lambda path, **kw: loads.append(path) or object())
 
     class Paths:
         def model_path(self, model_id):
             return f"/models/{model_id}"
+
     models = app.training.LoadedModels(Paths(), "litert", 1)
     for model_id in ["a", "b", "c", "a", "d", "a", "b"]:
         models.get(model_id)
@@ -369,6 +410,7 @@ def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
 def test_the_feedback_folder_is_a_dataset_once_it_holds_photos(tmp_path, tiny_dataset):
     import shutil
     from model.inference import Registry
+
     (tmp_path / "empty").mkdir()
     registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, feedback_dir=tmp_path / "empty")
     assert [d["dataset"] for d in registry.datasets()] == ["data"]  # nothing corrected yet: not listed

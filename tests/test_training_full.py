@@ -1,5 +1,6 @@
 """Full mode: `python -m model.train` as the job's subprocess, kept tiny (the 36-photo tiny dataset, one warm-up
 and one fine-tuning epoch at 96 pixels); its epochs become progress, an ETA and the learning curve."""
+
 import os
 import time
 from pathlib import Path
@@ -82,12 +83,15 @@ def test_cancelling_a_full_job_stops_model_train_too(registry):
 
 def test_a_job_process_that_dies_is_reported_failed_and_takes_model_train_with_it(registry):
     import signal
+
     job = registry.start_job("data", "full", epochs=5, train_args=TINY)
     started = time.time()
     while not train_processes(job):
         assert time.time() - started < 60
         time.sleep(0.2)
-    os.kill(registry._running[1].pid, signal.SIGKILL)  # the job's process alone, as if the server's machine had killed it
+    os.kill(
+        registry._running[1].pid, signal.SIGKILL
+    )  # the job's process alone, as if the server's machine had killed it
     registry._running[1].join(10)
     status = registry.job(job)
     assert status["state"] == "failed" and status["message"] == "the training process ended unexpectedly (exit code -9)"

