@@ -201,6 +201,7 @@ def test_second_start_reads_the_cache_and_runs_no_photo(explore_scenes, monkeypa
     assert second.points() == first.points()
 
 
+@pytest.mark.slow  # computes the 61 photos' atlas again
 @pytest.mark.needs_data
 def test_a_damaged_cache_is_computed_again(explore_scenes, tmp_path):
     first = explore_scenes.atlas
@@ -361,6 +362,7 @@ def test_map_hover_shows_the_thumbnail_and_click_opens_the_photo(page, explore_u
     page.screenshot(path=str(SHOTS / "photo-similar.png"), full_page=True)
 
 
+@pytest.mark.slow  # starts the app twice; the first computes the 61 photos' atlas
 @pytest.mark.needs_data
 def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     """visualization.py computes the atlas in the background (the first /api/map answers 503 with progress);
