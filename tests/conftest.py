@@ -5,6 +5,8 @@ dataset), `browser` (Chromium), `ray`. The fast tier is `python -m pytest -m "no
 docs/testing.md lists the tiers. A test whose fixtures reach the dataset, Chromium, Ray or a training run must carry
 that marker: collection stops with a list of the ones that do not."""
 
+import ctypes
+import gc
 import os
 import shutil
 from pathlib import Path
@@ -25,6 +27,15 @@ def pytest_collection_modifyitems(config, items):
     ]
     if unmarked:
         raise pytest.UsageError("tests without their markers:\n  " + "\n  ".join(unmarked))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hand_back_memory():
+    """Once a module's fixtures are gone, give their freed memory back to the system: glibc keeps what
+    TensorFlow freed (models, exports, datasets) in its arenas, so the next module would start that much higher."""
+    yield
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # --- data -------------------------------------------------------------------------------------------------
