@@ -245,6 +245,7 @@ def test_the_app_reaches_the_model_only_through_classifier():
                 assert node.module == "model.inference" and {a.name for a in node.names} <= allowed, (path, node.module)
 
 
+@pytest.mark.slow  # converts the ensemble to LiteRT three times (about 1 GB more)
 @pytest.mark.needs_data
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
     monkeypatch.setenv("MIML_CACHE", str(tmp_path))
