@@ -139,7 +139,7 @@ def start(address=None, **kwargs):
 
 
 def input_size(info):
-    size = info.metrics["training"].get("input_size")
+    size = info.card.training.input_size
     return int(size) if size else info.load_keras().input_shape[1]
 
 
