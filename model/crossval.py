@@ -65,22 +65,23 @@ def parse_args(argv=None):
     return args, train_args
 
 
-def run_fold(args, train_args, k):
-    """Train fold k (1-based) unless its model directory is already written; returns its card."""
-    out = Path(args.out) / f"fold{k}"
+def run_fold(data, out, k, folds, train_args=(), verbose=False):
+    """Train fold k (1-based) of `folds` on the dataset in `data` into `out`/foldK, unless that model directory is
+    already written; returns its card."""
+    out = Path(out) / f"fold{k}"
     if not (out / "metrics.json").exists():
-        print(f"fold {k}/{args.folds}: training ({out})", flush=True)
+        print(f"fold {k}/{folds}: training ({out})", flush=True)
         command = [
             sys.executable,
             "-m",
             "model.train",
-            *(["--data", args.data] if args.data else []),
+            *(["--data", str(data)] if data else []),
             "--out",
             str(out),
             "--fold",
-            f"{k}/{args.folds}",
+            f"{k}/{folds}",
             *train_args,
-            *(["--verbose"] if args.verbose else []),
+            *(["--verbose"] if verbose else []),
         ]
         if subprocess.run(command).returncode:
             raise RuntimeError(f"fold {k}: model.train failed (see above); run the same command again to resume")
@@ -117,7 +118,9 @@ def main(argv=None):
         load_dataset(args.data)  # a bad --data (or --record-in) is one line now, not after five folds
         for model_dir in args.record_in:
             read_model_dir(model_dir)
-        folds = [run_fold(args, train_args, k) for k in range(1, args.folds + 1)]
+        folds = [
+            run_fold(args.data, args.out, k, args.folds, train_args, args.verbose) for k in range(1, args.folds + 1)
+        ]
     except (DataError, ModelDirError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     summary = summarise(folds)

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
 from model.data import DataError, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.modeldir import TTA_MODES, ModelCard, ModelDirError, OperatingPoint, Retuned, write_model_dir
@@ -80,15 +80,16 @@ def add_output_args(p):
     add_verbose_flag(p)
 
 
-def write_or_exit(args, write):
-    """`write()` unless --out exists without --force; a bad model directory or dataset is one line, not a trace."""
-    quiet_tensorflow(args.verbose)
-    if Path(args.out).exists() and not args.force:
-        sys.exit(f"error: {args.out}: already exists; pass --force to replace it")
+def write_or_exit(out, force, verbose, write):
+    """`write()` unless `out` exists without `force`; a bad model directory or dataset is one line, not a trace
+    (`verbose`: with the traceback before it)."""
+    quiet_tensorflow(verbose)
+    if Path(out).exists() and not force:
+        sys.exit(f"error: {out}: already exists; pass --force to replace it")
     try:
         return write()
     except (DataError, ModelDirError) as e:
-        sys.exit(f"error: {e}")
+        exit_with(e, verbose)
 
 
 def summary(card: ModelCard, out):
@@ -104,7 +105,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="model directory to start from")
     add_output_args(p)
     args = p.parse_args(argv)
-    card = write_or_exit(args, lambda: retune(args.model, args.data, args.tta, args.out))
+    card = write_or_exit(args.out, args.force, args.verbose, lambda: retune(args.model, args.data, args.tta, args.out))
     print(format_table(card.test))
     print(summary(card, args.out))
 
