@@ -280,11 +280,12 @@ def set_backbone_trainable(model, keras, trainable):
 EPOCHS_SHARE = (0.05, 0.9)  # the progress the epochs span: from 5% (setting up before) to 95% (evaluating after)
 
 
-def phase_progress(keras, phase, epochs, progress, before=0, total=None, times=None):
+def phase_progress(keras, phase, epochs, progress=None, before=0, total=None, times=None):
     """A callback that names the phase as it starts and, after each epoch, its time and the most time left, in
     words on stdout and as a `progress` line. `before`: the run's epochs before this phase; `total`: the run's
     most epochs; `times`: every epoch's seconds in this process so far (shared across phases), for the ETA."""
     total = total or before + epochs
+    progress = progress or Progress()
     starts, times = [], [] if times is None else times
 
     def epoch_end(epoch, logs):
