@@ -1,21 +1,15 @@
 """The command-line tools, end to end, on a model trained on generated 3-label photos."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from model.modeldir import read_model_dir
-from tests.conftest import ROOT
-from tests.helpers import TINY_LABELS, TINY_TRAINING
+from tests.helpers import ROOT, TINY_LABELS, TINY_TRAINING, run
 
 
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow  # the session's tiny model trains
 def test_training_writes_a_complete_model_directory(tiny_model):
     files = {p.name for p in tiny_model.iterdir()}
     assert {"model.keras", "thresholds.json", "metrics.json", "test_predictions.csv", "training_curve.png"} <= files
@@ -28,6 +22,7 @@ def test_training_writes_a_complete_model_directory(tiny_model):
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_text("not a photo")
@@ -43,6 +38,7 @@ def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
     assert set(ok["probabilities"]) == set(TINY_LABELS) and set(ok["predicted"]) <= set(TINY_LABELS)
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_path):
     out = tmp_path / "m.json"
     r = run("model.evaluate", "--data", str(tiny_dataset), "--model", str(tiny_model), "--json", str(out))
@@ -96,6 +92,7 @@ def test_verbose_shows_tensorflow_start_up_lines():
     assert r.stderr.endswith("error: /nonexistent/model: model directory not found\n")
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     import shutil
 
@@ -110,6 +107,7 @@ def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     assert r.returncode == 1 and "model.keras" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model, tiny_dataset):
     from model.train import main
 
@@ -120,6 +118,7 @@ def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model,
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, tmp_path, capsys, monkeypatch):
     import re
     import warnings
@@ -154,6 +153,7 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
     np.testing.assert_allclose(first, second, atol=1e-4)
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
 
@@ -174,6 +174,7 @@ def test_unwritable_output_directory(tiny_dataset, tmp_path):
     assert line.startswith("error: ") and str(blocker) in line
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
     import shutil
     from model.modeldir import ModelCard, Training, Tuning, write_model_dir

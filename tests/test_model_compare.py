@@ -4,6 +4,7 @@ import re
 import shutil
 from html import unescape
 
+import pytest
 from sklearn.metrics import coverage_error, label_ranking_average_precision_score
 
 from model.modeldir import SHIPPED_MODEL_DIR
@@ -18,6 +19,7 @@ def comparison(html):
     return rows
 
 
+@pytest.mark.needs_data
 def test_training_curve_is_the_model_directorys(client):
     r = client.get("/model/training_curve.png")
     assert r.status_code == 200 and r.mimetype == "image/png"
@@ -25,6 +27,7 @@ def test_training_curve_is_the_model_directorys(client):
     assert 'src="/model/training_curve.png"' in client.get("/model").get_data(as_text=True)
 
 
+@pytest.mark.needs_data
 def test_our_row_and_the_published_rows(client, scenes):
     html = client.get("/model").get_data(as_text=True)
     rows = comparison(html)

@@ -16,10 +16,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from model.modeldir import read_model_dir
-from tests.conftest import ROOT
-from tests.helpers import TINY_TRAINING
+from tests.helpers import ROOT, TINY_TRAINING
 
 WITHOUT_DROPOUT = (
     "import sys, keras; keras.layers.Dropout.call = lambda self, x, training=None: x; "
@@ -49,6 +49,7 @@ def train(tiny_dataset, out, *args, tf_config=None):
     )
 
 
+@pytest.mark.slow  # two workers and one process train
 def test_two_workers_train_the_model_one_worker_trains(tiny_dataset, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = [

@@ -3,9 +3,11 @@
 import pytest
 
 from model.modeldir import SHIPPED_MODEL_DIR, read_model_dir
-from tests.test_cli import run
+from tests.helpers import run
 
 
+@pytest.mark.slow  # the shipped model on the 720 validation and test photos
+@pytest.mark.needs_data
 def test_retuning_the_shipped_model_reproduces_its_thresholds_and_metrics(miml_data, tmp_path):
     from model.retune import retune
 

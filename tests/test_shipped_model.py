@@ -6,6 +6,8 @@ import pytest
 from model.data import load_dataset, split
 from model.inference import Classifier
 
+pytestmark = pytest.mark.needs_data
+
 
 @pytest.fixture(scope="module")
 def test_results(miml_data):

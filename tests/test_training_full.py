@@ -10,6 +10,8 @@ import pytest
 from model.inference import Classifier, Registry, RegistryError
 from tests.helpers import TINY_LABELS
 
+pytestmark = pytest.mark.slow  # each test starts a training job
+
 TINY = ["--warmup-epochs", "1", "--input-size", "96"]
 
 
