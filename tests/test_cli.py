@@ -15,10 +15,10 @@ def test_training_writes_a_complete_model_directory(tiny_model):
     assert {"model.keras", "thresholds.json", "metrics.json", "test_predictions.csv", "training_curve.png"} <= files
     info = read_model_dir(tiny_model)
     assert info.labels == TINY_LABELS  # label names travel from the data, nothing hard-coded
-    assert info.metrics["test"]["n_images"] == 8 and set(info.metrics["test"]["per_label"]) == set(TINY_LABELS)
+    assert info.card.test["n_images"] == 8 and set(info.card.test["per_label"]) == set(TINY_LABELS)
     names, truth, probs = info.test_predictions()
     assert len(names) == 8 and truth.shape == probs.shape == (8, 3)
-    assert "validation" in info.thresholds_info["chosen_on"]
+    assert "validation" in info.card.tuning.chosen_on
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
@@ -59,7 +59,7 @@ def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_pat
         "per_label",
     ):
         assert key in metrics
-    stored = read_model_dir(tiny_model).metrics["test"]
+    stored = read_model_dir(tiny_model).card.test
     assert metrics["hamming_loss"] == pytest.approx(stored["hamming_loss"])  # same photos, same model, same answer
     assert set(metrics["per_label"]["red"]) >= {"precision", "recall", "f1", "mcc", "ap", "threshold"}
 
@@ -159,7 +159,7 @@ def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_datase
 
     main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), *TINY_TRAINING, "--distribute", "mirrored"])
     mirrored = read_model_dir(tmp_path / "mirrored")
-    assert mirrored.metrics["training"]["replicas"] == 1
+    assert mirrored.card.training.replicas == 1
     np.testing.assert_allclose(
         mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4
     )
@@ -177,7 +177,7 @@ def test_unwritable_output_directory(tiny_dataset, tmp_path):
 @pytest.mark.slow  # the session's tiny model trains
 def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
     import shutil
-    from model.modeldir import write_model_dir
+    from model.modeldir import ModelCard, Training, Tuning, write_model_dir
     from model.inference import Classifier
 
     target = tmp_path / "model"
@@ -189,7 +189,8 @@ def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
 
     classifier = Classifier(target)
     with pytest.raises(KeyboardInterrupt):
-        write_model_dir(target, classifier.model, {"labels": ["x"], "thresholds": {"x": 0.5}}, {}, [], [], [], crash)
+        card = ModelCard(Tuning(labels=["x"], thresholds={"x": 0.5}), Training())
+        write_model_dir(target, classifier.model, card, [], [], [], crash)
     assert (target / "thresholds.json").read_text() == before
     assert read_model_dir(target).labels == TINY_LABELS
 

@@ -307,12 +307,12 @@ def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_pa
 def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, tmp_path):
     """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so
     a caller who wants flip TTA (twice the cost) gets thresholds made for it."""
-    info = lite.info.thresholds_info
+    info = lite.card.tuning
     flip = Classifier(tta="flip")
     assert lite.tta == plain.tta == "none"  # the shipped ensemble's own mode: one pass
-    assert lite.thresholds == pytest.approx(info["thresholds"]) and lite.at_least_one == info["at_least_one"]
-    assert flip.thresholds == pytest.approx(info["other_tta"]["thresholds"])
-    assert flip.at_least_one == info["other_tta"]["at_least_one"]
+    assert lite.thresholds == pytest.approx(info.thresholds) and lite.at_least_one == info.at_least_one
+    assert flip.thresholds == pytest.approx(info.other_tta.thresholds)
+    assert flip.at_least_one == info.other_tta.at_least_one
     assert flip.thresholds != lite.thresholds
 
     (tmp_path / "sea.jpg").write_bytes(sea_photo)

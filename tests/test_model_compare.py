@@ -32,7 +32,7 @@ def test_our_row_and_the_published_rows(client, scenes):
     html = client.get("/model").get_data(as_text=True)
     rows = comparison(html)
     ours = rows["efficientnet-lite0 + efficientnet-lite1 (ensemble) (this model)"]
-    test = scenes.classifier.metrics["test"]
+    test = scenes.classifier.card.test
     _, truth, probs = scenes.classifier.test_predictions()
     assert float(ours["hamming_loss"]) == round(test["hamming_loss"], 4) == 0.0515
     assert float(ours["exact_match"]) == 0.785 and float(ours["one_error"]) == 0.0475
@@ -53,7 +53,7 @@ def test_our_row_and_the_published_rows(client, scenes):
     assert rows["The original project's 4-layer CNN, as it reported"]["hamming_loss"] == "0.1395"
     assert html.count("<strong>5-fold CV</strong>") == 1 + 1 + 1  # the note, our recipe's row and MLDF's row
     cv = rows["efficientnet-lite0, upload augmentation: the training recipe, cross-validated"]
-    recorded = scenes.classifier.metrics["crossval"]["metrics"]
+    recorded = scenes.classifier.card.crossval.metrics
     assert cv["coverage"] == f"{recorded['coverage_normalised']['mean']:.4f}"
     for key in ("hamming_loss", "exact_match", "one_error", "ranking_loss", "average_precision"):
         assert cv[key] == f"{recorded[key]['mean']:.4f}", key

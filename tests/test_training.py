@@ -94,7 +94,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
-    assert "validation" in classifier.thresholds_info["chosen_on"]
+    assert "validation" in classifier.card.tuning.chosen_on
 
     labels = own_dataset[1]
     sea = next(i for i, f in labels.items() if f == (1, 0, 0) and i in names)
@@ -129,14 +129,14 @@ def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
     from model.quick import train_quick
 
     out = runs / "imagenet-quick"
-    metrics = train_quick(runs / "datasets" / own_dataset[0]["dataset"], out, runs / "embeddings", "imagenet")
-    assert metrics["training"]["backbone"].endswith("imagenet-efficientnet-lite0")
+    card = train_quick(runs / "datasets" / own_dataset[0]["dataset"], out, runs / "embeddings", "imagenet")
+    assert card.training.backbone.endswith("imagenet-efficientnet-lite0")
     assert (runs / "embeddings" / "imagenet-efficientnet-lite0" / "model.keras").is_file()  # written once, in runs/
     classifier = Classifier(out)
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
-    assert metrics["test"]["map"] > 0.7
+    assert card.test["map"] > 0.7
 
 
 @pytest.mark.needs_data
