@@ -32,7 +32,7 @@ def predict():
     for name, data in uploaded_files(request, c):  # one photo decoded at a time
         if label is None:  # one forward pass gives the probabilities and the embedding
             _, embeddings, probs = c.forward(load(c, name, data)[None])
-            embedding, result = embeddings[0], c.results(probs)[0]
+            embedding, result = embeddings[0], c.results(probs, embeddings)[0]
         else:  # the class map comes from the same forward pass
             a = analyse(c, name, data)
             embedding = a.embedding
@@ -41,6 +41,7 @@ def predict():
                 "probabilities": a.probabilities,
                 "predicted": a.predicted,
                 "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()},
+                "familiarity": a.familiarity and a.familiarity.as_dict(),
             }
         if k:
             result["similar"] = atlas.similar(embedding, k)

@@ -50,6 +50,8 @@ def card(name, a, truth=None, photo_id=None, upload_index=None):
             for i, l in enumerate(s.labels)
         ],
         "predicted": a.predicted,
+        "familiarity": a.familiarity,
+        "familiar_above": s.classifier.training_photos and s.classifier.training_photos.threshold,
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
         "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
         "model_input": a.pixels,

@@ -37,6 +37,7 @@ from model.atlas import Atlas
 from model.backbones.efficientnet_lite import cache_dir
 from model.cli import without_start_up_noise
 from model.data import load_dataset
+from model.familiarity import TrainingPhotos
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import ModelDirError, read_model_dir, write_atomically
 from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
@@ -67,6 +68,7 @@ class Analysis:
     predicted: list  # labels at or above their tuned thresholds
     cams: dict  # label -> class map (h, w) in 0..1 at the feature map's resolution
     embedding: np.ndarray  # pooled features, (d,) float32
+    familiarity: object = None  # model.familiarity.Familiarity, or None for a model directory without it
 
 
 def predict_arrays(model, images, batch_size=64):
@@ -193,7 +195,8 @@ class Classifier:
             self.info.thresholds,
             self.info.at_least_one,
         )
-        self.thresholds = dict(zip(self.labels, thresholds.tolist()))  # the one form everyone reads
+        # the one form everyone reads, rounded as the probabilities are (float32 carries noise: 0.3700000047)
+        self.thresholds = {l: round(t, 4) for l, t in zip(self.labels, thresholds.tolist())}
         if self.model.output_shape[-1] != len(self.labels):
             raise ModelDirError(
                 f"{self.info.path / 'model.keras'}: has {self.model.output_shape[-1]} outputs "
@@ -210,6 +213,8 @@ class Classifier:
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
         self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
+        # "I don't know this photo": the training photos' embeddings and threshold, when the directory has them
+        self.training_photos = TrainingPhotos.read(self.info.path)
         self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
         self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
 
@@ -245,24 +250,44 @@ class Classifier:
         return Atlas(self, dataset, folder)
 
     # --- decisions ---------------------------------------------------------------------
-    def decide(self, probs):
-        """0/1 predictions under the model's tuned thresholds."""
-        return apply_thresholds(np.atleast_2d(probs), [self.thresholds[l] for l in self.labels], self.at_least_one)
+    def decide(self, probs, unfamiliar=None):
+        """0/1 predictions under the model's tuned thresholds; the at-least-one rule forces no label on a photo
+        flagged in `unfamiliar` (a bool per row)."""
+        probs = np.atleast_2d(probs)
+        thresholds = [self.thresholds[l] for l in self.labels]
+        decided = apply_thresholds(probs, thresholds, self.at_least_one)
+        if self.at_least_one and unfamiliar is not None and np.any(unfamiliar):
+            decided[np.asarray(unfamiliar)] = apply_thresholds(probs[np.asarray(unfamiliar)], thresholds)
+        return decided
+
+    def familiarity(self, embeddings):
+        """[model.familiarity.Familiarity] for (n, d) embeddings, or [None] * n when the model has no training
+        photos' embeddings (a model directory without familiarity.npz)."""
+        if self.training_photos is None:
+            return [None] * len(np.atleast_2d(embeddings))
+        return self.training_photos.judge(embeddings)
 
     def evaluate(self, truth, probs):
         """model.metrics.evaluate under this model's thresholds."""
         return evaluate(truth, probs, [self.thresholds[l] for l in self.labels], self.labels, self.at_least_one)
 
-    def results(self, probs):
-        """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo."""
+    def results(self, probs, embeddings=None):
+        """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo;
+        with the photos' (n, d) `embeddings`, each also has 'familiarity': {'score', 'unfamiliar'} (None when
+        the model directory has no familiarity.npz)."""
         probs = np.atleast_2d(probs)
-        return [
+        known = None if embeddings is None else self.familiarity(embeddings)
+        unfamiliar = None if known is None else [bool(f and f.unfamiliar) for f in known]
+        out = [
             {
                 "probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, row)},
                 "predicted": [l for l, on in zip(self.labels, flags) if on],
             }
-            for row, flags in zip(probs, self.decide(probs))
+            for row, flags in zip(probs, self.decide(probs, unfamiliar))
         ]
+        for result, f in zip(out, known or []):
+            result["familiarity"] = f and f.as_dict()
+        return out
 
     # --- photos --------------------------------------------------------------------------
     def load(self, source):
@@ -282,26 +307,30 @@ class Classifier:
         """(n, size, size, 3) uint8 -> (feature maps, embeddings, probabilities), one pass."""
         return self._forward(np.asarray(images, dtype=np.float32))
 
-    def _batched(self, images, batch_size, output):
-        """One of the forward's outputs for any number of images, `batch_size` photos a pass."""
+    def _batched(self, images, batch_size, outputs):
+        """The forward's outputs numbered in `outputs` for any number of images, `batch_size` photos a pass."""
         images = np.asarray(images)  # a list of arrays would be converted once per pass otherwise
         if len(images) == 0:
-            return self.forward(np.zeros((1, self.size, self.size, 3), np.uint8))[output][:0]
-        return np.concatenate(
-            [self.forward(images[i : i + batch_size])[output] for i in range(0, len(images), batch_size)]
-        )
+            empty = self.forward(np.zeros((1, self.size, self.size, 3), np.uint8))
+            return [empty[o][:0] for o in outputs]
+        passes = [self.forward(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return [np.concatenate([p[o] for p in passes]) for o in outputs]
 
     def probabilities(self, images, batch_size=32):
         """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities."""
-        return self._batched(images, batch_size, 2)
+        return self._batched(images, batch_size, (2,))[0]
 
     def embeddings(self, images, batch_size=32):
         """(n, size, size, 3) uint8, or a list of n images -> (n, d) pooled embeddings."""
-        return self._batched(images, batch_size, 1)
+        return self._batched(images, batch_size, (1,))[0]
+
+    def probabilities_and_embeddings(self, images, batch_size=32):
+        """((n, labels) probabilities, (n, d) embeddings) from one pass over the images."""
+        return self._batched(images, batch_size, (2, 1))
 
     def classify(self, images, batch_size=32):
-        """results() for each image (model-input arrays)."""
-        return self.results(self.probabilities(images, batch_size))
+        """results() for each image (model-input arrays), with its familiarity."""
+        return self.results(*self.probabilities_and_embeddings(images, batch_size))
 
     def class_maps(self, pixels, features=None):
         """(labels, h, w) maps in 0..1 for one model input; `features` from its forward pass when known."""
@@ -321,7 +350,7 @@ class Classifier:
         upright = decode(source, self.size)
         pixels = np.asarray(letterbox(upright, self.size), dtype=np.uint8)
         features, embedding, probs = self.forward(pixels[None])
-        result = self.results(probs)[0]
+        result = self.results(probs, embedding)[0]
         return Analysis(
             image=letterbox(upright, min(display_size, max(upright.size))),
             size=upright.size,
@@ -330,6 +359,7 @@ class Classifier:
             predicted=result["predicted"],
             cams=dict(zip(self.labels, self.class_maps(pixels, features))),
             embedding=embedding[0],
+            familiarity=self.familiarity(embedding)[0],
         )
 
     def _gradcam_function(self, three):

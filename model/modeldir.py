@@ -5,6 +5,7 @@
     metrics.json           architecture, training protocol, validation and test metrics
     test_predictions.csv   image, true labels, probabilities for every test photo
     training_curve.png     loss and mAP per epoch
+    familiarity.npz        the training photos' embeddings and the "unfamiliar photo" threshold (model.familiarity)
 
 It is written to a temporary sibling and renamed into place, so a run killed halfway
 leaves the previous model intact.
@@ -204,9 +205,14 @@ def atomic_dir(out):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_model_dir(out, model, thresholds_info, metrics, test_images, test_truth, test_probs, draw_curve):
-    """Write every file of the model directory `out`, atomically (see atomic_dir)."""
+def write_model_dir(
+    out, model, thresholds_info, metrics, test_images, test_truth, test_probs, draw_curve, extra_files=None
+):
+    """Write every file of the model directory `out`, atomically (see atomic_dir); `extra_files`: {name: bytes}
+    written beside them (familiarity.npz)."""
     with atomic_dir(out) as tmp:
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         model.save(tmp / "model.keras")
         (tmp / "thresholds.json").write_text(json.dumps(_clean(thresholds_info), indent=2) + "\n")
         (tmp / "metrics.json").write_text(json.dumps(_clean(metrics), indent=2) + "\n")

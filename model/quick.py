@@ -21,6 +21,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
+from model.familiarity import FILE as FAMILIARITY_FILE
+from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
 from model.modeldir import SHIPPED_MODEL_DIR, write_model_dir
 
@@ -175,7 +177,19 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
         "validation": evaluate(y[val_idx], val_probs, thresholds, labels, at_least_one),
         "test": evaluate(y[test_idx], test_probs, thresholds, labels, at_least_one),
     }
-    write_model_dir(out, model, thresholds_info, metrics, test_images, y[test_idx], test_probs, lambda path: None)
+    # the quick model's embedding is the backbone's, so the training photos' are already here
+    familiar = TrainingPhotos.fit(x[train_idx], x[val_idx]).to_bytes()
+    write_model_dir(
+        out,
+        model,
+        thresholds_info,
+        metrics,
+        test_images,
+        y[test_idx],
+        test_probs,
+        lambda path: None,
+        {FAMILIARITY_FILE: familiar},
+    )
     report(0.9, "preparing the model for serving (LiteRT conversion)", None)
     Classifier(out)  # converts and caches the flatbuffer, so the app's first use of the model is fast
     return metrics

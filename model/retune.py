@@ -18,6 +18,8 @@ from pathlib import Path
 from model.cli import add_verbose_flag, quiet_tensorflow
 from model.data import DataError, load_dataset, split
 from model.metrics import evaluate, format_table
+from model.familiarity import FILE as FAMILIARITY_FILE
+from model.familiarity import TrainingPhotos
 from model.modeldir import TTA_MODES, ModelDirError, write_model_dir
 
 
@@ -32,7 +34,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
     if dataset.label_names != classifier.labels:
         raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
     seed = classifier.metrics["split"]["seed"]
-    _, val_idx, test_idx = split(len(dataset.images), seed)
+    train_idx, val_idx, test_idx = split(len(dataset.images), seed)
     val_photos = dataset.load_photos(val_idx, classifier.size)  # decoded once, for both modes
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
     settings = argparse.Namespace(criterion=criterion, split_seed=seed)
@@ -59,6 +61,9 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
         "test": scores(y_test, test_probs),
         "retuned": {"from": Path(model_dir).name, "tta": tta, "criterion": criterion},
     }
+    familiar = TrainingPhotos.fit(  # under `tta`: the embeddings the retuned model computes
+        classifier.embeddings(dataset.load_photos(train_idx, classifier.size)), classifier.embeddings(val_photos)
+    )
     curve = Path(model_dir) / "training_curve.png"
     write_model_dir(
         out,
@@ -69,6 +74,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
         y_test,
         test_probs,
         lambda path: shutil.copyfile(curve, path) if curve.exists() else None,
+        {FAMILIARITY_FILE: familiar.to_bytes()},
     )
     return metrics
 

@@ -33,6 +33,8 @@ from model.cli import add_verbose_flag, quiet_tensorflow
 from model.data import CONTRACT_SPLIT_SEED, DataError, fold_split, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.preprocess import content_box
+from model.familiarity import FILE as FAMILIARITY_FILE
+from model.familiarity import TrainingPhotos
 from model.modeldir import write_model_dir
 from model.thresholds import CRITERIA, GRID, at_least_one_helps, tune_thresholds
 
@@ -503,6 +505,18 @@ def make_split(args, dataset):
     return fold_split(dataset.labels, folds, fold - 1, seed=args.split_seed)
 
 
+def familiarity(model, train_photos, val_photos):
+    """model.familiarity.TrainingPhotos of the trained model: its pooled embeddings of the training photos, the
+    threshold from the validation photos'."""
+    import keras
+
+    from model.inference import predict_arrays
+    from model.network import embedding_layer
+
+    embed = keras.Model(model.inputs, model.get_layer(embedding_layer(model)).output)
+    return TrainingPhotos.fit(predict_arrays(embed, train_photos), predict_arrays(embed, val_photos))
+
+
 def train(args):
     started = time.time()
     out = Path(args.out)
@@ -522,6 +536,7 @@ def train(args):
     export = build_model(args.arch, labels, pretrained=False, size=model.input_shape[1])
     export.set_weights(model.get_weights())
     val_probs, test_probs = predict_arrays(export, photos[val_idx]), predict_arrays(export, photos[test_idx])
+    familiar = familiarity(export, photos[train_idx], photos[val_idx])
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
     thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y_val, val_probs)
     minutes = (time.time() - started) / 60
@@ -549,6 +564,7 @@ def train(args):
         y_test,
         test_probs,
         lambda path: draw_curve(training["history"], path),
+        {FAMILIARITY_FILE: familiar.to_bytes()},
     )
     shutil.rmtree(work, ignore_errors=True)
     test = metrics["test"]
