@@ -29,9 +29,10 @@ def label_mismatch(scenes):
     if scenes.dataset is None or scenes.dataset.label_names == scenes.labels:
         return None
     return (
-        f"the model's labels ({', '.join(scenes.labels)}) are not the dataset's "
-        f"({', '.join(scenes.dataset.label_names)}): the test gallery cannot show this dataset's photos "
-        f"with this model's predictions; start with a --data and --model that belong together"
+        f"the model's labels ({', '.join(scenes.labels)}) are not those of dataset {scenes.dataset.root.name} "
+        f"({', '.join(scenes.dataset.label_names)}), and the dataset the model was trained on is not here: "
+        f"the gallery shows only the model's test photos that {scenes.dataset.root.name} has, with the true "
+        f"labels the model stored"
     )
 
 

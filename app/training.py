@@ -26,6 +26,7 @@ from model.inference import Classifier, ImageError, RegistryError
 
 bp = Blueprint("training", __name__)
 MODELS_IN_MEMORY = 3
+SHIPPED_ID = "shipped"
 MAX_DATASET_BYTES = 200 * 1024 * 1024  # one uploaded ZIP
 COMPARE_GALLERY = 60  # disagreements shown
 
@@ -197,11 +198,20 @@ def train_page():
     )
 
 
+def compatible_pairs(listed):
+    """[(a, b)] of model ids with the same labels, the ones the compare form offers: pairs of trained models
+    first, newest first (the list's order), then pairs with the shipped model."""
+    pairs = [(a["id"], b["id"]) for i, a in enumerate(listed) for b in listed[i + 1 :] if a["labels"] == b["labels"]]
+    return sorted(pairs, key=lambda pair: SHIPPED_ID in pair)
+
+
 @bp.get("/models")
 def models_page():
+    listed = registry().models()
     return render_template(
         "models.html",
-        models=registry().models(),
+        models=listed,
+        pairs=compatible_pairs(listed),
         active=current_app.extensions["active_model"],
         loaded=models().ids(),
         bound=MODELS_IN_MEMORY,
@@ -236,7 +246,7 @@ def shared_test_photos(a, b):
 
 @bp.get("/compare")
 def compare():
-    ids = [request.args.get("a", ""), request.args.get("b", "")]
+    ids = request.args.get("pair", "").split()[:2] or [request.args.get("a", ""), request.args.get("b", "")]
     if not all(ids):
         raise BadRequest("choose two models: /compare?a=ID&b=ID (ids from the Models page)")
     a, b = (models().get(i) for i in ids)

@@ -36,7 +36,7 @@ import numpy as np
 from model.atlas import Atlas
 from model.backbones.efficientnet_lite import cache_dir
 from model.cli import without_start_up_noise
-from model.data import load_dataset
+from model.data import DataError, load_dataset  # noqa: F401  (DataError: the app's door to it)
 from model.familiarity import TrainingPhotos
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import ModelDirError, read_model_dir, write_atomically

@@ -134,14 +134,12 @@ class Registry:
     def _describe(self, model_id, path):
         info = read_model_dir(path)
         training = info.metrics["training"]
-        dataset = Path(training.get("dataset", ""))
-        dataset_id = (
-            dataset.name
-            if dataset.parent == self.root / "datasets"
-            else DATA
-            if self.data_dir and dataset == self.data_dir
-            else str(dataset)
+        # an ensemble (the shipped model) records its members' dataset; a folder elsewhere is named, not its path
+        recorded = training.get("dataset") or next(
+            (m["dataset"] for m in training.get("members", []) if m.get("dataset")), None
         )
+        dataset = Path(recorded) if recorded else None
+        dataset_id = None if dataset is None else DATA if self.data_dir and dataset == self.data_dir else dataset.name
         created = training.get("created") or (
             None
             if model_id == SHIPPED
