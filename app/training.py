@@ -38,6 +38,8 @@ class LoadedModels:
         self.registry, self.runtime, self.workers, self.bound = registry, runtime, workers, bound
         self._loaded = OrderedDict()
         self._lock = threading.Lock()  # loads one model at a time: a second request for it waits, then shares it
+        self._preparing = set()  # ids being loaded and warmed up in the background (prepare)
+        self._preparing_lock = threading.Lock()
 
     def put(self, model_id, classifier):
         with self._lock:
@@ -58,6 +60,26 @@ class LoadedModels:
             classifier = Classifier(self.registry.model_path(model_id), runtime=self.runtime, workers=self.workers or 2)
             self._keep(model_id, classifier)
             return classifier
+
+    def prepare(self, model_id):
+        """True when `model_id` is loaded and warmed up; else start that in the background (once) and say False."""
+        with self._preparing_lock:
+            if model_id in self._preparing:
+                return False
+            if model_id in self._loaded:
+                return True
+            self._preparing.add(model_id)
+        threading.Thread(target=self._prepare, args=(model_id,), name=f"prepare {model_id}", daemon=True).start()
+        return False
+
+    def _prepare(self, model_id):
+        try:
+            self.get(model_id).warm_up()
+        except Exception:  # a request for the model will say what is wrong with it
+            pass
+        finally:
+            with self._preparing_lock:
+                self._preparing.discard(model_id)
 
     def forget(self, model_id):
         with self._lock:
@@ -128,7 +150,8 @@ def upload_dataset():
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise BadRequest("no ZIP received: send it in the multipart form field 'file'")
-    return jsonify(registry().import_zip(upload.stream, upload.filename)), 201
+    info = registry().import_zip(upload.stream, upload.filename)
+    return jsonify(info), 200 if info["duplicate"] else 201
 
 
 @bp.get("/api/datasets")
@@ -152,7 +175,12 @@ def start_job():
 
 @bp.get("/api/jobs/<job_id>")
 def job_status(job_id):
-    return jsonify(registry().job(job_id))
+    """The job's status; once it is done, "ready": whether its model is loaded here for serving (asking starts
+    that in the background, so the model's first use does not wait for it)."""
+    status = registry().job(job_id)
+    if status["state"] == "done" and status.get("model"):
+        status["ready"] = models().prepare(status["model"])
+    return jsonify(status)
 
 
 @bp.delete("/api/jobs/<job_id>")
@@ -194,6 +222,7 @@ def train_page():
         "train.html",
         datasets=registry().datasets(),
         job=live,
+        timing={mode: registry().timing(mode) for mode in ("quick", "full")},
         max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024),
     )
 

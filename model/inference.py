@@ -95,22 +95,33 @@ def with_outputs(model, tta="none"):
     return flip_tta(three, spatial=(0,)) if tta == "flip" else three
 
 
-def litert_flatbuffer(three_outputs, model_sha256, tta="none"):
-    """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached.
+def _cache_path(model_sha256, tta):
+    return cache_dir() / "litert" / f"{model_sha256}{'' if tta == 'none' else '-' + tta}.tflite"
 
-    The cache is `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it; a file that
-    does not match is converted again (a half-written or damaged cache never reaches LiteRT)."""
-    import tensorflow as tf
 
-    folder = cache_dir() / "litert"
-    path = folder / f"{model_sha256}{'' if tta == 'none' else '-' + tta}.tflite"
-    check = path.with_suffix(".sha256")
+def cached_flatbuffer(model_sha256, tta="none"):
+    """The cached flatbuffer of model file `model_sha256` (and TTA mode), or None when there is none or it does
+    not match its sha256 (a half-written or damaged cache never reaches LiteRT)."""
+    path = _cache_path(model_sha256, tta)
     try:
         flatbuffer = path.read_bytes()
-        if hashlib.sha256(flatbuffer).hexdigest() == check.read_text().strip():
+        if hashlib.sha256(flatbuffer).hexdigest() == path.with_suffix(".sha256").read_text().strip():
             return flatbuffer
     except OSError:
         pass
+    return None
+
+
+def litert_flatbuffer(three_outputs, model_sha256, tta="none"):
+    """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached as
+    `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it (see cached_flatbuffer)."""
+    import tensorflow as tf
+
+    flatbuffer = cached_flatbuffer(model_sha256, tta)
+    if flatbuffer is not None:
+        return flatbuffer
+    path = _cache_path(model_sha256, tta)
+    check = path.with_suffix(".sha256")
     # from_keras_model freezes the weights into the file (a concrete function would keep them as
     # uninitialised resource variables); Keras prints its intermediate export to stdout, hide it.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -161,6 +172,22 @@ class LiteRuntime:
         return [out[f"output_{i}"] for i in range(3)]
 
 
+class HeadRuntime:
+    """A quick model (model.quick): its backbone's flatbuffer gives the feature map and the embedding, and the
+    model's own head, one dense sigmoid on the embedding, runs in numpy (the backbone's probabilities are
+    dropped). So a quick model needs no conversion of its own: the backbone's is converted once and shared."""
+
+    def __init__(self, body, kernel, bias):
+        self.body, self.kernel, self.bias = body, np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
+
+    def __call__(self, images):
+        from scipy.special import expit  # the logistic function without overflow warnings
+
+        features, embeddings, _ = self.body(images)
+        logits = np.einsum("nd,dl->nl", embeddings, self.kernel) + self.bias  # einsum: no BLAS threads (atlas.py)
+        return [features, embeddings, expit(logits).astype(np.float32)]
+
+
 class KerasRuntime:
     """The same three outputs through a traced tf.function (the reference the tests compare with)."""
 
@@ -204,12 +231,7 @@ class Classifier:
             )
         self.size = self.model.input_shape[1]
         self.runtime = runtime
-        three = with_outputs(self.model, self.tta)
-        self._forward = (
-            LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
-            if runtime == "litert"
-            else KerasRuntime(three)
-        )
+        self._forward = self._runtime(runtime, workers)
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
         self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
@@ -217,6 +239,19 @@ class Classifier:
         self.training_photos = TrainingPhotos.read(self.info.path)
         self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
         self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
+
+    def _runtime(self, runtime, workers):
+        """The forward pass: LiteRT (a quick model's through its backbone's flatbuffer when that is cached) or
+        Keras."""
+        three = with_outputs(self.model, self.tta)
+        if runtime == "keras":
+            return KerasRuntime(three)
+        backbone = self.info.metrics["training"].get("backbone_sha256")
+        shared = backbone and self.tta == "none" and cached_flatbuffer(backbone)
+        if shared:
+            kernel, bias = (w.numpy() for w in self.model.get_layer("probabilities").weights)
+            return HeadRuntime(LiteRuntime(shared, workers), kernel, bias)
+        return LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
 
     # --- metadata the pages and the API show ---------------------------------------------
     @property
@@ -248,6 +283,15 @@ class Classifier:
         """model.atlas.Atlas of `dataset` (a Dataset) under this model, not started: embeddings,
         probabilities and map of every photo, cached in `folder` (default: <cache dir>/atlas)."""
         return Atlas(self, dataset, folder)
+
+    def warm_up(self):
+        """One forward pass and one layer of the layer browser on a grey photo, so that a first request does not
+        wait for LiteRT's planning or TensorFlow's tracing."""
+        grey = np.full((1, self.size, self.size, 3), 128, np.uint8)
+        self.forward(grey)
+        spatial = [name for name, _, is_spatial in self.layers() if is_spatial]
+        if spatial:
+            self.activations(grey[0], spatial[-1])
 
     # --- decisions ---------------------------------------------------------------------
     def decide(self, probs, unfamiliar=None):

@@ -49,8 +49,9 @@ def cached_embeddings(classifier, paths, cache, progress=None, batch_size=32):
     return np.stack([np.load(folder / f"{k}.npy") for k in keys])
 
 
-def fit_head(x_train, y_train, x_val, y_val, labels):
+def fit_head(x_train, y_train, x_val, y_val, labels, progress=None):
     """Per label, a logistic regression on standardised embeddings, C chosen by validation log loss.
+    `progress(labels done, seconds left)` after each label.
 
     Returns (kernel (d, labels), bias (labels,), the C of each label) on the raw embeddings."""
     from sklearn.linear_model import LogisticRegression
@@ -65,6 +66,7 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     zt, zv = (x_train - mean) / std, (x_val - mean) / std
     kernel, bias, chosen = np.zeros((x_train.shape[1], len(labels)), np.float32), np.zeros(len(labels), np.float32), []
+    started = time.time()
     for j in range(len(labels)):
         fits = [LogisticRegression(C=c, max_iter=2000).fit(zt, y_train[:, j]) for c in C_GRID]
         losses = [log_loss(y_val[:, j], f.predict_proba(zv)[:, 1], labels=[0, 1]) for f in fits]
@@ -72,6 +74,8 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
         kernel[:, j] = best.coef_[0] / std  # fold the standardisation into the weights
         bias[j] = best.intercept_[0] - float((best.coef_[0] * mean / std).sum())
         chosen.append(C_GRID[int(np.argmin(losses))])
+        if progress:
+            progress(j + 1, (time.time() - started) / (j + 1) * (len(labels) - j - 1))
     return kernel, bias, chosen
 
 
@@ -119,33 +123,51 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
     """Train on the dataset in `data` and write the model directory `out`; returns its metrics.
     `backbone`: "shipped" (fine-tuned on MIML), "imagenet", or a model directory.
     `progress(fraction, message, seconds left or None)` reports as it goes."""
-    from model.inference import Classifier
+    from model.inference import Classifier, cached_flatbuffer, read_model_dir
     from model.train import choose_thresholds
 
     report = progress or (lambda *a: None)
     started = time.time()
-    report(0.02, "reading the dataset and the backbone", None)
     dataset = load_dataset(data)
     labels = dataset.label_names
-    # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
-    backbone = Classifier(
-        {"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone) or imagenet_backbone(cache), tta="none"
+    folder = {"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone) or imagenet_backbone(cache)
+    converted = cached_flatbuffer(read_model_dir(folder).sha256) is not None
+    report(
+        0.02,
+        "step 1 of 4: loading the backbone"
+        + ("" if converted else " and converting it for LiteRT (once per backbone, about a minute)"),
+        None,
     )
+    # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
+    backbone = Classifier(folder, tta="none")
     train_idx, val_idx, test_idx = split(len(dataset.images), split_seed)
     paths = [dataset.path(i) for i in range(len(dataset.images))]
     x = cached_embeddings(
         backbone,
         paths,
         cache,
-        lambda f, left: report(0.05 + 0.7 * f, f"embeddings: {round(f * 100)}% of the photos not seen before", left),
+        lambda f, left: report(
+            0.1 + 0.7 * f, f"step 2 of 4: embeddings, {round(f * 100)}% of the photos not seen before", left
+        ),
     )
-    report(0.76, "fitting the logistic head (C chosen on validation)", None)
     y = dataset.labels
-    kernel, bias, chosen = fit_head(x[train_idx], y[train_idx], x[val_idx], y[val_idx], labels)
+    report(0.8, f"step 3 of 4: fitting the logistic head, 0 of {len(labels)} labels (C chosen on validation)", None)
+    kernel, bias, chosen = fit_head(
+        x[train_idx],
+        y[train_idx],
+        x[val_idx],
+        y[val_idx],
+        labels,
+        lambda done, left: report(
+            0.8 + 0.15 * done / len(labels),
+            f"step 3 of 4: fitting the logistic head, {done} of {len(labels)} labels",
+            left,
+        ),
+    )
     val_probs, test_probs = (head_probabilities(x[idx], kernel, bias) for idx in (val_idx, test_idx))
     args = SimpleNamespace(criterion="mcc", split_seed=split_seed)
     thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y[val_idx], val_probs)
-    report(0.82, "writing the model directory", None)
+    report(0.95, "step 4 of 4: writing the model directory", None)
     model = build_quick_model(backbone, labels, kernel, bias)
     test_images = [dataset.images[i] for i in test_idx]
     metrics = {
@@ -155,7 +177,8 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
             "architecture": backbone.metrics["training"]["architecture"],
             "input_size": backbone.size,
             "parameters": int(model.count_params()),
-            "backbone": str(backbone.info.path),
+            "backbone": backbone.name,  # a model id: the shipped model, imagenet-ARCH, or a runs folder's model
+            "backbone_sha256": backbone.info.sha256,  # whose LiteRT flatbuffer the quick model runs (HeadRuntime)
             "head": "logistic regression per label on the frozen pooled embedding",
             "C": dict(zip(labels, chosen)),
             "epochs_run": 0,
@@ -190,9 +213,7 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
         lambda path: None,
         {FAMILIARITY_FILE: familiar},
     )
-    report(0.9, "preparing the model for serving (LiteRT conversion)", None)
-    Classifier(out)  # converts and caches the flatbuffer, so the app's first use of the model is fast
-    return metrics
+    return metrics  # no conversion: the backbone's flatbuffer is cached, and the quick model runs through it
 
 
 def main(argv=None):

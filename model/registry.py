@@ -11,6 +11,7 @@ fork do not mix), the leader of its own process group, so cancelling ends it and
 One job runs at a time.
 """
 
+import hashlib
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,17 +87,27 @@ class Registry:
 
     # --- datasets ------------------------------------------------------------------------------
     def import_zip(self, source, filename):
-        """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
+        """A new dataset from ZIP `source` (a seekable file object) -> {"dataset", "photos", "labels", "skipped",
+        "duplicate"}; RegistryError (400). The same ZIP uploaded again (its sha256) is the dataset already here,
+        with "duplicate": true."""
         from model.datasets import DatasetError, import_zip, slug
 
+        digest = hashlib.sha256()
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+        source.seek(0)
+        for folder in (self.root / "datasets").iterdir():
+            known = read_json(folder / "dataset.json")
+            if known and known.get("sha256") == digest.hexdigest():
+                return {**known, "duplicate": True}
         dataset_id = slug(filename)
         try:
             result = import_zip(source, self.root / "datasets" / dataset_id)
         except DatasetError as e:
             raise RegistryError(str(e)) from None
         info = {"dataset": dataset_id, "name": Path(filename or "").name, "created": now(), **result}
-        write_json(self.root / "datasets" / dataset_id / "dataset.json", info)
-        return info
+        write_json(self.root / "datasets" / dataset_id / "dataset.json", {**info, "sha256": digest.hexdigest()})
+        return {**info, "duplicate": False}
 
     def datasets(self):
         """[{"dataset", "name", "photos", "labels", "created"}], --data and --feedback first, then the newest uploads."""
@@ -247,6 +259,13 @@ class Registry:
             self._running = (job_id, process)
         return job_id
 
+    def timing(self, mode):
+        """{"seconds", "photos", "created"} of the newest finished job of `mode` here, or None before the first."""
+        done = [read_json(p / "status.json") for p in (self.root / "jobs").iterdir()]
+        done = [j for j in done if j and j.get("mode") == mode and j.get("state") == "done" and j.get("seconds")]
+        newest = max(done, key=lambda j: j["created"], default=None)
+        return newest and {k: newest[k] for k in ("seconds", "photos", "created")}
+
     def live_job(self):
         """The status of the job this server started, while it is queued or running; else None."""
         status = self._running and self.job(self._running[0])
@@ -310,6 +329,7 @@ def run_job(spec):
         )
         write_json(folder / "status.json", status)
 
+    started = time.time()
     try:
         report(0.01, "starting")
         if spec["mode"] == "quick":
@@ -321,7 +341,16 @@ def run_job(spec):
             train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
         else:
             run_full(spec, report)
-        status.update(state="done", progress=1.0, message="done", eta_s=None, model=Path(spec["out"]).name)
+        split = read_model_dir(spec["out"]).metrics.get("split", {})
+        status.update(
+            state="done",
+            progress=1.0,
+            message="done",
+            eta_s=None,
+            model=Path(spec["out"]).name,
+            seconds=round(time.time() - started, 1),  # what the training page's promise is made of (timing)
+            photos=sum(split.get(k, 0) for k in ("train", "validation", "test")),
+        )
     except Exception as e:  # anything: the page must say why the job failed
         status.update(state="failed", eta_s=None, message=str(e) or type(e).__name__)
     write_json(folder / "status.json", status)
@@ -329,6 +358,8 @@ def run_job(spec):
 
 EPOCH_LINE = re.compile(r"^(?P<phase>.+?): epoch (?P<n>\d+)/(?P<of>\d+) took (?P<took>[\d.]+) s")
 LOSS = re.compile(r"\b(val_loss|loss): ([\d.]+(?:e-?\d+)?)")
+KERAS_EPOCH = re.compile(r"^Epoch \d+/\d+$")
+KERAS_LINE = re.compile(r"^(Epoch \d+/\d+|\d+/\d+ )")  # Keras's epoch headers and progress bars
 
 
 def die_with_parent():
@@ -379,7 +410,9 @@ def run_full(spec, report):
                     f"{m['phase']}: epoch {m['n']}/{m['of']}",
                     (total - len(times)) * sum(times) / len(times),
                 ]
-            elif line.strip() and not times:  # what it does before the first epoch ends
+            elif KERAS_EPOCH.match(line.strip()) and not times:  # Keras's "Epoch 1/2": no time to go by yet
+                state[1] = "the first epoch (its time gives the ETA)"
+            elif line.strip() and not times and not KERAS_LINE.match(line.strip()):  # model.train's own steps
                 state[1] = line.strip()[:200]
             report(*state, curve=curve)
         if process.wait() != 0:

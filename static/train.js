@@ -33,8 +33,14 @@ uploadForm.addEventListener("submit", async (event) => {
   try {
     const d = await send(uploadForm.action, { method: "POST", body: new FormData(uploadForm) });
     const skipped = d.skipped.length ? ` Left out: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}.` : "";
-    say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}`);
-    datasets.prepend(new Option(`${d.dataset} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
+    const again = d.duplicate ? " (the same ZIP was uploaded before: this is that dataset)" : "";
+    say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}${again}`);
+    const listed = [...datasets.options].find((o) => o.value === d.dataset);
+    if (listed) listed.selected = true;
+    else {
+      const when = d.created.slice(0, 16).replace("T", " ");
+      datasets.prepend(new Option(`${d.name} · ${d.dataset} · ${when} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
+    }
     trainForm.querySelector("button[type=submit]").disabled = false;
     document.querySelector("[data-no-datasets]")?.remove();  // there is one now
   } catch (e) {
@@ -86,13 +92,15 @@ function show(status) {
   text.textContent = `${status.state}: ${Math.round(status.progress * 100)}% · ${status.message}${eta}`;
   drawCurve(status.curve || []);
   const live = status.state === "queued" || status.state === "running";
+  const loading = status.state === "done" && status.ready === false;  // the server loads the new model
   cancel.hidden = !live;
-  if (status.state === "done") {
+  if (loading) text.textContent = `done: 100% · loading the model for serving, a few seconds`;
+  if (status.state === "done" && !loading) {
     done.querySelector("[data-job-model]").textContent = status.model;
     done.hidden = false;
   }
-  panel.dataset.state = status.state;
-  return live;
+  panel.dataset.state = loading ? "loading" : status.state;
+  return live || loading;
 }
 
 async function follow(job) {

@@ -126,6 +126,12 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
     assert "validation" in classifier.thresholds_info["chosen_on"]
+    # its backbone named by model id, whose converted graph it runs (no conversion of its own); its training
+    # photos' embeddings kept for the familiarity flag
+    training = classifier.metrics["training"]
+    assert training["backbone"] == "shipped" and training["backbone_sha256"] == Classifier().info.sha256
+    assert type(classifier._forward).__name__ == "HeadRuntime"
+    assert classifier.training_photos is not None and len(classifier.training_photos.train) == 72
 
     labels = own_dataset[1]
     sea = next(i for i, f in labels.items() if f == (1, 0, 0) and i in names)
@@ -144,6 +150,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     results = r.get_json()["results"]
     assert [sorted(x["probabilities"]) for x in results] == [sorted(OWN_LABELS)] * 2
     assert results[0]["predicted"] == ["water"] and results[1]["predicted"] == ["golden"]
+    assert [x["familiarity"]["unfamiliar"] for x in results] == [False, False]
     assert set(r.get_json()["thresholds"]) == set(OWN_LABELS)
     default = client.post(
         "/api/predict",
@@ -151,6 +158,15 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
         data={"image": (open(miml_data / "original" / sea, "rb"), sea)},
     ).get_json()
     assert "sea" in default["results"][0]["predicted"]  # without ?model= the model in use (shipped) answers
+
+
+def test_the_same_zip_twice_is_one_dataset(client, miml_data):
+    archive = dataset_zip(miml_data, relabelled(miml_data, n=40))
+    first, second = upload(client, archive, "again.zip"), upload(client, archive, "again (1).zip")
+    assert first.status_code == 201 and second.status_code == 200
+    assert second.get_json()["dataset"] == first.get_json()["dataset"] and second.get_json()["duplicate"] is True
+    listed = [d["dataset"] for d in client.get("/api/datasets").get_json()]
+    assert listed.count(first.get_json()["dataset"]) == 1
 
 
 def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
