@@ -75,7 +75,7 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
 
     page.goto(base_url + "/model")  # the trained model's own facts
     trained_on = page.locator("[data-trained-on]").inner_text()
-    assert f"dataset {dataset} (120 photos)" in trained_on and "72 training" in trained_on
+    assert f"dataset {dataset} (120 photos)" in trained_on and "76 training" in trained_on
     assert "original project" not in trained_on and "miml" not in trained_on
     assert page.locator("[data-backbone]").inner_text() == "shipped"  # a model id, never a path
     assert str(runs) not in page.content() and "/model/shipped" not in page.content()

@@ -131,7 +131,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     training = classifier.metrics["training"]
     assert training["backbone"] == "shipped" and training["backbone_sha256"] == Classifier().info.sha256
     assert type(classifier._forward).__name__ == "HeadRuntime"
-    assert classifier.training_photos is not None and len(classifier.training_photos.train) == 72
+    assert classifier.training_photos is not None and len(classifier.training_photos.train) == 76
 
     labels = own_dataset[1]
     sea = next(i for i, f in labels.items() if f == (1, 0, 0) and i in names)
