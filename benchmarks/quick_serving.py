@@ -9,6 +9,8 @@ markdown table for docs/trained-models.md.
 """
 
 import argparse
+import contextlib
+import io
 import subprocess
 import sys
 import time
@@ -39,7 +41,8 @@ def main():
     if not isinstance(shared._forward, HeadRuntime):
         sys.exit("error: not a quick model with its backbone's flatbuffer cached")
     started = time.perf_counter()
-    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(with_outputs(shared.model)).convert()
+    with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its intermediate export
+        flatbuffer = tf.lite.TFLiteConverter.from_keras_model(with_outputs(shared.model)).convert()
     own = LiteRuntime(flatbuffer)
     convert = time.perf_counter() - started
 
