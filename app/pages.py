@@ -14,6 +14,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
 from app.explore import similar_on_card
+from app.scenes import scenes
 from app.uploads import analyse, uploaded_files
 from model.inference import ImageError
 
@@ -41,10 +42,6 @@ METRIC_NAMES = {
 def metric_name(key):
     """How a page names a metric: mAP (not "map", which reads like the Map page), one-error."""
     return METRIC_NAMES.get(key, key.replace("_", " "))
-
-
-def scenes():
-    return current_app.extensions["scenes"]
 
 
 def card(name, a, truth=None, photo_id=None, upload_index=None):
@@ -297,11 +294,10 @@ def evaluation():
     }
     return render_template(
         "evaluation.html",
-        metrics=info.metrics,
+        card=info.card,
         headline=info.HEADLINE,
         curves=curves,
         data=data,
-        thresholds_info=info.thresholds_info,
         confusions=confusions,
         mismatched=sum(n for _, _, n in confusions),
         gallery=s.dataset is not None,
@@ -351,18 +347,20 @@ def our_comparison_row(classifier, miml_split):
     """The model's test metrics in the published results' terms: coverage per label (MIML's coverage, i.e.
     sklearn's coverage_error - 1, over the number of labels) and example-based average precision (LRAP), both
     from model.metrics: stored in metrics.json, or computed from the stored test predictions for an older one."""
-    test = classifier.metrics["test"]
+    card = classifier.card
+    test = card.test
     extra = {k: test.get(k) for k in ("coverage_normalised", "average_precision")}
     if extra["average_precision"] is None:  # a model directory written before metrics.json held these
         _, truth, probs = classifier.test_predictions()
         if len(truth):
             extra = {k: classifier.evaluate(truth, probs)[k] for k in extra}
-    seed = classifier.metrics["split"]["seed"]
+    seed = card.split.seed
     return {
-        "model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
+        "model": f"{card.training.architecture or 'this model'} (this model)",
         "kind": "single split",
         "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
-        f"{': the contract split' if seed == 100 and miml_split else ''}), thresholds and checkpoint from validation",
+        f"{': the contract split' if seed == classifier.CONTRACT_SPLIT_SEED and miml_split else ''}), thresholds "
+        "and checkpoint from validation",
         **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
         "coverage": extra["coverage_normalised"] or test["coverage"] / len(classifier.labels),
         "average_precision": extra["average_precision"],
@@ -372,14 +370,14 @@ def our_comparison_row(classifier, miml_split):
 def crossval_row(classifier):
     """The model's training recipe under the literature's protocol (model.crossval), when its metrics.json
     records one; else None."""
-    cv = classifier.metrics.get("crossval")
+    cv = classifier.card.crossval
     if not cv:
         return None
-    mean = {k: v["mean"] for k, v in cv["metrics"].items()}
+    mean = {k: v["mean"] for k, v in cv.metrics.items()}
     return {
-        "model": f"{cv['architecture']}, {cv['augment']} augmentation: the training recipe, cross-validated",
-        "kind": f"{cv['folds']}-fold CV",
-        "protocol": f"{cv['folds']}-fold cross-validation over all {cv['test_photos']} photos, stratified by label "
+        "model": f"{cv.architecture}, {cv.augment} augmentation: the training recipe, cross-validated",
+        "kind": f"{cv.folds}-fold CV",
+        "protocol": f"{cv.folds}-fold cross-validation over all {cv.test_photos} photos, stratified by label "
         "set; checkpoint and thresholds from a validation part of each fold's training photos",
         **{k: mean.get(k) for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss", "average_precision")},
         "coverage": mean.get("coverage_normalised"),
@@ -389,10 +387,9 @@ def crossval_row(classifier):
 def trained_on(classifier):
     """What the model says of its own dataset: {"name": the folder's name (None if unrecorded), "photos": its
     split's photos, "miml": whether it is MIML itself (its labels and 2000 photos)}."""
-    t = classifier.metrics["training"]
-    path = t.get("dataset") or next((m["dataset"] for m in t.get("members", []) if m.get("dataset")), None)
-    split = classifier.metrics.get("split", {})
-    photos = sum(split.get(k, 0) for k in ("train", "validation", "test"))
+    t, split = classifier.card.training, classifier.card.split
+    path = t.dataset or next((m.dataset for m in t.members or [] if m.dataset), None)
+    photos = sum(n or 0 for n in (split.train, split.validation, split.test))
     return {
         "name": Path(path).name if path else None,
         "photos": photos,
@@ -406,7 +403,7 @@ def model_page():
     own = trained_on(s.classifier)
     ours = [our_comparison_row(s.classifier, own["miml"]), crossval_row(s.classifier)]
     ours = [row for row in ours if row]
-    backbone = s.classifier.metrics["training"].get("backbone")
+    backbone = s.classifier.card.training.backbone
     return render_template(
         "model.html",
         info=s.classifier,

@@ -42,7 +42,7 @@ def main():
     if photos is None:
         sys.exit(f"error: {c.info.path} has no familiarity.npz (python -m model.familiarity --model DIR)")
     dataset = load_dataset(args.data)
-    _, _, test_idx = split(len(dataset.images), c.metrics.get("split", {}).get("seed", CONTRACT_SPLIT_SEED))
+    _, _, test_idx = split(len(dataset.images), c.card.split.seed or CONTRACT_SPLIT_SEED)
     test = c.embeddings(dataset.load_photos(test_idx, c.size))
     made = make_non_scenes(args.n_each)
     odd = c.embeddings(np.stack([c.load(png(image)) for _, image in made]))
@@ -66,7 +66,7 @@ def main():
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     print(
-        f"model `{c.name}` ({c.metrics['training'].get('architecture')}), commit {commit.strip()}, threshold {photos.threshold:.4f} "
+        f"model `{c.name}` ({c.card.training.architecture}), commit {commit.strip()}, threshold {photos.threshold:.4f} "
         f"(percentile {photos.percentile:g} of the validation photos' similarity to the nearest of "
         f"{photos.train.shape[0]} training photos), "
         f"{photos.train.shape[1]} principal directions\n"

@@ -53,9 +53,7 @@ def main():
     gap_own = float(np.abs(own(photos)[2] - keras).max())
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    print(
-        f"model `{shared.name}` (quick, backbone `{shared.metrics['training'].get('backbone')}`), commit {commit.strip()}\n"
-    )
+    print(f"model `{shared.name}` (quick, backbone `{shared.card.training.backbone}`), commit {commit.strip()}\n")
     print("| first use of a quick model | seconds | max abs difference from Keras (16 photos) |\n|---|---:|---:|")
     print(f"| Classifier through the backbone's cached flatbuffer (now) | {load_shared:.1f} | {gap_shared:.1e} |")
     print(f"| converting its own graph to LiteRT (before) | {convert:.1f} | {gap_own:.1e} |")

@@ -124,9 +124,7 @@ def main(argv=None):
         sys.exit(f"error: {e}")
     if dataset.label_names != classifier.labels:
         sys.exit(f"error: {args.data or 'MIML_DATA'}: its labels are not the model's; give the model's own dataset")
-    train_idx, val_idx, _ = split(
-        len(dataset.images), classifier.metrics.get("split", {}).get("seed", CONTRACT_SPLIT_SEED)
-    )
+    train_idx, val_idx, _ = split(len(dataset.images), classifier.card.split.seed or CONTRACT_SPLIT_SEED)
     train, val = (classifier.embeddings(dataset.load_photos(idx, classifier.size)) for idx in (train_idx, val_idx))
     photos = TrainingPhotos.fit(train, val)
     write_atomically(Path(args.model) / FILE, photos.to_bytes())

@@ -36,6 +36,7 @@ def test_the_threshold_is_the_validation_photos_first_percentile_and_survives_th
     assert TrainingPhotos.read(tmp_path / "none") is None
 
 
+@pytest.mark.needs_data
 def test_non_scenes_are_flagged_and_get_no_forced_label(client, scenes, sea_photo):
     """The shipped model's at-least-one rule is on, yet an unfamiliar photo may come back with no label."""
     assert scenes.classifier.at_least_one and scenes.classifier.training_photos is not None
@@ -68,6 +69,7 @@ def test_non_scenes_are_flagged_and_get_no_forced_label(client, scenes, sea_phot
     assert all(v == round(v, 4) for v in r.get_json()["thresholds"].values())
 
 
+@pytest.mark.needs_data
 def test_the_upload_card_says_so_in_a_sentence(client, sea_photo):
     noise = png(make_non_scenes(n_each=4)[-1][1])
     html = client.post(
@@ -79,6 +81,7 @@ def test_the_upload_card_says_so_in_a_sentence(client, sea_photo):
     assert "unlike anything the model was trained on" in html
 
 
+@pytest.mark.needs_data
 def test_the_batch_csv_has_the_familiarity_columns(tmp_path, sea_photo, capsys):
     from model.predict import main
 

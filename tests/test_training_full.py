@@ -10,6 +10,8 @@ import pytest
 from model.inference import Classifier, Registry, RegistryError
 from tests.helpers import TINY_LABELS
 
+pytestmark = pytest.mark.slow  # each test starts a training job
+
 TINY = ["--warmup-epochs", "1", "--input-size", "96"]
 
 
@@ -63,7 +65,7 @@ def test_full_mode_reports_epochs_eta_and_the_curve(registry):
     assert c.size == 96 and c.labels == TINY_LABELS
     assert c.training_photos is not None  # full training keeps its training photos' embeddings for familiarity
     assert final["seconds"] > 0 and final["photos"] == 36  # the training page's times are made of these
-    history = c.metrics["training"]["history"]
+    history = c.card.training.history
     assert [round(float(r["val_loss"]), 4) for r in history] == [round(p["val_loss"], 4) for p in final["curve"]]
 
 
