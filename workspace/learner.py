@@ -92,12 +92,12 @@ def nearest(z, positives, candidates):
     return candidates[np.argsort(-similarity, kind="stable")]
 
 
-def choose(strategy, k, probs, z, unlabelled, labelled, rng, label=None, positives=()):
+def choose(strategy, k, probs, z, unlabelled, labelled, rng, label=None, positives=(), random_share=RANDOM_SHARE):
     """Indices of up to k photos from `unlabelled` (an index array) to label next.
 
     strategy: "random"; "uncertain" (highest summed uncertainty); "auto" (RANDOM_SHARE at random, the rest by
     k-center among the POOL * k most uncertain); "likely" (`label`'s highest probability, or before its head
-    exists the nearest neighbours of its `positives`). Photos without an embedding yet (z None) go at random."""
+    exists the nearest neighbours of its `positives`); `random_share`: auto's random part. Photos without an embedding yet (z None) go at random."""
     if not len(unlabelled):
         return []
     if z is None or strategy == "random":
@@ -110,7 +110,7 @@ def choose(strategy, k, probs, z, unlabelled, labelled, rng, label=None, positiv
     order = unlabelled[np.argsort(-uncertainty(probs[unlabelled]), kind="stable")] if has_model else None
     if strategy == "uncertain":
         return [int(i) for i in (order if has_model else rng.permutation(unlabelled))[:k]]
-    n_random = int(round(k * RANDOM_SHARE)) if has_model else 0
+    n_random = int(round(k * random_share)) if has_model else 0
     pool = order[: POOL * k] if has_model else rng.permutation(unlabelled)[: POOL * k]
     picked = k_center(z, pool, labelled, k - n_random)
     rest = np.setdiff1d(unlabelled, picked)
