@@ -53,6 +53,7 @@ class Summary:
     ready: bool
     embedded: int  # photos with an embedding so far
     suggesting: list  # labels whose head exists (2 positives and 2 negatives)
+    learning: bool  # the live model has not yet caught up with the latest decision
     error: str | None
 
 
@@ -171,7 +172,7 @@ class Workspace:
         photos = self.store.photos(dataset_id)
         live = self._learner(dataset_id)
         live.poke()  # another process may have labelled: the learner looks at the store's last decision
-        _, y, known = self._matrix(dataset_id, record.labels, photos)
+        decision, y, known = self._matrix(dataset_id, record.labels, photos)
         state = live.state
         positives = y[known].sum(0)
         lacking = learner.split_gaps(y[known], record.labels)
@@ -201,6 +202,7 @@ class Workspace:
                 for j, n in enumerate(record.labels)
                 if state.probs is not None and not np.isnan(state.probs[:, j]).all()
             ],
+            learning=state.decision != decision,
             error=state.error,
         )
 

@@ -122,7 +122,7 @@ def _folder_entries(photos):
     if not photos:
         raise DatasetError("the ZIP holds no photos (.jpg, .png, .webp, ...)")
     if any(len(p) != 2 for p, _ in photos):
-        loose = next("/".join(p) for p, _ in photos if len(p) != 2)
+        loose = next(info.filename for p, info in photos if len(p) != 2)
         raise DatasetError(
             f"no labels.csv and no label names: give the label names (a comma list), or use the folder-per-label "
             f"layout (LABEL/photo.jpg, one folder deep); {loose!r} is not in it"

@@ -195,8 +195,8 @@ class LabelStore:
             if unknown:
                 raise StoreError(f"unknown label {unknown[0]!r}: this dataset's labels are {', '.join(record.labels)}")
             labels = [l for l in record.labels if l in set(labels)]  # the dataset's order, no repeats
-        at = now()
         with self._write() as con:
+            at = now()  # under the write lock: times follow the order of the decisions
             if (
                 con.execute("SELECT 1 FROM photos WHERE dataset = ? AND image = ?", (dataset_id, image)).fetchone()
                 is None
