@@ -25,10 +25,13 @@ async function call(url, options = {}) {
 const photoUrl = (image) => `${api}/photos/${encodeURIComponent(image)}`;
 const strategy = () => $("[data-strategy]").value;
 
-async function fetchQueue(k) {
+// Up to k photos to label next (the server's queue; those saved here a moment ago and, in single mode, the one
+// on screen left out).
+async function fetchQueue(k, grid = false) {
   const seen = new Set(done.map((d) => d.image));
+  if (!grid && current) seen.add(current.image);
   const { photos } = await call(`${api}/queue?k=${k}&strategy=${encodeURIComponent(strategy())}`);
-  return photos.filter((p) => !seen.has(p.image) && p.image !== current?.image);
+  return photos.filter((p) => !seen.has(p.image));
 }
 
 function chip(label, index, on, probability, toggle) {
@@ -79,11 +82,12 @@ async function saveAndNext() {
   const labels = LABELS.filter((l) => current.on.has(l));
   const before = back ? done[done.length - back].after : null;
   try {
-    await save(current.image, labels, before);
-    say(`Saved ${current.image}: ${labels.join(", ") || "none of the labels"}.`);
-    if (back) { back = 0; }
+    const image = current.image;
+    await save(image, labels, before);
+    back = 0;
     queue = await fetchQueue(8);  // fresh suggestions: the model has learnt from the decisions so far
     await showNext();
+    say(`Saved ${image}: ${labels.join(", ") || "none of the labels"}.`);
     refreshPanel();
   } catch (e) { say(e.message, true); }
 }
@@ -132,7 +136,7 @@ $("[data-strategy]").addEventListener("change", async () => {
 let gridItems = [];
 
 async function loadGrid() {
-  gridItems = (await fetchQueue(24)).map((item) => ({ item, on: new Set(item.suggested) }));
+  gridItems = (await fetchQueue(24, true)).map((item) => ({ item, on: new Set(item.suggested) }));
   const grid = $("[data-grid-photos]");
   grid.replaceChildren(...gridItems.map((g) => {
     const figure = document.createElement("figure");
