@@ -32,14 +32,17 @@ def project(x, seed=0):
 def fit_heads(z, y, known):
     """Per label, (coef, intercept) of a logistic regression on the labelled rows (`known`), or None while the
     label has fewer than MIN_EXAMPLES positives or negatives. y: (n, labels) 0/1."""
-    heads = []
-    for j in range(y.shape[1]):
-        t = y[known, j]
-        if min(t.sum(), len(t) - t.sum()) < MIN_EXAMPLES:
-            heads.append(None)
-            continue
-        heads.append(fit_one(z[known], t))
-    return heads
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):  # small problems: BLAS threads only add contention (5x slower on a busy machine)
+        return [_head(z, y[:, j], known) for j in range(y.shape[1])]
+
+
+def _head(z, t_all, known):
+    t = t_all[known]
+    if min(t.sum(), len(t) - t.sum()) < MIN_EXAMPLES:
+        return None
+    return fit_one(z[known], t)
 
 
 def fit_one(z, t):
@@ -73,7 +76,8 @@ def k_center(z, candidates, chosen_before, k):
     if not len(candidates):
         return []
     if len(chosen_before):
-        d = np.min(((z[candidates, None, :] - z[None, chosen_before, :]) ** 2).sum(-1), axis=1)
+        a, b = z[candidates], z[chosen_before]  # squared distances without an (n, m, d) array
+        d = np.min((a**2).sum(1)[:, None] + (b**2).sum(1)[None, :] - 2 * a @ b.T, axis=1)
     else:
         d = np.full(len(candidates), np.inf)
     picked = []
@@ -120,20 +124,24 @@ def choose(strategy, k, probs, z, unlabelled, labelled, rng, label=None, positiv
 def cross_validated(z, y, folds=CV_FOLDS, seed=0):
     """{label index: average precision} of out-of-fold probabilities over the labelled rows (z, y), for labels
     with MIN_EXAMPLES positives and negatives; stratified folds, as many as the rarer class allows."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        return {j: ap for j in range(y.shape[1]) if (ap := _cv_ap(z, y[:, j], folds, seed)) is not None}
+
+
+def _cv_ap(z, t, folds, seed):
+    """One label's cross-validated average precision, or None with too few positives or negatives."""
     from sklearn.metrics import average_precision_score
     from sklearn.model_selection import StratifiedKFold
 
-    out = {}
-    for j in range(y.shape[1]):
-        t = y[:, j]
-        n_folds = min(folds, int(t.sum()), int(len(t) - t.sum()))
-        if n_folds < MIN_EXAMPLES:
-            continue
-        oof = np.zeros(len(t), np.float32)
-        for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z, t):
-            oof[test] = score(z[test], [fit_one(z[train], t[train])])[:, 0]
-        out[j] = float(average_precision_score(t, oof))
-    return out
+    n_folds = min(folds, int(t.sum()), int(len(t) - t.sum()))
+    if n_folds < MIN_EXAMPLES:
+        return None
+    oof = np.zeros(len(t), np.float32)
+    for train, test in StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(z, t):
+        oof[test] = score(z[test], [fit_one(z[train], t[train])])[:, 0]
+    return float(average_precision_score(t, oof))
 
 
 def split_gaps(y, label_names):
