@@ -73,8 +73,8 @@ def test_a_dataset_from_photos_without_labels(client, photos40):
 @pytest.mark.parametrize(
     "labels, message",
     [
-        (None, "no labels.csv and no label names"),
-        ("", "no labels.csv and no label names"),
+        (None, "no labels.csv in the ZIP and no label names"),
+        ("", "no labels.csv in the ZIP and no label names"),
         ("sea, sea", "'sea' is given twice"),
         ("sea, blue sky", "'blue sky' is not a label name"),
         (",".join(f"l{i}" for i in range(21)), "give 1 to 20 label names, not 21"),

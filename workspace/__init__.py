@@ -89,6 +89,7 @@ class Workspace:
             raise WorkspaceError(str(e)) from None
         record = DatasetRecord(dataset_id, Path(filename or "").name, imported.label_names, folder, _now())
         self.store.add_dataset(record, imported.photos, imported.labelled)
+        self.write_labels_csv(dataset_id)
         self._describe_for_registry(record, len(imported.photos))
         return Created(dataset_id, len(imported.photos), record.labels, len(imported.labelled), imported.skipped)
 

@@ -17,16 +17,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from model.datasets import (
-    CHECK_SIZE,
-    MAT,
-    MAX_MEMBER_BYTES,
-    MAX_MEMBERS,
-    MAX_TOTAL_BYTES,
-    DatasetError,
-    _check_members,
-    import_zip,
-)
+from model import datasets as limits_of
+from model.datasets import CHECK_SIZE, MAT, DatasetError, _check_members, import_zip
 from model.modeldir import atomic_dir
 from model.preprocess import ImageError, load_image
 from workspace.store import Photo
@@ -63,7 +55,7 @@ def label_names(values, where="label names"):
         raise DatasetError(f"{where}: {bad!r} is not a label name (letters, digits, '-' and '_', at most 40)")
     repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if repeated is not None:
-        raise DatasetError(f"{where}: {repeated!r} is given twice")
+        raise DatasetError(f"{where}: label names must be unique: {repeated!r} is given twice")
     return names
 
 
@@ -83,7 +75,7 @@ def read_partial_csv(text, where="labels.csv"):
                 "or leave them all empty (not labelled yet)"
             )
         if not image or "/" in image or "\\" in image or image.startswith(".") or image in seen:
-            raise DatasetError(f"{where}: line {line} has an invalid or repeated image name {image!r}")
+            raise DatasetError(f"{where}: line {line} has an invalid image name {image!r} (or one listed before)")
         seen.add(image)
         out.append((image, [n for n, c in zip(names, cells) if c == "1"] if any(cells) else None))
     if not out:
@@ -121,11 +113,12 @@ def _folder_entries(photos):
     """Folder-per-label: every photo must sit in a folder named after one of its labels."""
     if not photos:
         raise DatasetError("the ZIP holds no photos (.jpg, .png, .webp, ...)")
-    if any(len(p) != 2 for p, _ in photos):
-        loose = next(info.filename for p, info in photos if len(p) != 2)
+    loose = next((info.filename for p, info in photos if len(p) != 2 or p[0] == "original"), None)
+    if loose is not None:
         raise DatasetError(
-            f"no labels.csv and no label names: give the label names (a comma list), or use the folder-per-label "
-            f"layout (LABEL/photo.jpg, one folder deep); {loose!r} is not in it"
+            "no labels.csv in the ZIP and no label names given: give the label names (a comma list), put labels.csv "
+            f"(header 'image,<label>,...') beside original/, or use the folder-per-label layout (LABEL/photo.jpg, one "
+            f"folder deep); {loose!r} is not in it"
         )
     names = label_names(sorted({p[0] for p, _ in photos}), "the folder names (the labels)")
     return names, [Entry(p[1], info, [p[0]]) for p, info in photos]
@@ -191,10 +184,10 @@ def import_upload(source, out, labels=None, limits=None):
     """Extract the ZIP `source` (a path or file object) into the new folder `out` (original/ + nothing else)
     -> Imported. `labels`: the label names typed by the user (a comma list), needed for photos alone;
     DatasetError for anything we cannot use (nothing is left in `out`)."""
-    limits = {
-        "members": MAX_MEMBERS,
-        "member_bytes": MAX_MEMBER_BYTES,
-        "total_bytes": MAX_TOTAL_BYTES,
+    limits = {  # model.datasets' limits, read when the upload comes
+        "members": limits_of.MAX_MEMBERS,
+        "member_bytes": limits_of.MAX_MEMBER_BYTES,
+        "total_bytes": limits_of.MAX_TOTAL_BYTES,
         **(limits or {}),
     }
     given = label_names(labels.split(","), "the label names") if labels and labels.strip() else None
