@@ -67,6 +67,9 @@ def test_label_a_folder_with_the_model_in_the_loop(page, base_url, miml_data, tm
     page.click("[data-mode]")  # the grid: 15 photos left, with their suggestions
     page.locator("[data-grid-photos] figure").nth(14).wait_for()
     assert page.locator("[data-grid-photos] figure").count() == 15
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-grid-photos] img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
     page.screenshot(path=str(SHOTS / "labeller-grid.png"), full_page=True)
 
     with page.expect_download() as download:
