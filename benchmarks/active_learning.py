@@ -119,6 +119,15 @@ def plot(results, path):
     fig.savefig(path, dpi=110)
 
 
+def table(backbone, rows, toggles, seeds):
+    print(f"\n{backbone} backbone: test mAP after N labels (mean of {seeds} seeds)\n")
+    print("| strategy | " + " | ".join(map(str, CHECKPOINTS)) + " | toggles/photo with suggestions | without |")
+    print("|---" * (len(CHECKPOINTS) + 3) + "|")
+    for name, maps in rows.items():
+        with_, without = toggles[name]
+        print(f"| {name} | " + " | ".join(f"{maps[c]:.4f}" for c in CHECKPOINTS) + f" | {with_:.2f} | {without:.2f} |")
+
+
 def main():
     from model.data import split
 
@@ -128,6 +137,7 @@ def main():
     p.add_argument("--backbone", nargs="+", default=["shipped", "imagenet"])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--plot", default=str(ROOT / "docs" / "img" / "active_learning.png"))
+    p.add_argument("--timing-only", action="store_true", help="only the refit time (no simulation, no plot)")
     args = p.parse_args()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     print(f"commit {commit.strip()}, {args.seeds} seeds, checkpoints {CHECKPOINTS}")
@@ -138,27 +148,22 @@ def main():
         train, val, test = split(len(y))
         pool = np.concatenate([train, val])
         rows, toggles = {}, {}
-        for name, (strategy, share) in strategies.items():
+        for name, (strategy, share) in ({} if args.timing_only else strategies).items():
             started = time.time()
             runs = [simulate(z, y, pool, test, strategy, share, seed) for seed in range(args.seeds)]
             rows[name] = {c: float(np.mean([r[0][c] for r in runs])) for c in CHECKPOINTS}
             toggles[name] = np.concatenate([r[1] for r in runs]).mean(0)
             print(f"  {backbone} {name}: {time.time() - started:.0f} s", file=sys.stderr)
         results[backbone] = rows
-        print(f"\n{backbone} backbone: test mAP after N labels (mean of {args.seeds} seeds)\n")
-        print("| strategy | " + " | ".join(map(str, CHECKPOINTS)) + " | toggles/photo with suggestions | without |")
-        print("|---" * (len(CHECKPOINTS) + 3) + "|")
-        for name, maps in rows.items():
-            with_, without = toggles[name]
-            print(
-                f"| {name} | " + " | ".join(f"{maps[c]:.4f}" for c in CHECKPOINTS) + f" | {with_:.2f} | {without:.2f} |"
-            )
+        if rows:
+            table(backbone, rows, toggles, args.seeds)
         print(
-            f"\nrefit of every head + scoring 2000 photos: {refit_ms(z, y, pool, 200):.0f} ms at 200 labels, "
-            f"{refit_ms(z, y, pool, 800):.0f} ms at 800 (median of 5)"
+            f"\n{backbone}: refit of every head + scoring 2000 photos: {refit_ms(z, y, pool, 200):.0f} ms at 200 "
+            f"labels, {refit_ms(z, y, pool, 800):.0f} ms at 800 (median of 5)"
         )
-    plot(results, args.plot)
-    print(f"\nplot: {args.plot}")
+    if not args.timing_only:
+        plot(results, args.plot)
+        print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":
