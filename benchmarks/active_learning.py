@@ -99,6 +99,7 @@ def features(data, cache, backbone):
 
 def plot(results, path):
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -109,6 +110,7 @@ def plot(results, path):
             ax.plot(CHECKPOINTS, [maps[c] for c in CHECKPOINTS], marker="o", label=name)
         ax.set_xscale("log")
         ax.set_xticks(CHECKPOINTS, [str(c) for c in CHECKPOINTS])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_xlabel("photos labelled")
         ax.set_ylabel("test mAP (mean of seeds)")
         ax.set_title(f"{backbone} backbone")
