@@ -164,6 +164,7 @@ class Workspace:
                     [record.folder / "original" / p.image for p in photos],
                     record.labels,
                     lambda: self._matrix(dataset_id, record.labels, photos),
+                    lambda: self.store.last_decision(dataset_id),
                     self._embed,
                 )
             return self._learners[dataset_id]

@@ -174,9 +174,10 @@ class Learner:
     """The background work for one dataset: embeddings (once), then a refit whenever the labels have changed.
     Requests read `state` and never wait for it."""
 
-    def __init__(self, photo_paths, label_names, read_labels, embed, poll_s=1.0):
+    def __init__(self, photo_paths, label_names, read_labels, last_decision, embed, poll_s=1.0):
         self.paths, self.label_names = photo_paths, label_names
         self.read_labels = read_labels  # () -> (last decision id, y (n, labels) 0/1, known (n,) bool)
+        self.last_decision = last_decision  # () -> the store's last decision id: a cheap look for a change
         self.embed = embed  # [paths] -> (n, d) embeddings (cached)
         self.state = LiveState()
         self.x = None
@@ -198,6 +199,8 @@ class Learner:
             self._wake.wait(self._poll_s)
             self._wake.clear()
             try:
+                if self.last_decision() == self.state.decision:
+                    continue
                 decision, y, known = self.read_labels()
                 if decision != self.state.decision:
                     self.state = self.refit(decision, y, known)
