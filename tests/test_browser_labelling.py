@@ -5,13 +5,11 @@ Screenshots go to artifacts/screenshots/."""
 import csv
 import io
 import shutil
-import threading
 import zipfile
 
 import pytest
-from werkzeug.serving import make_server
 
-from tests.test_browser import SHOTS, browser, page  # noqa: F401  (fixtures: Chromium, a page failing on JS errors)
+from tests.helpers import SHOTS, serve
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.needs_data]
 LABELS = ["sea", "sunset", "trees"]
@@ -21,15 +19,10 @@ LABELS = ["sea", "sunset", "trees"]
 def base_url(tmp_path_factory, scenes):
     from app import create_app
 
-    runs = tmp_path_factory.mktemp("runs")
-    server = make_server("127.0.0.1", 0, create_app(scenes=scenes, runs_dir=runs), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    yield from serve(create_app(scenes=scenes, runs_dir=tmp_path_factory.mktemp("runs")))
 
 
-def test_label_a_folder_with_the_model_in_the_loop(page, base_url, miml_data, tmp_path):  # noqa: F811
+def test_label_a_folder_with_the_model_in_the_loop(page, base_url, miml_data, tmp_path):
     rows = list(csv.DictReader(open(miml_data / "labels.csv")))[::50][:40]
     truth = {r["image"]: {l for l in LABELS if r[l] == "1"} for r in rows}
     folder = tmp_path / "holiday"

@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 from workspace.store import DatasetRecord, LabelStore, Photo
 
 pytestmark = pytest.mark.needs_data
