@@ -248,6 +248,18 @@ def test_the_app_reaches_the_model_only_through_classifier():
                 assert node.module == "model.inference" and {a.name for a in node.names} <= allowed, (path, node.module)
 
 
+def test_the_app_reaches_user_data_only_through_the_workspace_api():
+    for path in (ROOT / "app").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("workspace") for a in node.names), path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workspace"):
+                assert node.module == "workspace" and {a.name for a in node.names} <= {"Workspace", "WorkspaceError"}, (
+                    path,
+                    node.module,
+                )
+
+
 @pytest.mark.slow  # converts the ensemble to LiteRT three times (about 1 GB more)
 @pytest.mark.needs_data
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
