@@ -13,7 +13,6 @@ One job runs at a time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import multiprocessing
 import os
@@ -94,28 +93,18 @@ class Registry:
         self._running = None  # (job id, Process) of the job this server started
 
     # --- datasets ------------------------------------------------------------------------------
-    def import_zip(self, source: BinaryIO, filename: str | None) -> dict[str, Any]:
-        """A new dataset from ZIP `source` (a seekable file object) -> {"dataset", "photos", "labels", "skipped",
-        "duplicate"}; RegistryError (400). The same ZIP uploaded again (its sha256) is the dataset already here,
-        with "duplicate": true."""
+    def import_zip(self, source: BinaryIO | Path | str, filename: str | None) -> dict[str, Any]:
+        """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
         from model.datasets import DatasetError, import_zip, slug
 
-        digest = hashlib.sha256()
-        for chunk in iter(lambda: source.read(1 << 20), b""):
-            digest.update(chunk)
-        source.seek(0)
-        for folder in (self.root / "datasets").iterdir():
-            known = read_json(folder / "dataset.json")
-            if known and known.get("sha256") == digest.hexdigest():
-                return {**known, "duplicate": True}
         dataset_id = slug(filename)
         try:
             result = import_zip(source, self.root / "datasets" / dataset_id)
         except DatasetError as e:
             raise RegistryError(str(e)) from None
         info = {"dataset": dataset_id, "name": Path(filename or "").name, "created": now(), **result}
-        write_json(self.root / "datasets" / dataset_id / "dataset.json", {**info, "sha256": digest.hexdigest()})
-        return {**info, "duplicate": False}
+        write_json(self.root / "datasets" / dataset_id / "dataset.json", info)
+        return info
 
     def datasets(self) -> list[dict[str, Any]]:
         """[{"dataset", "name", "photos", "labels", "created"}], --data and --feedback first, then the newest uploads."""

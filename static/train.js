@@ -33,14 +33,8 @@ uploadForm.addEventListener("submit", async (event) => {
   try {
     const d = await send(uploadForm.action, { method: "POST", body: new FormData(uploadForm) });
     const skipped = d.skipped.length ? ` Left out: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}.` : "";
-    const again = d.duplicate ? " (the same ZIP was uploaded before: this is that dataset)" : "";
-    say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}${again}`);
-    const listed = [...datasets.options].find((o) => o.value === d.dataset);
-    if (listed) listed.selected = true;
-    else {
-      const when = d.created.slice(0, 16).replace("T", " ");
-      datasets.prepend(new Option(`${d.name} · ${d.dataset} · ${when} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
-    }
+    say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}`);
+    datasets.prepend(new Option(`${d.dataset} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
     trainForm.querySelector("button[type=submit]").disabled = false;
     document.querySelector("[data-no-datasets]")?.remove();  // there is one now
   } catch (e) {

@@ -129,16 +129,6 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     assert "sea" in default["results"][0]["predicted"]  # without ?model= the model in use (shipped) answers
 
 
-@pytest.mark.needs_data
-def test_the_same_zip_twice_is_one_dataset(client, miml_data):
-    archive = dataset_zip(miml_data, relabelled(miml_data, n=40))
-    first, second = upload(client, archive, "again.zip"), upload(client, archive, "again (1).zip")
-    assert first.status_code == 201 and second.status_code == 200
-    assert second.get_json()["dataset"] == first.get_json()["dataset"] and second.get_json()["duplicate"] is True
-    listed = [d["dataset"] for d in client.get("/api/datasets").get_json()]
-    assert listed.count(first.get_json()["dataset"]) == 1
-
-
 @pytest.mark.slow  # quick mode trains on the ImageNet backbone
 @pytest.mark.needs_data
 def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
