@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app import render
-from app.feedback import Feedback
-from model.inference import Classifier
+from model.inference import Classifier, Feedback
 
 WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchmarks/fast_path.py: pool layouts)
 
@@ -37,7 +36,7 @@ class Scenes:
         self.dataset = classifier.dataset(data_dir) if data_dir else None
         self.explore = explore
         self.use(classifier)
-        self.feedback = Feedback(feedback_dir, self.labels) if feedback_dir else None
+        self.feedback = Feedback(feedback_dir) if feedback_dir else None
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
 
@@ -45,6 +44,8 @@ class Scenes:
         """Serve `classifier` from now on (the model the pages use; /models switches it)."""
         self.classifier, self.labels, self.thresholds = classifier, classifier.labels, classifier.thresholds
         self.test_photos = self._test_photos() if self.dataset else []
+        if getattr(self, "atlas", None):
+            self.atlas.stop()  # the previous model's: background work only for the model in use
         # similar photos and the map belong to the model that embeds them (each model's own cache)
         self.atlas = classifier.atlas(self.dataset).start() if self.explore and self.dataset else None
 

@@ -1,14 +1,16 @@
 """Training from the browser and the model registry: datasets, jobs, models, switching and comparing.
 
-    POST /api/datasets            a ZIP (multipart field `file`) -> 201 {"dataset", "photos", "labels", "skipped"}
+    POST /api/datasets            a ZIP (multipart field `file`) -> 201 {"dataset", "photos", "labels", "skipped",
+                                  "skipped_count"}; 409 while another import runs; 507 past the runs quota
     GET  /api/datasets            the datasets (--data first)
+    DELETE /api/datasets/ID       delete an uploaded dataset (never --data or --feedback, nor one a job trains on)
     POST /api/jobs                {"dataset", "mode": "quick"|"full", "epochs"} -> 202 {"job"}; 409 while one runs
     GET  /api/jobs/ID             {"state", "progress", "message", "eta_s", "model", "curve", ...}
     DELETE /api/jobs/ID           cancel
     GET  /api/models              every model, the shipped one first
     POST /api/models/active       {"model": ID}: the model the pages use (kept in RUNS/active.json)
     DELETE /api/models/ID         delete a trained model (never the shipped one, nor the one in use)
-    /train, /models, /compare     the pages
+    /train, /models, /compare     the pages (their forms that change state carry a CSRF token)
 
 Everything model-side is `model.registry.Registry` (reached through model.inference). Loaded models are kept
 in memory, at most MODELS_IN_MEMORY, the least recently used going first.
@@ -19,7 +21,7 @@ from pathlib import Path
 from collections import OrderedDict
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
-from werkzeug.exceptions import BadRequest, default_exceptions
+from werkzeug.exceptions import BadRequest, HTTPException, default_exceptions
 
 from app import render
 from model.inference import Classifier, ImageError, RegistryError
@@ -28,6 +30,16 @@ bp = Blueprint("training", __name__)
 MODELS_IN_MEMORY = 3
 MAX_DATASET_BYTES = 200 * 1024 * 1024  # one uploaded ZIP
 COMPARE_GALLERY = 60  # disagreements shown
+
+
+class InsufficientStorage(HTTPException):
+    """507: the runs folder's quota is used up (werkzeug has no class for it)."""
+
+    code = 507
+    name = "Insufficient Storage"
+
+
+STATUSES = {**default_exceptions, 507: InsufficientStorage}
 
 
 class LoadedModels:
@@ -54,7 +66,12 @@ class LoadedModels:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
-            classifier = Classifier(self.registry.model_path(model_id), runtime=self.runtime, workers=self.workers or 2)
+            path = self.registry.check_model(model_id)
+            try:
+                classifier = Classifier(path, runtime=self.runtime, workers=self.workers or 2)
+            except Exception as e:  # deleted or damaged while it loads: Keras and LiteRT raise many types
+                message = str(e).replace(str(path), model_id)
+                raise RegistryError(f"model {model_id!r} cannot be loaded: {message}", 409) from None
             self._keep(model_id, classifier)
             return classifier
 
@@ -80,7 +97,7 @@ def init(app, registry, served, runtime, workers):
 
     @app.errorhandler(RegistryError)
     def registry_error(e):
-        return app.handle_http_exception(default_exceptions[e.status](str(e)))
+        return app.handle_http_exception(STATUSES[e.status](str(e)))
 
 
 def registry():
@@ -114,7 +131,10 @@ def switch(model_id):
 
 
 def json_body():
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("send a JSON object (Content-Type: application/json)")
     return body
@@ -133,6 +153,26 @@ def upload_dataset():
 @bp.get("/api/datasets")
 def list_datasets():
     return jsonify(registry().datasets())
+
+
+@bp.delete("/api/datasets/<dataset_id>")
+def delete_dataset(dataset_id):
+    registry().delete_dataset(dataset_id)
+    return jsonify(deleted=dataset_id)
+
+
+def confirmed_form(what):
+    """The form's fields, once its CSRF token and its 'confirm' box are checked (400 otherwise)."""
+    current_app.extensions["csrf"].protect()
+    if request.form.get("confirm") != "yes":
+        raise BadRequest(f"deleting {what} cannot be undone: tick the box that confirms it")
+    return request.form
+
+
+@bp.post("/datasets/delete")
+def delete_dataset_form():
+    registry().delete_dataset(confirmed_form("a dataset").get("dataset", ""))
+    return redirect(url_for("training.train_page"), 303)
 
 
 @bp.post("/api/jobs")
@@ -192,6 +232,7 @@ def train_page():
     return render_template(
         "train.html",
         datasets=registry().datasets(),
+        uploads=[d for d in registry().datasets() if d["dataset"] not in registry().folders],
         job=live,
         max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024),
     )
@@ -199,9 +240,11 @@ def train_page():
 
 @bp.get("/models")
 def models_page():
+    unreadable = []
     return render_template(
         "models.html",
-        models=registry().models(),
+        models=registry().models(unreadable),
+        unreadable=unreadable,
         active=current_app.extensions["active_model"],
         loaded=models().ids(),
         bound=MODELS_IN_MEMORY,
@@ -210,15 +253,14 @@ def models_page():
 
 @bp.post("/models/use")
 def use_model_form():
+    current_app.extensions["csrf"].protect()
     switch(request.form.get("model", ""))
     return redirect(url_for("training.models_page"), 303)
 
 
 @bp.post("/models/delete")
 def delete_model_form():
-    if request.form.get("confirm") != "yes":
-        raise BadRequest("deleting a model cannot be undone: tick the box that confirms it")
-    delete(request.form.get("model", ""))
+    delete(confirmed_form("a model").get("model", ""))
     return redirect(url_for("training.models_page"), 303)
 
 
@@ -289,6 +331,8 @@ def compare_thumb(model_id, image):
         abort(404, description=f"{image!r} is not one of model {model_id!r}'s test photos")
     try:
         jpeg = render.thumbnail(c, Path(c.metrics["training"]["dataset"]) / "original" / image)
-    except (ImageError, OSError) as e:
+    except ImageError as e:
         abort(404, description=f"{image}: cannot be read from the model's dataset ({e})")
+    except OSError as e:  # the message without the folder's path
+        abort(404, description=f"{image}: cannot be read from the model's dataset ({e.strerror or 'unreadable'})")
     return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})

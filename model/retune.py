@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import OutError, add_verbose_flag, check_out, quiet_tensorflow
 from model.data import DataError, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.modeldir import TTA_MODES, ModelDirError, write_model_dir
@@ -85,11 +85,10 @@ def add_output_args(p):
 def write_or_exit(args, write):
     """`write()` unless --out exists without --force; a bad model directory or dataset is one line, not a trace."""
     quiet_tensorflow(args.verbose)
-    if Path(args.out).exists() and not args.force:
-        sys.exit(f"error: {args.out}: already exists; pass --force to replace it")
     try:
+        check_out(args.out, args.force)
         return write()
-    except (DataError, ModelDirError) as e:
+    except (DataError, ModelDirError, OutError) as e:
         sys.exit(f"error: {e}")
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from model.backbones.torch_legacy import WeightsFileError
-from model.cli import add_verbose_flag, quiet_tensorflow
-from model.data import CONTRACT_SPLIT_SEED, DataError, fold_split, load_dataset, split
+from model.cli import add_verbose_flag, check_out, quiet_tensorflow
+from model.data import CONTRACT_SPLIT_SEED, DataError, check_labels_vary, fold_split, load_dataset, split
 from model.metrics import evaluate, format_table
 from model.preprocess import content_box
 from model.modeldir import write_model_dir
@@ -332,12 +332,6 @@ def draw_curve(histories, path):
     plt.close(fig)
 
 
-def refuse_to_overwrite(out, force):
-    """Stop before any work if `out` already holds something, unless --force."""
-    if not force and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
-
-
 def make_strategy(tf, distribute):
     """The default strategy (a no-op); MirroredStrategy, a copy of the model on every GPU (one replica on a
     CPU); or MultiWorkerMirroredStrategy, one process a machine, each started with TF_CONFIG naming all the
@@ -506,10 +500,11 @@ def make_split(args, dataset):
 def train(args):
     started = time.time()
     out = Path(args.out)
-    refuse_to_overwrite(out, args.force)
+    check_out(out, args.force)
     dataset = load_dataset(args.data)
     labels = dataset.label_names
     train_idx, val_idx, test_idx = make_split(args, dataset)
+    check_labels_vary(dataset.labels[train_idx], labels)
     work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
     work.mkdir(parents=True, exist_ok=True)
     model, photos, replicas, batch_size = fit_model(args, dataset, (train_idx, val_idx, test_idx), work)
