@@ -23,7 +23,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with the app's own form posts
+    # (Fetch's origin serialisation), and refuse_cross_site could not tell them from a sandboxed attacker's.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
 }
 
@@ -40,13 +42,15 @@ def label_mismatch(scenes):
 
 
 def refuse_cross_site():
-    """403 for a state-changing request that a browser marks as sent from another site (Fetch Metadata), or
-    whose Origin is not this app's. Clients that send neither header (curl, scripts) are not browsers' victims."""
+    """403 for a state-changing request that a browser marks as sent from anywhere but this app's own pages:
+    Sec-Fetch-Site other than same-origin or none (same-site too: another port is another app), or, from a
+    browser without Fetch Metadata, an Origin that is not this app's. Clients that send neither header (curl,
+    scripts) are not a browser's victims, and pass."""
     if request.method not in STATE_CHANGING:
         return
     site, origin = request.headers.get("Sec-Fetch-Site"), request.headers.get("Origin")
     own = request.host_url.rstrip("/")
-    if (site is not None and site not in SAME_ORIGIN) or (origin is not None and origin != own):
+    if (site is not None and site not in SAME_ORIGIN) or (site is None and origin is not None and origin != own):
         raise Forbidden(
             f"refused: this {request.method} came from another site ({origin or site}); "
             f"only this app's own pages ({own}) may change anything"

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import struct
 import time
 
 import pytest
@@ -466,3 +467,61 @@ def test_cancelling_right_after_start_is_quick(tmp_path):
     started = time.perf_counter()
     status = registry.cancel_job(job)
     assert status["state"] == "cancelled" and time.perf_counter() - started < 3
+
+
+def test_out_is_replaced_only_when_it_holds_a_model(tmp_path, tiny_dataset):
+    from model.train import main
+
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "notes.txt").write_text("not a model")
+    with pytest.raises(SystemExit, match="is not a model directory .* never replaced, even with --force"):
+        main(["--data", str(tiny_dataset), "--out", str(out), "--force", "--epochs", "1"])
+    assert (out / "notes.txt").read_text() == "not a model" and (out / "sub").is_dir()
+
+
+@pytest.mark.parametrize("tool", ["model.quick", "model.retune", "model.ensemble"])
+def test_every_cli_with_out_follows_the_same_rule(tmp_path, tool):
+    import subprocess
+    import sys
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("not a model")
+    args = {
+        "model.quick": [],
+        "model.retune": ["--model", str(SHIPPED_MODEL_DIR), "--tta", "flip"],
+        "model.ensemble": ["--members", "a", "b", "--tta", "flip"],
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", tool, "--out", str(out), "--force", *args[tool]], capture_output=True, text=True
+    )
+    assert r.returncode != 0 and r.stderr.strip().splitlines()[-1].startswith(
+        f"error: {out}: exists and is not a model"
+    )
+    assert (out / "notes.txt").read_text() == "not a model"
+
+
+def test_a_sparse_file_with_a_huge_png_chunk_is_refused_unread(tmp_path):
+    from model.preprocess import ImageTooLargeError, load_image
+
+    path = tmp_path / "sparse.png"
+    with open(path, "wb") as f:
+        f.write(png_claiming(64, 64)[:33] + struct.pack(">I", 3 << 30) + b"zTXt")  # a 3 GB chunk after IHDR
+        f.truncate(3 << 30)  # sparse: nothing of it on disk
+    with PeakRSS() as rss, pytest.raises(ImageTooLargeError, match="byte limit for a photo"):
+        load_image(path, 224)
+    assert rss.growth < 50 << 20
+
+
+def test_a_stopped_atlas_ends_its_thread(tiny_dataset, tmp_path):
+    from model.data import load_dataset
+    from model.inference import Classifier
+
+    atlas = Classifier().atlas(load_dataset(tiny_dataset), folder=tmp_path)
+    atlas.stop()  # the model was switched away before it began
+    atlas.start()
+    with pytest.raises(RuntimeError, match="stopped: another model is in use"):
+        atlas.wait(60)
+    atlas._thread.join(10)
+    assert not atlas._thread.is_alive()
