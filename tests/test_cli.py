@@ -127,7 +127,8 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
 
     again = tmp_path / "again"
     again.mkdir()
-    (again / "old.txt").write_text("replaced with --force")
+    for name in ("model.keras", "thresholds.json", "old.txt"):  # an earlier model directory: --force replaces it
+        (again / name).write_text("replaced with --force")
     argv = ["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--force"]
 
     def killed(*args):
