@@ -257,7 +257,9 @@ class Registry:
         try:
             read_model_dir(path)
         except ModelDirError as e:
-            raise RegistryError(f"model {model_id!r} cannot be used: {str(e).replace(str(path) + '/', '')}", 409) from None
+            raise RegistryError(
+                f"model {model_id!r} cannot be used: {str(e).replace(str(path) + '/', '')}", 409
+            ) from None
         return path
 
     def set_active(self, model_id):
