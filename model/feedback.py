@@ -13,8 +13,11 @@ from pathlib import Path
 from PIL import Image
 
 from model.modeldir import write_atomically
+from model.preprocess import decode
 
 EXTENSIONS = {"JPEG": "jpg", "TIFF": "tif", "HEIF": "heic"}  # other formats: the format's name in lower case
+MAX_STORED_BYTES = 2 << 20  # a larger photo is stored re-encoded: JPEG, at most STORED_SIDE pixels a side
+STORED_SIDE = 1024  # four times the model's input: training sees the same photo
 
 
 class FeedbackError(Exception):
@@ -23,6 +26,18 @@ class FeedbackError(Exception):
 
 class FeedbackLabelsError(FeedbackError):
     """The feedback folder holds another set of labels than the model in use."""
+
+
+def bounded(data):
+    """The photo's bytes as sent, or re-encoded (JPEG, upright, at most STORED_SIDE a side) when over
+    MAX_STORED_BYTES: what is stored for one correction stays small whatever was uploaded."""
+    if len(data) <= MAX_STORED_BYTES:
+        return data
+    im = decode(data, STORED_SIDE)  # a large JPEG is decoded at a reduced size
+    im.thumbnail((STORED_SIDE, STORED_SIDE))
+    out = io.BytesIO()
+    im.save(out, "JPEG", quality=92)
+    return out.getvalue()
 
 
 class Feedback:
@@ -57,8 +72,10 @@ class Feedback:
     def save(self, data, labels, label_set):
         """Store the photo `data` with its true `labels` out of `label_set` (the model's labels);
         -> (file name, True if it is new, False if updated)."""
+        digest = hashlib.sha256(data).hexdigest()[:16]  # of what was sent: the same photo sent again is one row
+        data = bounded(data)
         kind = Image.open(io.BytesIO(data)).format
-        name = f"{hashlib.sha256(data).hexdigest()[:16]}.{EXTENSIONS.get(kind, kind.lower())}"
+        name = f"{digest}.{EXTENSIONS.get(kind, kind.lower())}"
         row = [name, *("1" if l in labels else "0" for l in label_set)]
         with self._lock:
             self.check_labels(label_set)

@@ -525,3 +525,20 @@ def test_a_stopped_atlas_ends_its_thread(tiny_dataset, tmp_path):
         atlas.wait(60)
     atlas._thread.join(10)
     assert not atlas._thread.is_alive()
+
+
+def test_feedback_stores_a_bounded_photo(tmp_path):
+    from PIL import Image
+
+    from model.feedback import MAX_STORED_BYTES, Feedback
+
+    feedback = Feedback(tmp_path)
+    small, padded = jpeg(1), jpeg(2, size=(1600, 1200)) + bytes(9 << 20)  # decodes; 9 MB of padding
+    name, created = feedback.save(padded, ["a"], ["a", "b"])
+    stored = tmp_path / "original" / name
+    assert created and stored.stat().st_size < MAX_STORED_BYTES
+    assert Image.open(stored).size == (1024, 768)
+    assert feedback.save(padded, ["b"], ["a", "b"]) == (name, False)  # the same upload: one row, updated
+    small_name, _ = feedback.save(small, [], ["a", "b"])
+    assert (tmp_path / "original" / small_name).read_bytes() == small  # small photos are kept as sent
+    assert (tmp_path / "labels.csv").read_text() == f"image,a,b\n{name},0,1\n{small_name},0,0\n"
