@@ -5,19 +5,16 @@ background after start-up: until they are ready, what needs them answers 503 wit
 
 import re
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailable
 
+from app.scenes import scenes
 from app.uploads import load, uploaded_files
 from model.inference import FeedbackLabelsError
 
 bp = Blueprint("explore", __name__)
 MAX_SIMILAR = 50
 SIMILAR_ON_CARDS = 6
-
-
-def scenes():
-    return current_app.extensions["scenes"]
 
 
 class NotReady(ServiceUnavailable):

@@ -9,11 +9,10 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from flask import current_app
 
 from app import render
 from model.inference import Classifier, Feedback
-
-WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchmarks/fast_path.py: pool layouts)
 
 
 @dataclass
@@ -28,11 +27,16 @@ class TestPhoto:
         return self.truth != self.predicted
 
 
+def scenes():
+    """The app's Scenes (create_app keeps one per app in app.extensions)."""
+    return current_app.extensions["scenes"]
+
+
 class Scenes:
     def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None, explore=False, feedback_dir=None):
         """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
         for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
-        classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
+        classifier = Classifier(model_dir, runtime=runtime, workers=workers)
         self.dataset = classifier.dataset(data_dir) if data_dir else None
         self.explore = explore
         self.use(classifier)

@@ -11,7 +11,7 @@ from werkzeug.serving import make_server
 
 from model.modeldir import SHIPPED_MODEL_DIR
 from tests.hostile import good_members, zip_bytes
-from tests.test_browser import SHOTS, browser  # noqa: F401  (the fixture: Chromium)
+from tests.helpers import SHOTS
 
 pytestmark = pytest.mark.browser
 

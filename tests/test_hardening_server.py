@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.hostile import png_claiming
-from tests.test_server import ROOT, free_port, start
+from tests.helpers import ROOT, free_port, start
 
 pytestmark = pytest.mark.slow
 
