@@ -295,6 +295,7 @@ def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scen
     assert len(dataset.images) == 62 and dataset.labels[-1].tolist() == [0, 0, 0, 1, 0]
 
 
+@pytest.mark.needs_data
 def test_feedback_folder_of_other_labels_is_a_409_not_a_wrong_row(
     explore_client, explore_scenes, tmp_path, monkeypatch
 ):
