@@ -20,7 +20,7 @@ def predict():
     s, c = scenes(), requested_classifier()  # ?model=ID, else the model the pages use
     label = request.args.get("gradcam")
     if label is not None and label not in c.labels:
-        raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(c.labels)}")
+        raise BadRequest(f"unknown label {label[:40]!r} for gradcam; labels are {', '.join(c.labels)}")
     k = similar_count(request.args.get("similar"))
     if k and c is not s.classifier:
         raise BadRequest("similar photos come from the model the pages use; leave out ?model= to get them")

@@ -198,7 +198,7 @@ def label_set_arg(name):
     if unknown:
         abort(
             400,
-            description=f"{name}: unknown label {unknown[0]!r}; labels are {', '.join(labels)} "
+            description=f"{name}: unknown label {unknown[0][:40]!r}; labels are {', '.join(labels)} "
             f"(an empty {name}= means no label)",
         )
     return np.array([l in chosen for l in labels], dtype=np.uint8)

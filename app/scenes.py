@@ -12,8 +12,7 @@ import numpy as np
 from flask import current_app
 
 from app import render
-from app.feedback import Feedback
-from model.inference import Classifier
+from model.inference import Classifier, Feedback
 
 
 @dataclass
@@ -43,7 +42,7 @@ class Scenes:
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
         self.use(classifier)
-        self.feedback = Feedback(feedback_dir, self.labels) if feedback_dir else None
+        self.feedback = Feedback(feedback_dir) if feedback_dir else None
 
     def use(self, classifier):
         """Serve `classifier` from now on (the model the pages use; /models switches it). The gallery, photo
@@ -52,6 +51,8 @@ class Scenes:
         self.dataset = self._own_dataset(classifier) or self.given_dataset
         self.thumbnail.cache_clear()  # photo ids belong to the dataset
         self.test_photos = self._test_photos() if self.dataset else []
+        if getattr(self, "atlas", None):
+            self.atlas.stop()  # the previous model's: background work only for the model in use
         # similar photos and the map belong to the model that embeds them (each model's own cache)
         self.atlas = classifier.atlas(self.dataset).start() if self.explore and self.dataset else None
 

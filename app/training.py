@@ -1,15 +1,17 @@
 """Training from the browser and the model registry: datasets, jobs, models, switching and comparing.
 
     POST /api/datasets            a ZIP (multipart `file`; `labels`: a comma list, for photos without labels)
-                                  -> 201 {"dataset", "photos", "labels", "labelled", "skipped"} (workspace.Workspace)
+                                  -> 201 {"dataset", "photos", "labels", "labelled", "skipped"} (workspace.Workspace);
+                                  409 while another import runs; 507 past the runs quota
     GET  /api/datasets            the datasets (--data first)
+    DELETE /api/datasets/ID       delete an uploaded dataset (never --data or --feedback, nor one a job trains on)
     POST /api/jobs                {"dataset", "mode": "quick"|"full", "epochs"} -> 202 {"job"}; 409 while one runs
     GET  /api/jobs/ID             {"state", "progress", "message", "eta_s", "model", "curve", ...}
     DELETE /api/jobs/ID           cancel
     GET  /api/models              every model, the shipped one first
     POST /api/models/active       {"model": ID}: the model the pages use (kept in RUNS/active.json)
     DELETE /api/models/ID         delete a trained model (never the shipped one, nor the one in use)
-    /train, /models, /compare     the pages
+    /train, /models, /compare     the pages (their forms that change state carry a CSRF token)
 
 Everything model-side is `model.registry.Registry` (reached through model.inference). Loaded models are kept
 in memory, at most MODELS_IN_MEMORY, the least recently used going first.
@@ -21,7 +23,7 @@ from pathlib import Path
 from collections import OrderedDict
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
-from werkzeug.exceptions import BadRequest, default_exceptions
+from werkzeug.exceptions import BadRequest, HTTPException, default_exceptions
 
 from app import render
 from app.scenes import scenes
@@ -32,6 +34,16 @@ MODELS_IN_MEMORY = 3
 SHIPPED_ID = "shipped"
 MAX_DATASET_BYTES = 200 * 1024 * 1024  # one uploaded ZIP
 COMPARE_GALLERY = 60  # disagreements shown
+
+
+class InsufficientStorage(HTTPException):
+    """507: the runs folder's quota is used up (werkzeug has no class for it)."""
+
+    code = 507
+    name = "Insufficient Storage"
+
+
+STATUSES = {**default_exceptions, 507: InsufficientStorage}
 
 
 class LoadedModels:
@@ -60,7 +72,12 @@ class LoadedModels:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
-            classifier = Classifier(self.registry.model_path(model_id), runtime=self.runtime, workers=self.workers)
+            path = self.registry.check_model(model_id)
+            try:
+                classifier = Classifier(path, runtime=self.runtime, workers=self.workers)
+            except Exception as e:  # deleted or damaged while it loads: Keras and LiteRT raise many types
+                message = str(e).replace(str(path), model_id)
+                raise RegistryError(f"model {model_id!r} cannot be loaded: {message}", 409) from None
             self._keep(model_id, classifier)
             return classifier
 
@@ -106,7 +123,7 @@ def init(app, registry, served, runtime, workers):
 
     @app.errorhandler(RegistryError)
     def registry_error(e):
-        return app.handle_http_exception(default_exceptions[e.status](str(e)))
+        return app.handle_http_exception(STATUSES[e.status](str(e)))
 
 
 def registry():
@@ -139,7 +156,10 @@ def switch(model_id):
 
 
 def json_body():
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("send a JSON object (Content-Type: application/json)")
     return body
@@ -161,6 +181,26 @@ def upload_dataset():
 @bp.get("/api/datasets")
 def list_datasets():
     return jsonify(registry().datasets())
+
+
+@bp.delete("/api/datasets/<dataset_id>")
+def delete_dataset(dataset_id):
+    registry().delete_dataset(dataset_id)
+    return jsonify(deleted=dataset_id)
+
+
+def confirmed_form(what):
+    """The form's fields, once its CSRF token and its 'confirm' box are checked (400 otherwise)."""
+    current_app.extensions["csrf"].protect()
+    if request.form.get("confirm") != "yes":
+        raise BadRequest(f"deleting {what} cannot be undone: tick the box that confirms it")
+    return request.form
+
+
+@bp.post("/datasets/delete")
+def delete_dataset_form():
+    registry().delete_dataset(confirmed_form("a dataset").get("dataset", ""))
+    return redirect(url_for("training.train_page"), 303)
 
 
 @bp.post("/api/jobs")
@@ -227,6 +267,7 @@ def train_page():
     return render_template(
         "train.html",
         datasets=registry().datasets(),
+        uploads=[d for d in registry().datasets() if d["dataset"] not in registry().folders],
         job=live,
         timing={mode: registry().timing(mode) for mode in ("quick", "full")},
         max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024),
@@ -242,11 +283,13 @@ def compatible_pairs(listed):
 
 @bp.get("/models")
 def models_page():
-    listed = registry().models()
+    unreadable = []
+    listed = registry().models(unreadable)
     return render_template(
         "models.html",
         models=listed,
         pairs=compatible_pairs(listed),
+        unreadable=unreadable,
         active=current_app.extensions["active_model"],
         loaded=models().ids(),
         bound=MODELS_IN_MEMORY,
@@ -255,15 +298,14 @@ def models_page():
 
 @bp.post("/models/use")
 def use_model_form():
+    current_app.extensions["csrf"].protect()
     switch(request.form.get("model", ""))
     return redirect(url_for("training.models_page"), 303)
 
 
 @bp.post("/models/delete")
 def delete_model_form():
-    if request.form.get("confirm") != "yes":
-        raise BadRequest("deleting a model cannot be undone: tick the box that confirms it")
-    delete(request.form.get("model", ""))
+    delete(confirmed_form("a model").get("model", ""))
     return redirect(url_for("training.models_page"), 303)
 
 
@@ -333,7 +375,9 @@ def compare_thumb(model_id, image):
     if image not in c.test_predictions()[0]:
         abort(404, description=f"{image!r} is not one of model {model_id!r}'s test photos")
     try:
-        jpeg = render.thumbnail(c, Path(c.card.training.dataset) / "original" / image)
-    except (ImageError, OSError) as e:
+        jpeg = render.thumbnail(c, Path(c.card.training.dataset or "") / "original" / image)
+    except ImageError as e:
         abort(404, description=f"{image}: cannot be read from the model's dataset ({e})")
+    except OSError as e:  # the message without the folder's path
+        abort(404, description=f"{image}: cannot be read from the model's dataset ({e.strerror or 'unreadable'})")
     return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})

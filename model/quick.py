@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
+from model.data import CONTRACT_SPLIT_SEED, DataError, check_labels_vary, load_dataset, split
 from model.familiarity import FILE as FAMILIARITY_FILE
 from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
@@ -56,12 +56,7 @@ def fit_head(x_train, y_train, x_val, y_val, labels, progress=None):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    for j, label in enumerate(labels):
-        if len(set(y_train[:, j])) < 2:
-            have = "every" if y_train[0, j] else "no"
-            raise DataError(
-                f"label {label!r}: {have} photo of the training split has it; a label needs photos with and without it"
-            )
+    check_labels_vary(y_train, labels)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     zt, zv = (x_train - mean) / std, (x_val - mean) / std
     kernel, bias, chosen = np.zeros((x_train.shape[1], len(labels)), np.float32), np.zeros(len(labels), np.float32), []
@@ -195,7 +190,7 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
 
 
 def main(argv=None):
-    from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
+    from model.cli import OutError, add_verbose_flag, check_out, exit_with, quiet_tensorflow
 
     p = argparse.ArgumentParser(prog="python -m model.quick", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
@@ -207,11 +202,13 @@ def main(argv=None):
     )
     p.add_argument("--cache", default="runs/embeddings", help="embedding cache folder (default runs/embeddings)")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED)
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
     add_verbose_flag(p)
     args = p.parse_args(argv)
     quiet_tensorflow(args.verbose)
     started = time.time()
     try:
+        check_out(args.out, args.force)
         card = train_quick(
             args.data,
             args.out,
@@ -220,7 +217,7 @@ def main(argv=None):
             args.split_seed,
             lambda f, message, left: print(f"{f:4.0%} {message}", flush=True),
         )
-    except (DataError, ModelDirError) as e:
+    except (DataError, ModelDirError, OutError) as e:
         exit_with(e, args.verbose)
     print(format_table(card.test))
     print(f"wrote {args.out} in {time.time() - started:.1f} s")

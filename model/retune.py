@@ -13,10 +13,9 @@ the thresholds belong to, and every later load of the directory runs that way.
 import argparse
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
-from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
+from model.cli import OutError, add_verbose_flag, check_out, exit_with, quiet_tensorflow
 from model.data import DataError, load_dataset, split
 from model.familiarity import FILE as FAMILIARITY_FILE
 from model.familiarity import TrainingPhotos
@@ -87,14 +86,13 @@ def add_output_args(p):
 
 
 def write_or_exit(out, force, verbose, write):
-    """`write()` unless `out` exists without `force`; a bad model directory or dataset is one line, not a trace
-    (`verbose`: with the traceback before it)."""
+    """`write()` after `out` passes model.cli.check_out (the --out rule, with `force`); a bad --out, model
+    directory or dataset is one line, not a trace (`verbose`: with the traceback before it)."""
     quiet_tensorflow(verbose)
-    if Path(out).exists() and not force:
-        sys.exit(f"error: {out}: already exists; pass --force to replace it")
     try:
+        check_out(out, force)
         return write()
-    except (DataError, ModelDirError) as e:
+    except (DataError, ModelDirError, OutError) as e:
         exit_with(e, verbose)
 
 

@@ -35,8 +35,8 @@ from typing import Any, TextIO
 import numpy as np
 
 from model.backbones.torch_legacy import WeightsFileError
-from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
-from model.data import CONTRACT_SPLIT_SEED, DataError, fold_split, load_dataset, split
+from model.cli import OutError, add_verbose_flag, check_out, exit_with, quiet_tensorflow
+from model.data import CONTRACT_SPLIT_SEED, DataError, check_labels_vary, fold_split, load_dataset, split
 from model.familiarity import FILE as FAMILIARITY_FILE
 from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
@@ -423,12 +423,6 @@ def draw_curve(histories, path):
     plt.close(fig)
 
 
-def refuse_to_overwrite(out, force):
-    """Stop before any work if `out` already holds something, unless --force."""
-    if not force and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TrainError(f"{out}: already exists and is not empty; pass --force to replace it")
-
-
 def make_strategy(tf, distribute):
     """The default strategy (a no-op); MirroredStrategy, a copy of the model on every GPU (one replica on a
     CPU); or MultiWorkerMirroredStrategy, one process a machine, each started with TF_CONFIG naming all the
@@ -600,13 +594,14 @@ def train(recipe, data, out, force=False, progress=None):
     started = time.time()
     progress = progress or Progress()
     out = Path(out)
-    refuse_to_overwrite(out, force)
+    check_out(out, force)  # the --out rule: only a model directory (with --force) or an empty folder is replaced
     if recipe.arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture {recipe.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     progress("setup", 0.03, "reading the dataset")
     dataset = load_dataset(data)
     labels = dataset.label_names
     train_idx, val_idx, test_idx = make_split(dataset, recipe.split_seed, recipe.fold)
+    check_labels_vary(dataset.labels[train_idx], labels)
     work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
     work.mkdir(parents=True, exist_ok=True)
     model, photos, replicas, batch_size = fit_model(recipe, dataset, (train_idx, val_idx, test_idx), work, progress)
@@ -686,7 +681,14 @@ def main(argv=None):
     with progress_channel(args.progress_json) as progress:
         try:
             train(Recipe.from_args(args), args.data, args.out, args.force, progress)
-        except (DataError, WeightsFileError, ModelDirError, TrainError, OSError) as e:  # OSError: a file, named
+        except (
+            DataError,
+            WeightsFileError,
+            ModelDirError,
+            TrainError,
+            OutError,
+            OSError,
+        ) as e:  # OSError: a file, named
             message = f"{e.filename or ''}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
             progress("failed", 0.0, f"error: {message}")
             exit_with(e, args.verbose, message)

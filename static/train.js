@@ -32,7 +32,8 @@ uploadForm.addEventListener("submit", async (event) => {
   say(uploadStatus, "Uploading and checking every photo…");
   try {
     const d = await send(uploadForm.action, { method: "POST", body: new FormData(uploadForm) });
-    const skipped = d.skipped.length ? ` Left out: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}.` : "";
+    const more = d.skipped_count > d.skipped.length ? `; and ${d.skipped_count - d.skipped.length} more` : "";
+    const skipped = d.skipped_count ? ` Left out ${d.skipped_count}: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}${more}.` : "";
     say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}`);
     datasets.prepend(new Option(`${d.dataset} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
     trainForm.querySelector("button[type=submit]").disabled = false;
