@@ -239,13 +239,34 @@ def test_concurrent_requests_equal_sequential_ones(lite, test_split):
 
 
 def test_the_app_reaches_the_model_only_through_classifier():
-    allowed = {"Classifier", "ImageError", "ImageTooLargeError", "UnsupportedImageError", "Registry", "RegistryError"}
+    allowed = {
+        "Classifier",
+        "ImageError",
+        "ImageTooLargeError",
+        "UnsupportedImageError",
+        "Registry",
+        "RegistryError",
+        "Feedback",
+    }
+    allowed |= {"FeedbackLabelsError"}
     for path in (ROOT / "app").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("model") for a in node.names), path
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("model"):
                 assert node.module == "model.inference" and {a.name for a in node.names} <= allowed, (path, node.module)
+
+
+def test_the_app_reaches_user_data_only_through_the_workspace_api():
+    for path in (ROOT / "app").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("workspace") for a in node.names), path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workspace"):
+                assert node.module == "workspace" and {a.name for a in node.names} <= {"Workspace", "WorkspaceError"}, (
+                    path,
+                    node.module,
+                )
 
 
 @pytest.mark.slow  # converts the ensemble to LiteRT three times (about 1 GB more)
@@ -319,6 +340,5 @@ def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, 
     for mode, classifier in (("none", lite), ("flip", flip)):
         r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode)
         (result,) = json.loads(r.stdout)
-        assert {k: result[k] for k in ("probabilities", "predicted")} == classifier.classify(
-            classifier.load(sea_photo)[None]
-        )[0]
+        want = classifier.classify(classifier.load(sea_photo)[None])[0]  # familiarity under its mode too
+        assert {k: result[k] for k in ("probabilities", "predicted", "familiarity")} == want
