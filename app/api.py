@@ -58,6 +58,7 @@ def model_info():
         at_least_one=c.at_least_one,
         input_size=c.size,
         runtime=c.runtime,
+        precision=c.precision,
         architecture=training.get("architecture"),
         parameters=training.get("parameters"),
         metrics={

@@ -30,10 +30,19 @@ class TestPhoto:
 
 
 class Scenes:
-    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None, explore=False, feedback_dir=None):
+    def __init__(
+        self,
+        model_dir=None,
+        data_dir=None,
+        runtime="auto",
+        workers=None,
+        explore=False,
+        feedback_dir=None,
+        precision="auto",
+    ):
         """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
         for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
-        classifier = Classifier(model_dir, runtime=runtime, workers=workers or WORKERS)
+        classifier = Classifier(model_dir, runtime=runtime, precision=precision, workers=workers or WORKERS)
         self.dataset = classifier.dataset(data_dir) if data_dir else None
         self.explore = explore
         self.use(classifier)

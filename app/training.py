@@ -34,6 +34,7 @@ class LoadedModels:
     """Classifiers by model id, at most `bound` in memory; the least recently used goes first."""
 
     def __init__(self, registry, runtime, workers, bound=MODELS_IN_MEMORY):
+        """`runtime`: (runtime, precision) as model.inference.choose_runtime takes them."""
         self.registry, self.runtime, self.workers, self.bound = registry, runtime, workers, bound
         self._loaded = OrderedDict()
         self._lock = threading.Lock()  # loads one model at a time: a second request for it waits, then shares it
@@ -54,7 +55,10 @@ class LoadedModels:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
-            classifier = Classifier(self.registry.model_path(model_id), runtime=self.runtime, workers=self.workers or 2)
+            runtime, precision = self.runtime
+            classifier = Classifier(
+                self.registry.model_path(model_id), runtime=runtime, precision=precision, workers=self.workers or 2
+            )
             self._keep(model_id, classifier)
             return classifier
 

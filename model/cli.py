@@ -15,6 +15,22 @@ START_UP_NOISE = re.compile(
 )
 
 
+def add_runtime_flags(parser):
+    """--runtime and --precision, as model.inference.choose_runtime takes them."""
+    parser.add_argument(
+        "--runtime",
+        choices=["auto", "openvino", "litert", "keras"],
+        default="auto",
+        help="forward passes (default auto: the fastest that passes the parity gate here, see docs/runtime.md)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "f32", "bf16", "int8"],
+        default="auto",
+        help="OpenVINO's arithmetic (default auto: bf16 where the CPU has it, else f32; litert and keras run f32)",
+    )
+
+
 def add_verbose_flag(parser):
     parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
 

@@ -1,13 +1,14 @@
 """Running a trained model: one forward pass gives probabilities, class maps and the embedding.
 
 `Classifier` is the one door into a model directory for the CLIs and the web app.
-Every pass that needs no gradient runs a TensorFlow Lite float32 flatbuffer with
-XNNPACK through LiteRT (`ai-edge-litert`): the same probabilities as Keras within
-1e-5 in about a third of the time here. The flatbuffer is converted from
-`model.keras` once and cached, keyed by the model file's sha256. It has three
-outputs: the last convolutional feature map, the pooled embedding and the
-probabilities. `runtime="keras"` runs the same three outputs through a traced
-`tf.function` instead, for comparison and tests.
+Every pass that needs no gradient runs one of three runtimes over the same three outputs (the last
+convolutional feature map, the pooled embedding and the probabilities), converted from `model.keras`
+once and cached, keyed by the model file's sha256:
+- "openvino" (model/openvino_runtime.py): bf16 on CPUs with AVX-512 bf16 / AMX, else float32;
+- "litert": a TensorFlow Lite float32 flatbuffer with XNNPACK (`ai-edge-litert`), within 1e-5 of Keras;
+- "keras": a traced `tf.function`, for comparison and tests.
+`runtime="auto"` (the default) is the fastest that passes the parity gate (tests/test_parity.py) on this
+CPU: OpenVINO, in bf16 where the CPU has it, else float32 (measured in docs/runtime.md).
 
 Test-time augmentation: a model directory whose thresholds.json says `"tta": "flip"` (its
 thresholds tuned on validation that way) is run on each photo and its mirror image in one pass,
@@ -25,6 +26,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import os
 import queue
 import threading
@@ -52,7 +54,8 @@ from model.preprocess import (  # the image error types are re-exported: the app
 from model.registry import Registry, RegistryError  # noqa: F401  (the app's door to the runs folder)
 from model.thresholds import apply_thresholds
 
-RUNTIMES = ("litert", "keras")
+RUNTIMES = ("auto", "openvino", "litert", "keras")
+PRECISIONS = ("auto", "f32", "bf16", "int8")
 DISPLAY_SIZE = 480  # the longest side of the photo a page shows
 
 
@@ -174,16 +177,38 @@ class KerasRuntime:
             return [o.numpy() for o in self._fn(self._tf.constant(images, self._tf.float32))]
 
 
+def choose_runtime(runtime="auto", precision="auto"):
+    """(runtime, precision) that will serve: "auto" resolved as measured in docs/runtime.md; ValueError for a
+    pair that cannot run (LiteRT and Keras run float32 only; bf16 and int8 need a CPU that has them)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if runtime == "auto":
+        runtime = "openvino"
+    if runtime != "openvino":
+        if precision not in ("auto", "f32"):
+            raise ValueError(f"runtime {runtime} runs f32 only; --precision {precision} needs --runtime openvino")
+        return runtime, "f32"
+    from model.openvino_runtime import cpu_precisions
+
+    if precision == "auto":  # int8 misses the parity gate (docs/runtime.md): never chosen by itself
+        return runtime, "bf16" if "bf16" in cpu_precisions() else "f32"
+    if precision not in cpu_precisions():
+        raise ValueError(f"this CPU has no {precision} instructions; use --precision f32")
+    return runtime, precision
+
+
 class Classifier:
     """A model directory loaded for use: `classify`, `analyse`, `activations` and what the pages describe."""
 
     HEADLINE = HEADLINE  # the metrics a summary shows, in order
 
-    def __init__(self, model_dir=None, runtime="litert", workers=1, tta=None):
+    def __init__(self, model_dir=None, runtime="auto", workers=1, tta=None, precision="auto"):
         """`tta`: None for the model directory's own setting, or "none" / "flip": with the thresholds tuned on
-        validation for that mode when thresholds.json has them ("other_tta"), else with its own."""
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        validation for that mode when thresholds.json has them ("other_tta"), else with its own.
+        `runtime`, `precision`: see choose_runtime; `self.runtime`, `self.precision` say what serves."""
+        self.runtime, self.precision = choose_runtime(runtime, precision)
         self.info = read_model_dir(model_dir)
         self.model = self.info.load_keras()
         self.labels = list(self.info.labels)
@@ -200,13 +225,15 @@ class Classifier:
                 f"but thresholds.json names {len(self.labels)} labels"
             )
         self.size = self.model.input_shape[1]
-        self.runtime = runtime
         three = with_outputs(self.model, self.tta)
-        self._forward = (
-            LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
-            if runtime == "litert"
-            else KerasRuntime(three)
-        )
+        if self.runtime == "openvino":
+            from model.openvino_runtime import load_openvino
+
+            self._forward = load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
+        elif self.runtime == "litert":
+            self._forward = LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
+        else:
+            self._forward = KerasRuntime(three)
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
         self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
@@ -243,6 +270,31 @@ class Classifier:
         """model.atlas.Atlas of `dataset` (a Dataset) under this model, not started: embeddings,
         probabilities and map of every photo, cached in `folder` (default: <cache dir>/atlas)."""
         return Atlas(self, dataset, folder)
+
+    # --- the model as a download (model/bundle.py) ---------------------------------------------
+    def _bundle_parts(self):
+        """(IR path, flatbuffer, labels.json contents): this model in the TTA mode and thresholds it serves with."""
+        from model.bundle import labels_json
+        from model.openvino_runtime import openvino_ir
+
+        three = with_outputs(self.model, self.tta)
+        meta = labels_json(self.labels, self.thresholds, self.at_least_one, self.size, self.tta)
+        sha, tta = self.info.sha256, self.tta
+        return openvino_ir(three, sha, tta), litert_flatbuffer(three, sha, tta), meta
+
+    def write_bundle(self, folder):
+        """The download's files (OpenVINO IR, TFLite, labels.json, README.md, predict.py) into `folder`."""
+        from model.bundle import write_bundle
+
+        return write_bundle(folder, self.name, *self._bundle_parts())
+
+    def bundle_zip(self):
+        """Path of the download as a ZIP, built once per model file, TTA mode and thresholds, then cached."""
+        from model.bundle import bundle_zip
+
+        key = json.dumps([self.info.sha256, self.tta, self.thresholds, self.at_least_one])
+        path = cache_dir() / "bundle" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.zip"
+        return path if path.is_file() else bundle_zip(path, f"miml-scenes-{self.name}", *self._bundle_parts())
 
     # --- decisions ---------------------------------------------------------------------
     def decide(self, probs):

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def lite(scenes):
-    return scenes.classifier  # the app's classifier: LiteRT, a pool of two interpreters
+def lite():
+    return Classifier(runtime="litert", workers=2)  # a pool of two interpreters (OpenVINO: tests/test_parity.py)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def keras_classifier():
 @pytest.fixture(scope="module")
 def plain():
     """The shipped model without test-time augmentation: one pass on the photo as it is."""
-    return Classifier(tta="none")
+    return Classifier(tta="none", runtime="litert")
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
 def test_flip_tta_averages_the_photo_and_its_mirror(plain, sea_photo, test_split):
     """In one pass: probabilities and embeddings are the two means, the feature map the mean with the mirror's
     flipped back, so the class maps of a mirrored photo are the mirror of its class maps."""
-    flip = Classifier(tta="flip")
+    flip = Classifier(tta="flip", runtime="litert")
     dataset, test_idx = test_split
     x = dataset.load_photos(test_idx[:8], plain.size)
     f, e, p = plain.forward(x)
@@ -238,16 +238,16 @@ def test_the_app_reaches_the_model_only_through_classifier():
 
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
     monkeypatch.setenv("MIML_CACHE", str(tmp_path))
-    first = Classifier()
+    first = Classifier(runtime="litert")
     (cached,) = (tmp_path / "litert").glob("*.tflite")
     from model.backbones.torch_legacy import sha256_of
 
     assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
     cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
-    second = Classifier()
+    second = Classifier(runtime="litert")
     assert cached.stat().st_size > 10_000_000
     assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
-    Classifier(tta="flip")  # the TTA mode is in the key: another flatbuffer
+    Classifier(tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
     assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
@@ -290,7 +290,7 @@ def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, 
     """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so
     a caller who wants flip TTA (twice the cost) gets thresholds made for it."""
     info = lite.info.thresholds_info
-    flip = Classifier(tta="flip")
+    flip = Classifier(tta="flip", runtime="litert")
     assert lite.tta == plain.tta == "none"  # the shipped ensemble's own mode: one pass
     assert lite.thresholds == pytest.approx(info["thresholds"]) and lite.at_least_one == info["at_least_one"]
     assert flip.thresholds == pytest.approx(info["other_tta"]["thresholds"])

@@ -400,7 +400,7 @@ def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
         def model_path(self, model_id):
             return f"/models/{model_id}"
 
-    models = app.training.LoadedModels(Paths(), "litert", 1)
+    models = app.training.LoadedModels(Paths(), ("litert", "f32"), 1)
     for model_id in ["a", "b", "c", "a", "d", "a", "b"]:
         models.get(model_id)
     assert loads == ["/models/a", "/models/b", "/models/c", "/models/d", "/models/b"]
