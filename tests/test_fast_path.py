@@ -132,7 +132,8 @@ def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
     model = build_seed_cnn(labels)
     shutil.copytree(ROOT / "model" / "shipped", tmp_path / "seed")
     model.save(tmp_path / "seed" / "model.keras")
-    lite_seed, keras_seed = Classifier(tmp_path / "seed"), Classifier(tmp_path / "seed", runtime="keras")
+    lite_seed = Classifier(tmp_path / "seed", runtime="litert")
+    keras_seed = Classifier(tmp_path / "seed", runtime="keras")
     a = lite_seed.analyse(sea_photo)
     assert a.pixels.shape == (100, 100, 3) and a.embedding.shape == (512,)
     assert a.cams["sea"].shape == (47, 47) and 0 <= a.cams["sea"].min() and a.cams["sea"].max() <= 1
