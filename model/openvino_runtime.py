@@ -90,8 +90,7 @@ class OpenVinoRuntime:
     def __init__(self, xml, precision="f32", workers=1, threads=None):
         import openvino as ov
 
-        self._core = ov.Core()
-        self._model = self._core.read_model(xml)
+        self._core, self._xml = ov.Core(), xml  # the IR is read for each compile: its weights are not kept twice
         self._config = {
             "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
             "NUM_STREAMS": 1,
@@ -109,8 +108,8 @@ class OpenVinoRuntime:
     def _compiled_for(self, batch):
         with self._lock:
             if batch not in self._compiled:
-                model = self._model.clone()
-                model.reshape([batch, *(d.get_length() for d in self._model.inputs[0].get_partial_shape()[1:])])
+                model = self._core.read_model(self._xml)
+                model.reshape([batch, *(d.get_length() for d in model.inputs[0].get_partial_shape()[1:])])
                 self._compiled[batch] = self._core.compile_model(model, "CPU", self._config)
                 if len(self._compiled) > 2:  # batch 1 and the latest batch size: bounded memory
                     self._compiled.popitem(last=False)
