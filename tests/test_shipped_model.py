@@ -10,7 +10,7 @@ from model.inference import Classifier
 @pytest.fixture(scope="module")
 def test_results(miml_data):
     dataset = load_dataset(miml_data)
-    classifier = Classifier()
+    classifier = Classifier(runtime="litert")  # float32: the stored probabilities within 1e-4
     _, _, test_idx = split(len(dataset.images))
     probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
     metrics = classifier.evaluate(dataset.labels[test_idx], probs)

@@ -121,7 +121,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
 
     # An ordinary model directory: Classifier reproduces the stored test probabilities (the Dense head is the
     # logistic regression), and the thresholds came from validation.
-    classifier = Classifier(runs / "models" / model_id)
+    classifier = Classifier(runs / "models" / model_id, runtime="openvino", precision="f32")
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
@@ -161,7 +161,7 @@ def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
     metrics = train_quick(runs / "datasets" / own_dataset[0]["dataset"], out, runs / "embeddings", "imagenet")
     assert metrics["training"]["backbone"].endswith("imagenet-efficientnet-lite0")
     assert (runs / "embeddings" / "imagenet-efficientnet-lite0" / "model.keras").is_file()  # written once, in runs/
-    classifier = Classifier(out)
+    classifier = Classifier(out, runtime="openvino", precision="f32")
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
