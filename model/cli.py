@@ -27,7 +27,7 @@ def add_runtime_flags(parser):
         "--precision",
         choices=["auto", "f32", "bf16", "int8"],
         default="auto",
-        help="OpenVINO's arithmetic (default auto: bf16 where the CPU has it, else f32; litert and keras run f32)",
+        help="arithmetic (default auto: bf16 on OpenVINO where the CPU has it, else f32; litert and keras run f32)",
     )
 
 

@@ -8,7 +8,8 @@ once and cached, keyed by the model file's sha256:
 - "litert": a TensorFlow Lite float32 flatbuffer with XNNPACK (`ai-edge-litert`), within 1e-5 of Keras;
 - "keras": a traced `tf.function`, for comparison and tests.
 `runtime="auto"` (the default) is the fastest that passes the parity gate (tests/test_parity.py) on this
-CPU: OpenVINO, in bf16 where the CPU has it, else float32 (measured in docs/runtime.md).
+CPU, as measured in docs/runtime.md: OpenVINO bf16 where the CPU has AMX / AVX-512 bf16, else LiteRT float32
+(OpenVINO float32 was no faster than LiteRT here).
 
 Test-time augmentation: a model directory whose thresholds.json says `"tta": "flip"` (its
 thresholds tuned on validation that way) is run on each photo and its mirror image in one pass,
@@ -184,15 +185,19 @@ def choose_runtime(runtime="auto", precision="auto"):
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if runtime == "auto":
-        runtime = "openvino"
+    if runtime == "auto":  # int8 misses the parity gate (docs/runtime.md): never chosen by itself
+        from model.openvino_runtime import cpu_precisions
+
+        if precision == "auto":
+            return ("openvino", "bf16") if "bf16" in cpu_precisions() else ("litert", "f32")
+        runtime = "litert" if precision == "f32" else "openvino"
     if runtime != "openvino":
         if precision not in ("auto", "f32"):
             raise ValueError(f"runtime {runtime} runs f32 only; --precision {precision} needs --runtime openvino")
         return runtime, "f32"
     from model.openvino_runtime import cpu_precisions
 
-    if precision == "auto":  # int8 misses the parity gate (docs/runtime.md): never chosen by itself
+    if precision == "auto":
         return runtime, "bf16" if "bf16" in cpu_precisions() else "f32"
     if precision not in cpu_precisions():
         raise ValueError(f"this CPU has no {precision} instructions; use --precision f32")
