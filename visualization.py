@@ -19,7 +19,7 @@ from pathlib import Path
 
 from model.cli import add_runtime_flags, add_verbose_flag, quiet_tensorflow
 
-# waitress, set deliberately (see README, "Reliability and security"); a public deployment goes behind a reverse proxy.
+# waitress, set deliberately (see docs/security.md); a public deployment goes behind a reverse proxy.
 WAITRESS = {
     "connection_limit": 500,  # open connections, slow ones included (waitress's default, 100, let 100 idle clients
     # lock everyone out); kept under the usual limit of 1024 open files

@@ -1,4 +1,4 @@
-"""Compare candidate models on validation photos only: the README's table of what was tried for issue 9.
+"""Compare candidate models on validation photos only: the candidates table in docs/results.md.
 
     python benchmarks/candidates.py --data DIR MODEL_DIR ... [A+B ...] [--tta none flip]
 

@@ -5,7 +5,7 @@
 
 Starts `python visualization.py --data DIR` (waitress) twice with an empty atlas cache (a temporary
 $MIML_CACHE; the LiteRT flatbuffer is linked from the usual cache, so its conversion is not timed).
-Prints a markdown table for the README.
+Prints a markdown table for docs/benchmarks.md.
 """
 
 import argparse

@@ -10,7 +10,7 @@ TF Lite float16 and int8 files (model/export.py), then, on the 400 contract test
   model both ways for reference;
 - Hamming loss and exact match under the model's thresholds.json (model.metrics.evaluate), and
   their change against the Keras model, with the largest probability difference.
-Prints a markdown table for the README.
+Prints a markdown table for docs/benchmarks.md.
 """
 
 import argparse

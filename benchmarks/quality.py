@@ -4,7 +4,7 @@
 
 Trains each architecture on each split (split seed 100 is the contract split) with `model.train`'s
 protocol (every choice on validation), unless runs/bench/ARCH-splitSEED already holds a model
-directory, so a stopped benchmark resumes. Prints a markdown table for the README.
+directory, so a stopped benchmark resumes. Prints a markdown table for docs/results.md.
 """
 
 import argparse

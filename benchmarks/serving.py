@@ -4,7 +4,7 @@
 
 Compares our serving path (LiteRT, letterboxed 224x224 EfficientNet-Lite0) with the
 original project's (its 100x100 CNN called through model.predict per request), and times the app's
-HTTP endpoints served by waitress on loopback. Prints a markdown table for the README.
+HTTP endpoints served by waitress on loopback. Prints a markdown table for docs/benchmarks.md.
 """
 
 import argparse

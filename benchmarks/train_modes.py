@@ -8,7 +8,7 @@ quick on the shipped backbone with a cold and then a warm embedding cache, quick
 (cold), and full mode (model.train, 20 epochs at most). The split is model.train's (seed 100) over the 500
 photos: 320 train, 80 validation, 100 test. Caution: the shipped backbone was fine-tuned on 1280 MIML photos,
 some of which are in this subset's test part, so its quick row is optimistic on MIML photos; the ImageNet row
-and full mode have seen none of them. Prints a markdown table for the README.
+and full mode have seen none of them. Prints a markdown table for docs/benchmarks.md.
 """
 
 import argparse

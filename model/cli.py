@@ -4,6 +4,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from contextlib import contextmanager
 
 # absl's INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on ...") and its notice that
@@ -50,19 +51,26 @@ def quiet_tensorflow(verbose=False):
         import tensorflow  # noqa: F401
 
 
+# File descriptor 2 belongs to the whole process: two threads redirecting it at once (the app builds LiteRT
+# interpreters on request threads) would each restore the other's temporary file, and stderr would end up
+# pointing at a deleted one. One redirect at a time.
+_REDIRECT = threading.RLock()
+
+
 @contextmanager
 def without_start_up_noise():
     """Send stderr (the file descriptor: C++ writes there) to a file meanwhile; then write back all but START_UP_NOISE."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            for line in captured:
-                if not START_UP_NOISE.match(line):
-                    sys.stderr.write(line.decode(errors="replace"))
+    with _REDIRECT:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        with tempfile.TemporaryFile() as captured:
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                captured.seek(0)
+                for line in captured:
+                    if not START_UP_NOISE.match(line):
+                        sys.stderr.write(line.decode(errors="replace"))

@@ -105,8 +105,8 @@ def main(argv=None):
     p.add_argument(
         "--tta",
         choices=["none", "flip"],
-        help="test-time augmentation (default: the model's own; the shipped model's is flip). none: one pass "
-        "a photo, twice as fast, with the thresholds tuned on validation for it (thresholds.json)",
+        help="test-time augmentation (default: the model's own; the shipped model's is none). flip: the photo "
+        "and its mirror image, at twice the cost, with the thresholds tuned on validation for it (thresholds.json)",
     )
     p.add_argument(
         "--engine",

@@ -349,7 +349,7 @@ def make_strategy(tf, distribute):
         if "TF_CONFIG" not in os.environ:
             raise ValueError(
                 "--distribute multi-worker needs TF_CONFIG: the workers' host:port list and this "
-                'worker\'s index (see README, "At scale")'
+                "worker's index (see docs/deploy.md, Training on several machines)"
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()

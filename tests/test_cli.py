@@ -209,3 +209,32 @@ def test_phase_progress_prints_each_epoch_and_the_time_left(monkeypatch, capsys)
         "fine-tuning: epoch 1/4 took 60 s; at most 3.0 min left in this phase (early stopping may end it sooner)",
         "fine-tuning: epoch 2/4 took 90 s; at most 2.5 min left in this phase (early stopping may end it sooner)",
     ]
+
+
+THREADED_REDIRECTS = """
+import os, sys, threading, time
+from model.cli import without_start_up_noise
+
+before = os.fstat(2).st_ino
+def build(i):  # what two request threads building LiteRT interpreters at once do
+    with without_start_up_noise():
+        time.sleep(0.05 * (i + 1))
+        os.write(2, b"line from thread %d\\n" % i)
+threads = [threading.Thread(target=build, args=(i,)) for i in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(os.fstat(2).st_ino == before)
+"""
+
+
+def test_overlapping_stderr_redirects_from_threads_leave_stderr_intact():
+    """Four threads inside without_start_up_noise at once: fd 2 is the original stderr afterwards, every line
+    they wrote reaches it (before the lock, stderr ended up pointing at a deleted temporary file)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", THREADED_REDIRECTS], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == "True", done.stderr
+    assert sorted(done.stderr.split("\n")[:-1]) == [f"line from thread {i}" for i in range(4)]

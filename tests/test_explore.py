@@ -270,7 +270,7 @@ def test_feedback_takes_one_photo(explore_client, explore_scenes, feedback_dir):
 
 
 def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scenes, feedback_dir, small_data, tmp_path):
-    """The README's steps (hard links, labels.csv rows appended) give a dataset model.train reads."""
+    """docs/training.md's steps (hard links, labels.csv rows appended) give a dataset model.train reads."""
     post(explore_client, "/api/feedback", explore_scenes.dataset.path(2).read_bytes(), labels="sunset")
     merged = tmp_path / "merged"
     (merged / "original").mkdir(parents=True)
