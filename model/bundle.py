@@ -20,6 +20,7 @@ from pathlib import Path
 from model.modeldir import write_atomically
 
 PREDICT = Path(__file__).with_name("bundle_predict.py")
+VERSION = 1  # in the cached ZIP's key: raise it when the bundle's files change
 
 README = """# {name}: a MIML Scenes model
 

@@ -295,9 +295,9 @@ class Classifier:
 
     def bundle_zip(self):
         """Path of the download as a ZIP, built once per model file, TTA mode and thresholds, then cached."""
-        from model.bundle import bundle_zip
+        from model.bundle import VERSION, bundle_zip
 
-        key = json.dumps([self.info.sha256, self.tta, self.thresholds, self.at_least_one])
+        key = json.dumps([VERSION, self.name, self.info.sha256, self.tta, self.thresholds, self.at_least_one])
         path = cache_dir() / "bundle" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.zip"
         return path if path.is_file() else bundle_zip(path, f"miml-scenes-{self.name}", *self._bundle_parts())
 

@@ -12,6 +12,7 @@ import pytest
 
 from model.data import load_dataset, split
 from model.inference import Classifier
+from model.openvino_runtime import cpu_precisions
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = {"model.xml", "model.bin", "model.tflite", "labels.json", "README.md", "predict.py"}
@@ -31,12 +32,14 @@ def test_download_gives_a_zip_of_the_served_model(client_without_data):
         predict = z.read("miml-scenes-shipped/predict.py").decode()
         assert z.getinfo("miml-scenes-shipped/model.bin").file_size > 10_000_000
     served = client_without_data.get("/api/model").get_json()
+    bf16 = "bf16" in cpu_precisions()  # what serves is said: auto, OpenVINO bf16 on this CPU (docs/runtime.md)
+    assert (served["runtime"], served["precision"]) == (("openvino", "bf16") if bf16 else ("litert", "f32"))
     assert meta["labels"] == served["labels"] == ["desert", "mountains", "sea", "sunset", "trees"]
     assert meta["thresholds"] == pytest.approx(served["thresholds"]) and meta["at_least_one"] == served["at_least_one"]
     assert len(predict.splitlines()) <= 40
     assert client_without_data.get("/model/download?model=nope").status_code == 400  # no runs folder here
     page = client_without_data.get("/model").get_data(as_text=True)
-    assert 'href="/model/download"' in page and "data-runtime" in page
+    assert 'href="/model/download"' in page and f"{served['runtime']}, {served['precision']}" in page
 
 
 @pytest.mark.slow
