@@ -301,7 +301,7 @@ def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, 
 
     (tmp_path / "sea.jpg").write_bytes(sea_photo)
     for mode, classifier in (("none", lite), ("flip", flip)):
-        r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode)
+        r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode, "--runtime", "litert")
         (result,) = json.loads(r.stdout)
         assert {k: result[k] for k in ("probabilities", "predicted")} == classifier.classify(
             classifier.load(sea_photo)[None]
