@@ -3,19 +3,16 @@ Errors are {"error": "..."} with a 4xx status (503 while the dataset's embedding
 
 import base64
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 from werkzeug.exceptions import BadRequest
 
 from app import render
 from app.explore import ready_atlas, similar_count
+from app.scenes import scenes
 from app.training import requested_classifier
 from app.uploads import analyse, load, uploaded_files
 
 bp = Blueprint("api", __name__, url_prefix="/api")
-
-
-def scenes():
-    return current_app.extensions["scenes"]
 
 
 @bp.post("/predict")
@@ -51,7 +48,7 @@ def predict():
 @bp.get("/model")
 def model_info():
     c = scenes().classifier
-    training = c.metrics["training"]
+    card = c.card
     return jsonify(
         labels=c.labels,
         thresholds=c.thresholds,
@@ -59,11 +56,11 @@ def model_info():
         input_size=c.size,
         runtime=c.runtime,
         precision=c.precision,
-        architecture=training.get("architecture"),
-        parameters=training.get("parameters"),
+        architecture=card.training.architecture,
+        parameters=card.training.parameters,
         metrics={
-            split: {k: c.metrics[split][k] for k in c.HEADLINE + ["n_images"] if k in c.metrics[split]}
-            for split in ("validation", "test")
+            split: {k: scores[k] for k in c.HEADLINE + ["n_images"] if k in scores}
+            for split, scores in (("validation", card.validation), ("test", card.test))
         },
     )
 

@@ -3,18 +3,15 @@
 The dataset's embeddings come from `scenes().atlas` (model/atlas.py through the Classifier), computed in the
 background after start-up: until they are ready, what needs them answers 503 with the progress."""
 
-from flask import Blueprint, current_app, jsonify, render_template, request
+from flask import Blueprint, jsonify, render_template, request
 from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
 
+from app.scenes import scenes
 from app.uploads import load, uploaded_files
 
 bp = Blueprint("explore", __name__)
 MAX_SIMILAR = 50
 SIMILAR_ON_CARDS = 6
-
-
-def scenes():
-    return current_app.extensions["scenes"]
 
 
 class NotReady(ServiceUnavailable):

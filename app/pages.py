@@ -13,6 +13,7 @@ from werkzeug.exceptions import BadRequest, HTTPException, UnprocessableEntity
 
 from app import render
 from app.explore import similar_on_card
+from app.scenes import scenes
 from app.uploads import analyse, uploaded_files
 from model.inference import ImageError
 
@@ -26,10 +27,6 @@ SHOW = {
     "right": "exact-match successes",
 }
 SORT = {"id": "photo id", "error": "largest error first", "confidence": "most confident first"}
-
-
-def scenes():
-    return current_app.extensions["scenes"]
 
 
 def card(name, a, truth=None, photo_id=None, upload_index=None):
@@ -261,11 +258,10 @@ def evaluation():
     }
     return render_template(
         "evaluation.html",
-        metrics=info.metrics,
+        card=info.card,
         headline=info.HEADLINE,
         curves=curves,
         data=data,
-        thresholds_info=info.thresholds_info,
         confusions=confusions,
         mismatched=sum(n for _, _, n in confusions),
         gallery=s.dataset is not None,
@@ -315,18 +311,20 @@ def our_comparison_row(classifier):
     """The model's test metrics in the published results' terms: coverage per label (MIML's coverage, i.e.
     sklearn's coverage_error - 1, over the number of labels) and example-based average precision (LRAP), both
     from model.metrics: stored in metrics.json, or computed from the stored test predictions for an older one."""
-    test = classifier.metrics["test"]
+    card = classifier.card
+    test = card.test
     extra = {k: test.get(k) for k in ("coverage_normalised", "average_precision")}
     if extra["average_precision"] is None:  # a model directory written before metrics.json held these
         _, truth, probs = classifier.test_predictions()
         if len(truth):
             extra = {k: classifier.evaluate(truth, probs)[k] for k in extra}
-    seed = classifier.metrics["split"]["seed"]
+    seed = card.split.seed
     return {
-        "model": f"{classifier.metrics['training'].get('architecture', 'this model')} (this model)",
+        "model": f"{card.training.architecture or 'this model'} (this model)",
         "kind": "single split",
         "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
-        f"{': the contract split' if seed == 100 else ''}), thresholds and checkpoint from validation",
+        f"{': the contract split' if seed == classifier.CONTRACT_SPLIT_SEED else ''}), thresholds and checkpoint "
+        "from validation",
         **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
         "coverage": extra["coverage_normalised"] or test["coverage"] / len(classifier.labels),
         "average_precision": extra["average_precision"],
@@ -336,14 +334,14 @@ def our_comparison_row(classifier):
 def crossval_row(classifier):
     """The model's training recipe under the literature's protocol (model.crossval), when its metrics.json
     records one; else None."""
-    cv = classifier.metrics.get("crossval")
+    cv = classifier.card.crossval
     if not cv:
         return None
-    mean = {k: v["mean"] for k, v in cv["metrics"].items()}
+    mean = {k: v["mean"] for k, v in cv.metrics.items()}
     return {
-        "model": f"{cv['architecture']}, {cv['augment']} augmentation: the training recipe, cross-validated",
-        "kind": f"{cv['folds']}-fold CV",
-        "protocol": f"{cv['folds']}-fold cross-validation over all {cv['test_photos']} photos, stratified by label "
+        "model": f"{cv.architecture}, {cv.augment} augmentation: the training recipe, cross-validated",
+        "kind": f"{cv.folds}-fold CV",
+        "protocol": f"{cv.folds}-fold cross-validation over all {cv.test_photos} photos, stratified by label "
         "set; checkpoint and thresholds from a validation part of each fold's training photos",
         **{k: mean.get(k) for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss", "average_precision")},
         "coverage": mean.get("coverage_normalised"),

@@ -9,12 +9,11 @@ import functools
 from dataclasses import dataclass
 
 import numpy as np
+from flask import current_app
 
 from app import render
 from app.feedback import Feedback
 from model.inference import Classifier
-
-WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchmarks/fast_path.py: pool layouts)
 
 
 @dataclass
@@ -27,6 +26,11 @@ class TestPhoto:
 
     def errors(self):
         return self.truth != self.predicted
+
+
+def scenes():
+    """The app's Scenes (create_app keeps one per app in app.extensions)."""
+    return current_app.extensions["scenes"]
 
 
 class Scenes:
@@ -42,7 +46,7 @@ class Scenes:
     ):
         """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
         for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
-        classifier = Classifier(model_dir, runtime=runtime, precision=precision, workers=workers or WORKERS)
+        classifier = Classifier(model_dir, runtime=runtime, precision=precision, workers=workers)
         self.dataset = classifier.dataset(data_dir) if data_dir else None
         self.explore = explore
         self.use(classifier)

@@ -22,6 +22,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, redirect, re
 from werkzeug.exceptions import BadRequest, default_exceptions
 
 from app import render
+from app.scenes import scenes
 from model.inference import Classifier, ImageError, RegistryError
 
 bp = Blueprint("training", __name__)
@@ -57,7 +58,7 @@ class LoadedModels:
                 return self._loaded[model_id]
             runtime, precision = self.runtime
             classifier = Classifier(
-                self.registry.model_path(model_id), runtime=runtime, precision=precision, workers=self.workers or 2
+                self.registry.model_path(model_id), runtime=runtime, precision=precision, workers=self.workers
             )
             self._keep(model_id, classifier)
             return classifier
@@ -99,7 +100,7 @@ def requested_classifier():
     """The model of `?model=ID` when given (400 without a runs folder, 404 for an unknown id), else the one in use."""
     model_id = request.args.get("model")
     if model_id is None:
-        return current_app.extensions["scenes"].classifier
+        return scenes().classifier
     if "models" not in current_app.extensions:
         raise BadRequest("this server has no runs folder, so ?model= has nothing to choose from")
     return models().get(model_id)
@@ -111,10 +112,9 @@ def switch(model_id):
 
     classifier = models().get(model_id)
     registry().set_active(model_id)
-    scenes = current_app.extensions["scenes"]
-    scenes.use(classifier)
+    scenes().use(classifier)
     current_app.extensions["active_model"] = model_id
-    current_app.config["LABEL_MISMATCH"] = label_mismatch(scenes)
+    current_app.config["LABEL_MISMATCH"] = label_mismatch(scenes())
 
 
 def json_body():
@@ -292,7 +292,7 @@ def compare_thumb(model_id, image):
     if image not in c.test_predictions()[0]:
         abort(404, description=f"{image!r} is not one of model {model_id!r}'s test photos")
     try:
-        jpeg = render.thumbnail(c, Path(c.metrics["training"]["dataset"]) / "original" / image)
+        jpeg = render.thumbnail(c, Path(c.card.training.dataset) / "original" / image)
     except (ImageError, OSError) as e:
         abort(404, description=f"{image}: cannot be read from the model's dataset ({e})")
     return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})

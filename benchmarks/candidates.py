@@ -29,7 +29,7 @@ def validation_probs(model_dir, dataset, tta, cache):
     from model.inference import Classifier
 
     members = [Classifier(m, tta=tta) for m in model_dir.split("+")]
-    seeds = {c.metrics["split"]["seed"] for c in members}
+    seeds = {c.card.split.seed for c in members}
     if len(seeds) != 1:
         sys.exit(f"{model_dir}: the members were trained on different splits")
     _, val_idx, _ = split(len(dataset.images), seeds.pop())

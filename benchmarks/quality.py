@@ -8,13 +8,15 @@ directory, so a stopped benchmark resumes. Prints a markdown table for docs/resu
 """
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from model.modeldir import ModelCard  # noqa: E402
+
 KEYS = ["hamming_loss", "exact_match", "map", "micro_f1", "macro_f1", "one_error"]
 
 
@@ -47,8 +49,8 @@ def main():
                     cwd=ROOT,
                     check=True,
                 )
-            metrics = json.loads((out / "metrics.json").read_text())
-            results.setdefault(arch, []).append((seed, metrics["test"], metrics["training"]["minutes"]))
+            card = ModelCard.read(out)
+            results.setdefault(arch, []).append((seed, card.test, card.training.minutes))
 
     print("| Model | split seed | Hamming loss | exact match | mAP | micro F1 | macro F1 | one-error | train min |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")

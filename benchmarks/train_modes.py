@@ -56,9 +56,11 @@ def run(registry, name, mode, **kwargs):
     seconds = time.time() - started
     if status["state"] != "done":
         raise SystemExit(f"{name}: {status}")
-    metrics = json.loads((registry.model_path(job) / "metrics.json").read_text())
-    print(f"{name}: {seconds:.1f} s, test {[round(metrics['test'][k], 4) for k in KEYS]}", flush=True)
-    return name, seconds, metrics
+    from model.modeldir import ModelCard
+
+    card = ModelCard.read(registry.model_path(job))
+    print(f"{name}: {seconds:.1f} s, test {[round(card.test[k], 4) for k in KEYS]}", flush=True)
+    return name, seconds, card
 
 
 def main():
@@ -85,8 +87,8 @@ def main():
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, seconds, m in rows:
         print(
-            f"| {name} | {seconds:.1f} | {m['training'].get('epochs_run', 0)} | "
-            + " | ".join(f"{m['test'][k]:.4f}" for k in KEYS)
+            f"| {name} | {seconds:.1f} | {m.training.epochs_run or 0} | "
+            + " | ".join(f"{m.test[k]:.4f}" for k in KEYS)
             + " |"
         )
 

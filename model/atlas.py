@@ -63,7 +63,8 @@ class Atlas:
         self.progress = 0.0  # 0..1
         self.error = None
         self.ready = threading.Event()
-        seed = classifier.metrics.get("split", {}).get("seed", CONTRACT_SPLIT_SEED)
+        seed = classifier.card.split.seed
+        seed = CONTRACT_SPLIT_SEED if seed is None else seed
         self.splits = [""] * len(dataset.images)
         for name, indices in zip(SPLITS, split(len(dataset.images), seed)):
             for i in indices:

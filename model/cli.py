@@ -5,7 +5,9 @@ import re
 import sys
 import tempfile
 import threading
+import traceback
 from contextlib import contextmanager
+from typing import NoReturn
 
 # absl's INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on ...") and its notice that
 # logging is not initialised yet, both printed while TensorFlow's libraries load; LiteRT's notice for its
@@ -33,7 +35,17 @@ def add_runtime_flags(parser):
 
 
 def add_verbose_flag(parser):
-    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines")
+    parser.add_argument(
+        "--verbose", action="store_true", help="show TensorFlow's start-up and C++ log lines, and an error's traceback"
+    )
+
+
+def exit_with(error: BaseException, verbose: bool = False, message: str | None = None) -> NoReturn:
+    """End the command on one of our own errors: one line, `error: <message>` (default: the error's, which names
+    the file); with --verbose, its traceback first."""
+    if verbose:
+        traceback.print_exception(error)
+    sys.exit(f"error: {message or error}")
 
 
 def quiet_tensorflow(verbose=False):

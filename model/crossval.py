@@ -18,7 +18,7 @@ import numpy as np
 
 from model.cli import add_verbose_flag
 from model.data import DataError, load_dataset
-from model.modeldir import ModelDirError, read_model_dir, write_atomically
+from model.modeldir import CrossVal, ModelCard, ModelDirError, read_model_dir, write_atomically
 
 # What the papers on this dataset report, with the direction that is better.
 LITERATURE = [
@@ -65,26 +65,27 @@ def parse_args(argv=None):
     return args, train_args
 
 
-def run_fold(args, train_args, k):
-    """Train fold k (1-based) unless its model directory is already written; returns its metrics.json."""
-    out = Path(args.out) / f"fold{k}"
+def run_fold(data, out, k, folds, train_args=(), verbose=False):
+    """Train fold k (1-based) of `folds` on the dataset in `data` into `out`/foldK, unless that model directory is
+    already written; returns its card."""
+    out = Path(out) / f"fold{k}"
     if not (out / "metrics.json").exists():
-        print(f"fold {k}/{args.folds}: training ({out})", flush=True)
+        print(f"fold {k}/{folds}: training ({out})", flush=True)
         command = [
             sys.executable,
             "-m",
             "model.train",
-            *(["--data", args.data] if args.data else []),
+            *(["--data", str(data)] if data else []),
             "--out",
             str(out),
             "--fold",
-            f"{k}/{args.folds}",
+            f"{k}/{folds}",
             *train_args,
-            *(["--verbose"] if args.verbose else []),
+            *(["--verbose"] if verbose else []),
         ]
         if subprocess.run(command).returncode:
             raise RuntimeError(f"fold {k}: model.train failed (see above); run the same command again to resume")
-    return json.loads((out / "metrics.json").read_text())
+    return ModelCard.read(out)
 
 
 def summarise(folds):
@@ -92,9 +93,9 @@ def summarise(folds):
     keys = [k for k, *_ in LITERATURE] + [k for k, _ in ALSO]
     return {
         k: {
-            "mean": float(np.mean([f["test"][k] for f in folds])),
-            "std": float(np.std([f["test"][k] for f in folds])),
-            "folds": [f["test"][k] for f in folds],
+            "mean": float(np.mean([f.test[k] for f in folds])),
+            "std": float(np.std([f.test[k] for f in folds])),
+            "folds": [f.test[k] for f in folds],
         }
         for k in keys
     }
@@ -117,25 +118,26 @@ def main(argv=None):
         load_dataset(args.data)  # a bad --data (or --record-in) is one line now, not after five folds
         for model_dir in args.record_in:
             read_model_dir(model_dir)
-        folds = [run_fold(args, train_args, k) for k in range(1, args.folds + 1)]
+        folds = [
+            run_fold(args.data, args.out, k, args.folds, train_args, args.verbose) for k in range(1, args.folds + 1)
+        ]
     except (DataError, ModelDirError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     summary = summarise(folds)
-    recipe = folds[0]["training"]
-    result = {
-        "folds": args.folds,
-        "train_args": train_args,
-        "metrics": summary,
-        "architecture": recipe["architecture"],
-        "augment": recipe.get("augment"),
-        "test_photos": sum(f["split"]["test"] for f in folds),
-    }
-    write_atomically(Path(args.out) / "crossval.json", json.dumps(result, indent=2).encode())
+    recipe = folds[0].training
+    result = CrossVal(
+        folds=args.folds,
+        train_args=train_args,
+        metrics=summary,
+        architecture=recipe.architecture,
+        augment=recipe.augment,
+        test_photos=sum(f.split.test for f in folds),
+    )
+    write_atomically(Path(args.out) / "crossval.json", json.dumps(result.to_json(), indent=2).encode())
     for model_dir in args.record_in:
-        path = Path(model_dir) / "metrics.json"
-        write_atomically(
-            path, json.dumps({**json.loads(path.read_text()), "crossval": result}, indent=2).encode() + b"\n"
-        )
+        card = ModelCard.read(model_dir)
+        card.crossval = result
+        card.write(model_dir)
     print(markdown(summary, args.folds))
 
 

@@ -13,13 +13,14 @@ mode as "other_tta"), as model.retune tunes them; the test metrics are computed 
 """
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from model.modeldir import ModelDirError, read_model_dir
+from model.modeldir import ModelCard, ModelDirError, Training, read_model_dir
 from model.retune import add_output_args, retune, summary, write_or_exit
 
 
@@ -60,46 +61,40 @@ def check_members(infos):
     """The members must agree on what the ensemble is: labels, input size, split."""
     first = infos[0]
     for info in infos:
-        if not info.metrics["training"].get("architecture", "").startswith("efficientnet-"):
+        if not (info.card.training.architecture or "").startswith("efficientnet-"):
             raise ModelDirError(f"{info.path}: only EfficientNet-Lite members can be joined (a pooled head)")
         for what, get in (
             ("labels", lambda i: i.labels),
-            ("input size", lambda i: i.metrics["training"].get("input_size")),
-            ("split", lambda i: i.metrics["split"].get("seed")),
+            ("input size", lambda i: i.card.training.input_size),
+            ("split", lambda i: i.card.split.seed),
         ):
             if get(info) != get(first):
                 raise ModelDirError(f"{info.path}: not the same {what} as {first.path}")
 
 
 def ensemble(members, data_dir, tta, out):
-    """Write the joined model directory `out`; returns its metrics.json content."""
+    """Write the joined model directory `out`; returns its card."""
     import keras
 
     infos = [read_model_dir(m) for m in members]
     check_members(infos)
     model = join([keras.models.load_model(info.path / "model.keras", compile=False) for info in infos])
     first = infos[0]
-    training = {
-        "architecture": " + ".join(i.metrics["training"]["architecture"] for i in infos) + " (ensemble)",
-        "input_size": first.metrics["training"]["input_size"],
-        "parameters": int(model.count_params()),
-        "members": [{"from": i.path.name, **i.metrics["training"]} for i in infos],
-        "minutes": round(sum(i.metrics["training"].get("minutes", 0) for i in infos), 1),
-        "checkpoint": "each member's own",
-    }
-    metrics = {
-        "labels": first.labels,
-        "training": training,
-        "split": first.metrics["split"],
-        "validation": {},
-        "test": {},
-    }
+    training = Training(
+        architecture=" + ".join(i.card.training.architecture for i in infos) + " (ensemble)",
+        input_size=first.card.training.input_size,
+        parameters=int(model.count_params()),
+        members=[dataclasses.replace(i.card.training, from_model=i.path.name) for i in infos],
+        minutes=round(sum(i.card.training.minutes or 0 for i in infos), 1),
+        checkpoint="each member's own",
+    )
+    card = ModelCard(first.card.tuning, training, first.card.split)  # validation and test: tuned below
     staging = Path(out).with_name(Path(out).name + ".joined")
     from model.modeldir import write_model_dir
     from model.train import draw_curve
 
-    curves = {f"member {k} ({m['architecture']})": m.get("history", []) for k, m in enumerate(training["members"], 1)}
-    write_model_dir(staging, model, first.thresholds_info, metrics, [], [], [], lambda path: draw_curve(curves, path))
+    curves = {f"member {k} ({m.architecture})": m.history or [] for k, m in enumerate(training.members, 1)}
+    write_model_dir(staging, model, card, [], [], [], lambda path: draw_curve(curves, path))
     try:
         return retune(staging, data_dir, tta, out)  # thresholds (and metrics) on validation, under --tta
     finally:
@@ -113,7 +108,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if len(args.members) < 2:
         sys.exit("error: --members needs at least two model directories")
-    print(summary(write_or_exit(args, lambda: ensemble(args.members, args.data, args.tta, args.out)), args.out))
+    card = write_or_exit(
+        args.out, args.force, args.verbose, lambda: ensemble(args.members, args.data, args.tta, args.out)
+    )
+    print(summary(card, args.out))
 
 
 if __name__ == "__main__":

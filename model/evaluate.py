@@ -36,7 +36,7 @@ def main(argv=None):
         classifier = Classifier(args.model, runtime=args.runtime, precision=args.precision)
         if dataset.label_names != classifier.labels:
             raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
-        trained_on = classifier.info.metrics.get("split", {}).get("seed")
+        trained_on = classifier.card.split.seed
         if trained_on is not None and trained_on != args.split_seed:
             print(
                 f"note: the model was trained with split seed {trained_on}; this split's test photos "

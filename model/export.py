@@ -218,7 +218,7 @@ def export_tensorflow(info, fmt, out, dataset, calibration):
             f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
             f"but thresholds.json names {len(info.labels)} labels"
         )
-    if info.thresholds_info.get("tta") == "flip":  # the thresholds were tuned on the mean with the mirror
+    if info.tta == "flip":  # the thresholds were tuned on the mean with the mirror
         from model.network import flip_tta
 
         model = flip_tta(model)

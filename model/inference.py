@@ -23,6 +23,8 @@ Grad-CAM = relu(F . W[:, label]) / max, a small matmul on the forward's feature 
 Heads of another form (the seed CNN) keep the gradient computation in TensorFlow.
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
 import hashlib
@@ -32,16 +34,19 @@ import os
 import queue
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
 from model.atlas import Atlas
 from model.backbones.efficientnet_lite import cache_dir
 from model.cli import without_start_up_noise
-from model.data import load_dataset
+from model.data import CONTRACT_SPLIT_SEED, Dataset, load_dataset
 from model.metrics import HEADLINE, evaluate
-from model.modeldir import ModelDirError, read_model_dir, write_atomically
+from model.modeldir import ModelCard, ModelDirError, read_model_dir, write_atomically
 from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
 from model.preprocess import (  # the image error types are re-exported: the app's door to them
     ImageError,  # noqa: F401
@@ -57,6 +62,8 @@ from model.thresholds import apply_thresholds
 
 RUNTIMES = ("auto", "openvino", "litert", "keras")
 PRECISIONS = ("auto", "f32", "bf16", "int8")
+DEFAULT_WORKERS = 2  # forward passes that may run at once (benchmarks/fast_path.py: pool layouts)
+ImageSource = bytes | str | Path | IO[bytes]  # what `load`, `analyse` and the like accept
 DISPLAY_SIZE = 480  # the longest side of the photo a page shows
 
 
@@ -65,15 +72,15 @@ class Analysis:
     """Everything the app shows for one photo, from one decode and one forward pass."""
 
     image: object  # PIL image: the upright photo letterboxed to at most DISPLAY_SIZE (the model's framing)
-    size: tuple  # (width, height) of the upright photo as decoded
+    size: tuple[int, int]  # (width, height) of the upright photo as decoded
     pixels: np.ndarray  # the model's input, (size, size, 3) uint8
-    probabilities: dict  # label -> probability
-    predicted: list  # labels at or above their tuned thresholds
-    cams: dict  # label -> class map (h, w) in 0..1 at the feature map's resolution
+    probabilities: dict[str, float]  # label -> probability
+    predicted: list[str]  # labels at or above their tuned thresholds
+    cams: dict[str, np.ndarray]  # label -> class map (h, w) in 0..1 at the feature map's resolution
     embedding: np.ndarray  # pooled features, (d,) float32
 
 
-def predict_arrays(model, images, batch_size=64):
+def predict_arrays(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Probabilities of a Keras model for a uint8 array (n, size, size, 3), in batches (used by training)."""
     if len(images) == 0:
         return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
@@ -85,7 +92,7 @@ def predict_arrays(model, images, batch_size=64):
     )
 
 
-def with_outputs(model, tta="none"):
+def with_outputs(model: Any, tta: str = "none") -> Any:
     """`model` with three outputs: the last feature map, the pooled embedding, the probabilities;
     with tta="flip", each the mean over the photo and its mirror image (the mirror's map flipped back)."""
     import keras
@@ -97,7 +104,7 @@ def with_outputs(model, tta="none"):
     return flip_tta(three, spatial=(0,)) if tta == "flip" else three
 
 
-def litert_flatbuffer(three_outputs, model_sha256, tta="none"):
+def litert_flatbuffer(three_outputs: Any, model_sha256: str, tta: str = "none") -> bytes:
     """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached.
 
     The cache is `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it; a file that
@@ -130,7 +137,7 @@ class LiteRuntime:
     nearly match 1 x 2 for one client's latency and 2 x 1 for eight clients' throughput.
     An interpreter is planned for one batch shape, so each pool slot keeps one per recent batch size."""
 
-    def __init__(self, flatbuffer, workers=1, threads=None):
+    def __init__(self, flatbuffer: bytes, workers: int = 1, threads: int | None = None) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         self._make = functools.partial(
@@ -153,7 +160,7 @@ class LiteRuntime:
         slot.move_to_end(batch)
         return slot[batch]
 
-    def __call__(self, images):
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         """float32 (n, size, size, 3) -> [feature maps, embeddings, probabilities]."""
         slot = self._slots.get()
         try:
@@ -166,14 +173,14 @@ class LiteRuntime:
 class KerasRuntime:
     """The same three outputs through a traced tf.function (the reference the tests compare with)."""
 
-    def __init__(self, three_outputs):
+    def __init__(self, three_outputs: Any) -> None:
         import tensorflow as tf
 
         self._tf = tf
         self._fn = tf.function(lambda x: three_outputs(x, training=False), reduce_retracing=True)
         self._lock = threading.Lock()  # one call at a time: TensorFlow already uses every core for one
 
-    def __call__(self, images):
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         with self._lock:
             return [o.numpy() for o in self._fn(self._tf.constant(images, self._tf.float32))]
 
@@ -208,11 +215,21 @@ class Classifier:
     """A model directory loaded for use: `classify`, `analyse`, `activations` and what the pages describe."""
 
     HEADLINE = HEADLINE  # the metrics a summary shows, in order
+    CONTRACT_SPLIT_SEED = CONTRACT_SPLIT_SEED  # the split seed of the contract split (card.split.seed)
 
-    def __init__(self, model_dir=None, runtime="auto", workers=1, tta=None, precision="auto"):
-        """`tta`: None for the model directory's own setting, or "none" / "flip": with the thresholds tuned on
-        validation for that mode when thresholds.json has them ("other_tta"), else with its own.
-        `runtime`, `precision`: see choose_runtime; `self.runtime`, `self.precision` say what serves."""
+    def __init__(
+        self,
+        model_dir: Path | str | None = None,
+        runtime: str = "auto",
+        workers: int | None = None,
+        tta: str | None = None,
+        precision: str = "auto",
+    ) -> None:
+        """`workers`: forward passes that may run at once (default DEFAULT_WORKERS; LiteRT interpreters or
+        OpenVINO infer requests, each made when first needed). `tta`: None for the model directory's own setting,
+        or "none" / "flip": with the thresholds tuned on validation for that mode when thresholds.json has them
+        ("other_tta"), else with its own. `runtime`, `precision`: see choose_runtime; `self.runtime` and
+        `self.precision` say what serves."""
         self.runtime, self.precision = choose_runtime(runtime, precision)
         self.info = read_model_dir(model_dir)
         self.model = self.info.load_keras()
@@ -231,6 +248,7 @@ class Classifier:
             )
         self.size = self.model.input_shape[1]
         three = with_outputs(self.model, self.tta)
+        workers = workers or DEFAULT_WORKERS
         if self.runtime == "openvino":
             from model.openvino_runtime import load_openvino
 
@@ -247,31 +265,28 @@ class Classifier:
 
     # --- metadata the pages and the API show ---------------------------------------------
     @property
-    def metrics(self):
-        return self.info.metrics
+    def card(self) -> ModelCard:
+        """The model card: thresholds.json and metrics.json, typed (model.modeldir.ModelCard)."""
+        return self.info.card
 
     @property
-    def thresholds_info(self):
-        return self.info.thresholds_info
-
-    @property
-    def name(self):
+    def name(self) -> str:
         return self.info.path.name
 
-    def training_curve_png(self):
+    def training_curve_png(self) -> bytes | None:
         """The model directory's training_curve.png as bytes, or None when it has none."""
         path = self.info.path / "training_curve.png"
         return path.read_bytes() if path.is_file() else None
 
-    def test_predictions(self):
+    def test_predictions(self) -> tuple[list[str], np.ndarray, np.ndarray]:
         """(image names, true 0/1 labels, probabilities) stored at training for the test split."""
         return self.info.test_predictions()
 
-    def dataset(self, path):
+    def dataset(self, path: Path | str) -> Dataset:
         """The dataset in `path` (model.data.Dataset); raises model.data.DataError."""
         return load_dataset(path)
 
-    def atlas(self, dataset, folder=None):
+    def atlas(self, dataset: Dataset, folder: Path | None = None) -> Atlas:
         """model.atlas.Atlas of `dataset` (a Dataset) under this model, not started: embeddings,
         probabilities and map of every photo, cached in `folder` (default: <cache dir>/atlas)."""
         return Atlas(self, dataset, folder)
@@ -302,15 +317,15 @@ class Classifier:
         return path if path.is_file() else bundle_zip(path, f"miml-scenes-{self.name}", *self._bundle_parts())
 
     # --- decisions ---------------------------------------------------------------------
-    def decide(self, probs):
+    def decide(self, probs: np.ndarray) -> np.ndarray:
         """0/1 predictions under the model's tuned thresholds."""
         return apply_thresholds(np.atleast_2d(probs), [self.thresholds[l] for l in self.labels], self.at_least_one)
 
-    def evaluate(self, truth, probs):
+    def evaluate(self, truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         """model.metrics.evaluate under this model's thresholds."""
         return evaluate(truth, probs, [self.thresholds[l] for l in self.labels], self.labels, self.at_least_one)
 
-    def results(self, probs):
+    def results(self, probs: np.ndarray) -> list[dict[str, Any]]:
         """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo."""
         probs = np.atleast_2d(probs)
         return [
@@ -322,20 +337,20 @@ class Classifier:
         ]
 
     # --- photos --------------------------------------------------------------------------
-    def load(self, source):
+    def load(self, source: ImageSource) -> np.ndarray:
         """Bytes, path or file object -> the model's input array; raises ImageError."""
         return load_image(source, self.size)
 
-    def decoded_pixels(self, source):
+    def decoded_pixels(self, source: ImageSource) -> int:
         """Pixels `analyse` and `load` will decode for this photo, from its header alone; raises ImageError."""
         return decoded_pixels(source, self.size)
 
-    def display_image(self, source, size=DISPLAY_SIZE):
+    def display_image(self, source: ImageSource, size: int = DISPLAY_SIZE) -> Any:
         """The upright photo letterboxed to `size` (thumbnails, display copies); raises ImageError."""
         return letterbox(decode(source, size), size)
 
     # --- forward passes ------------------------------------------------------------------
-    def forward(self, images):
+    def forward(self, images: np.ndarray | Sequence[np.ndarray]) -> list[np.ndarray]:
         """(n, size, size, 3) uint8 -> (feature maps, embeddings, probabilities), one pass."""
         return self._forward(np.asarray(images, dtype=np.float32))
 
@@ -348,19 +363,19 @@ class Classifier:
             [self.forward(images[i : i + batch_size])[output] for i in range(0, len(images), batch_size)]
         )
 
-    def probabilities(self, images, batch_size=32):
+    def probabilities(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities."""
         return self._batched(images, batch_size, 2)
 
-    def embeddings(self, images, batch_size=32):
+    def embeddings(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(n, size, size, 3) uint8, or a list of n images -> (n, d) pooled embeddings."""
         return self._batched(images, batch_size, 1)
 
-    def classify(self, images, batch_size=32):
+    def classify(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> list[dict[str, Any]]:
         """results() for each image (model-input arrays)."""
         return self.results(self.probabilities(images, batch_size))
 
-    def class_maps(self, pixels, features=None):
+    def class_maps(self, pixels: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """(labels, h, w) maps in 0..1 for one model input; `features` from its forward pass when known."""
         if self._cam_kernel is None:  # gradients of the plain pass; with flip TTA, the mean with the mirror's
             with self._keras_lock:
@@ -373,7 +388,7 @@ class Classifier:
             cams = np.maximum(np.einsum("hwc,cl->lhw", features[0], self._cam_kernel), 0)
         return cams / np.maximum(cams.max(axis=(1, 2), keepdims=True), 1e-12)
 
-    def analyse(self, source, display_size=DISPLAY_SIZE):
+    def analyse(self, source: ImageSource, display_size: int = DISPLAY_SIZE) -> Analysis:
         """One photo (bytes, path or file object) -> Analysis: decoded once, one forward pass; raises ImageError."""
         upright = decode(source, self.size)
         pixels = np.asarray(letterbox(upright, self.size), dtype=np.uint8)
@@ -406,7 +421,7 @@ class Classifier:
         return gradcam
 
     # --- the layer browser (Keras) -------------------------------------------------------------
-    def layers(self):
+    def layers(self) -> list[tuple[str, tuple, bool]]:
         """[(name, output shape, is convolutional)] for every layer after the input."""
         import keras
 
@@ -431,7 +446,7 @@ class Classifier:
         model = keras.Model(self.model.inputs, self.model.get_layer(layer_name).output)
         return tf.function(lambda x: model(x, training=False))
 
-    def activations(self, image, layer_name):
+    def activations(self, image: np.ndarray, layer_name: str) -> np.ndarray:
         """Output of `layer_name` for one image: (h, w, channels). Raises KeyError for an unknown layer."""
         import tensorflow as tf
 

@@ -76,15 +76,15 @@ class Lines:
         pass
 
 
-def predict_locally(args, classifier, writers, to_files):
-    """The in-process engine (model/batch.py): (predicted, failed)."""
+def predict_locally(paths, classifier, writers, to_files, batch_size=32):
+    """The in-process engine (model/batch.py) over the photo files and folders `paths`: (predicted, failed)."""
     # On a terminal, with an output file: a progress bar, after counting the photos (a second, cheap walk).
     bar = to_files and sys.stderr.isatty()
     progress = tqdm(
-        total=sum(1 for _ in expand(args.paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr
+        total=sum(1 for _ in expand(paths)) if bar else None, disable=not bar, unit="photo", file=sys.stderr
     )
     failed = predicted = 0
-    for result in predict_paths(classifier, expand(args.paths), args.batch_size):
+    for result in predict_paths(classifier, expand(paths), batch_size):
         failed += "error" in result
         predicted += "error" not in result
         for writer in writers:
@@ -160,9 +160,21 @@ def main(argv=None):
     if args.engine == "ray":  # Ray Data shows its own progress
         from model import ray_batch
 
-        predicted, failed = ray_batch.run(args, writers, labels)
+        predicted, failed = ray_batch.run(
+            args.paths,
+            args.model,
+            writers,
+            labels,
+            batch_size=args.batch_size,
+            actors=args.actors,
+            tta=args.tta,
+            address=args.address,
+            parquet=args.parquet,
+            runtime=args.runtime,
+            precision=args.precision,
+        )
     else:
-        predicted, failed = predict_locally(args, classifier, writers, bool(files))
+        predicted, failed = predict_locally(args.paths, classifier, writers, bool(files), args.batch_size)
     for writer in writers:
         writer.close()
     for f in files:

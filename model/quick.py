@@ -12,17 +12,16 @@ Embeddings are cached per photo (its sha256) and per backbone in `--cache`.
 
 import argparse
 import hashlib
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import evaluate, format_table
-from model.modeldir import SHIPPED_MODEL_DIR, write_model_dir
+from model.modeldir import SHIPPED_MODEL_DIR, ModelCard, ModelDirError, Split, Training, Tuning, write_model_dir
+from model.thresholds import choose_thresholds
 
 C_GRID = [0.01, 0.03, 0.1, 0.3, 1.0]  # inverse regularisation strengths tried; the best validation log loss wins
 
@@ -99,26 +98,17 @@ def imagenet_backbone(cache, arch="efficientnet-lite0"):
         from model.network import build_model
 
         model = build_model(arch, ["unused"])
-        training = {"architecture": arch, "input_size": model.input_shape[1], "backbone": "ImageNet weights only"}
-        write_model_dir(
-            folder,
-            model,
-            {"labels": ["unused"], "thresholds": {"unused": 0.5}},
-            {"training": training, "validation": {}, "test": {}},
-            [],
-            [],
-            [],
-            lambda path: None,
-        )
+        training = Training(architecture=arch, input_size=model.input_shape[1], backbone="ImageNet weights only")
+        card = ModelCard(Tuning(labels=["unused"], thresholds={"unused": 0.5}), training)
+        write_model_dir(folder, model, card, [], [], [], lambda path: None)
     return folder
 
 
 def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_SEED, progress=None):
-    """Train on the dataset in `data` and write the model directory `out`; returns its metrics.
+    """Train on the dataset in `data` and write the model directory `out`; returns its card.
     `backbone`: "shipped" (fine-tuned on MIML), "imagenet", or a model directory.
     `progress(fraction, message, seconds left or None)` reports as it goes."""
     from model.inference import Classifier
-    from model.train import choose_thresholds
 
     report = progress or (lambda *a: None)
     started = time.time()
@@ -141,48 +131,44 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
     y = dataset.labels
     kernel, bias, chosen = fit_head(x[train_idx], y[train_idx], x[val_idx], y[val_idx], labels)
     val_probs, test_probs = (head_probabilities(x[idx], kernel, bias) for idx in (val_idx, test_idx))
-    args = SimpleNamespace(criterion="mcc", split_seed=split_seed)
-    thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y[val_idx], val_probs)
+    thresholds, at_least_one, tuning = choose_thresholds(labels, y[val_idx], val_probs, split_seed=split_seed)
     report(0.82, "writing the model directory", None)
     model = build_quick_model(backbone, labels, kernel, bias)
     test_images = [dataset.images[i] for i in test_idx]
-    metrics = {
-        "labels": labels,
-        "training": {
-            "mode": "quick",
-            "architecture": backbone.metrics["training"]["architecture"],
-            "input_size": backbone.size,
-            "parameters": int(model.count_params()),
-            "backbone": str(backbone.info.path),
-            "head": "logistic regression per label on the frozen pooled embedding",
-            "C": dict(zip(labels, chosen)),
-            "epochs_run": 0,
-            "warmup_epochs": 0,
-            "max_epochs": 0,
-            "checkpoint": "regularisation chosen by validation log loss",
-            "minutes": round((time.time() - started) / 60, 2),
-            "dataset": str(dataset.root),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "history": [],
-        },
-        "split": {
-            "seed": split_seed,
-            "train": len(train_idx),
-            "validation": len(val_idx),
-            "test": len(test_idx),
-            "test_images": test_images,
-        },
-        "validation": evaluate(y[val_idx], val_probs, thresholds, labels, at_least_one),
-        "test": evaluate(y[test_idx], test_probs, thresholds, labels, at_least_one),
-    }
-    write_model_dir(out, model, thresholds_info, metrics, test_images, y[test_idx], test_probs, lambda path: None)
+    training = Training(
+        mode="quick",
+        architecture=backbone.card.training.architecture,
+        input_size=backbone.size,
+        parameters=int(model.count_params()),
+        backbone=str(backbone.info.path),
+        head="logistic regression per label on the frozen pooled embedding",
+        regularisation=dict(zip(labels, chosen)),
+        epochs_run=0,
+        warmup_epochs=0,
+        max_epochs=0,
+        checkpoint="regularisation chosen by validation log loss",
+        minutes=round((time.time() - started) / 60, 2),
+        dataset=str(dataset.root),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        history=[],
+    )
+    card = ModelCard(
+        tuning,
+        training,
+        Split(
+            seed=split_seed, train=len(train_idx), validation=len(val_idx), test=len(test_idx), test_images=test_images
+        ),
+        validation=evaluate(y[val_idx], val_probs, thresholds, labels, at_least_one),
+        test=evaluate(y[test_idx], test_probs, thresholds, labels, at_least_one),
+    )
+    write_model_dir(out, model, card, test_images, y[test_idx], test_probs, lambda path: None)
     report(0.9, "preparing the model for serving (LiteRT conversion)", None)
     Classifier(out)  # converts and caches the flatbuffer, so the app's first use of the model is fast
-    return metrics
+    return card
 
 
 def main(argv=None):
-    from model.cli import add_verbose_flag, quiet_tensorflow
+    from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
 
     p = argparse.ArgumentParser(prog="python -m model.quick", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
@@ -199,7 +185,7 @@ def main(argv=None):
     quiet_tensorflow(args.verbose)
     started = time.time()
     try:
-        metrics = train_quick(
+        card = train_quick(
             args.data,
             args.out,
             args.cache,
@@ -207,9 +193,9 @@ def main(argv=None):
             args.split_seed,
             lambda f, message, left: print(f"{f:4.0%} {message}", flush=True),
         )
-    except (DataError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    print(format_table(metrics["test"]))
+    except (DataError, ModelDirError) as e:
+        exit_with(e, args.verbose)
+    print(format_table(card.test))
     print(f"wrote {args.out} in {time.time() - started:.1f} s")
 
 

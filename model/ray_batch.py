@@ -140,7 +140,7 @@ def start(address=None, **kwargs):
 
 
 def input_size(info):
-    size = info.metrics["training"].get("input_size")
+    size = info.card.training.input_size
     return int(size) if size else info.load_keras().input_shape[1]
 
 
@@ -191,16 +191,30 @@ def results(dataset, labels):
                 }
 
 
-def run(args, writers, labels):
-    """The CLI's --engine ray: start Ray, predict, write (parquet with Ray, CSV here); (predicted, failed)."""
-    paths = list(list_paths(args.paths))
+def run(
+    sources,
+    model_dir,
+    writers,
+    labels,
+    batch_size=32,
+    actors=1,
+    tta=None,
+    address=None,
+    parquet=None,
+    runtime="auto",
+    precision="auto",
+):
+    """The CLI's --engine ray over the photo files and folders `sources`: start Ray (the cluster at `address`, or
+    a local one), predict, write (to the `parquet` folder with Ray, else through `writers`); (predicted, failed).
+    `runtime`, `precision`: what each actor's Classifier runs (model.inference.choose_runtime)."""
+    paths = list(list_paths(sources))
     if not paths:
         return 0, 0
-    start(args.address)
-    dataset = predictions(paths, args.model, args.batch_size, args.actors, args.tta, args.runtime, args.precision)
-    if args.parquet:
-        dataset.write_parquet(args.parquet)
-        failed = dataset_errors(args.parquet)
+    start(address)
+    dataset = predictions(paths, model_dir, batch_size, actors, tta, runtime, precision)
+    if parquet:
+        dataset.write_parquet(parquet)
+        failed = dataset_errors(parquet)
         return len(paths) - failed, failed
     failed = predicted = 0
     for result in results(dataset, labels):

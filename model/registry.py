@@ -11,6 +11,8 @@ fork do not mix), the leader of its own process group, so cancelling ends it and
 One job runs at a time.
 """
 
+from __future__ import annotations
+
 import json
 import multiprocessing
 import os
@@ -20,8 +22,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO, Any, BinaryIO
 
 from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir, write_atomically
 
@@ -41,35 +45,39 @@ class RegistryError(Exception):
 
     status = 400
 
-    def __init__(self, message, status=None):
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status or self.status
 
 
-def now():
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json(path, value):
+def write_json(path: Path, value: Any) -> None:
     """Write `value` as JSON to `path` atomically (readers see the old file or the new one, never half)."""
     write_atomically(path, json.dumps(value, indent=1).encode())
 
 
-def read_json(path, default=None):
+def read_json(path: Path, default: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return default
 
 
-def checked_id(value, what):
+def checked_id(value: Any, what: str) -> str:
     if not isinstance(value, str) or not ID.match(value):
         raise RegistryError(f"{what} must be an id of lowercase letters, digits and dashes, not {value!r}", 404)
     return value
 
 
 class Registry:
-    def __init__(self, runs, data_dir=None, feedback_dir=None):
+    """The runs folder (see the module's docstring): datasets, models, jobs and the active model."""
+
+    def __init__(
+        self, runs: Path | str, data_dir: Path | str | None = None, feedback_dir: Path | str | None = None
+    ) -> None:
         self.root = Path(runs)
         self.data_dir = Path(data_dir) if data_dir else None
         # folders given on the command line that are datasets too: id -> (folder, how the list names it)
@@ -84,7 +92,7 @@ class Registry:
         self._running = None  # (job id, Process) of the job this server started
 
     # --- datasets ------------------------------------------------------------------------------
-    def import_zip(self, source, filename):
+    def import_zip(self, source: BinaryIO | Path | str, filename: str | None) -> dict[str, Any]:
         """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
         from model.datasets import DatasetError, import_zip, slug
 
@@ -97,7 +105,7 @@ class Registry:
         write_json(self.root / "datasets" / dataset_id / "dataset.json", info)
         return info
 
-    def datasets(self):
+    def datasets(self) -> list[dict[str, Any]]:
         """[{"dataset", "name", "photos", "labels", "created"}], --data and --feedback first, then the newest uploads."""
         from model.data import DataError, load_dataset
 
@@ -114,7 +122,7 @@ class Registry:
         infos = sorted((i for i in infos if i), key=lambda i: i["created"], reverse=True)
         return out + [{k: i[k] for k in ("dataset", "name", "photos", "labels", "created")} for i in infos]
 
-    def dataset_path(self, dataset_id):
+    def dataset_path(self, dataset_id: str) -> Path:
         if dataset_id in self.folders:
             return self.folders[dataset_id][0]
         path = self.root / "datasets" / checked_id(dataset_id, "dataset")
@@ -123,7 +131,7 @@ class Registry:
         return path
 
     # --- models --------------------------------------------------------------------------------
-    def model_path(self, model_id):
+    def model_path(self, model_id: str) -> Path:
         if model_id == SHIPPED:
             return SHIPPED_MODEL_DIR
         path = self.root / "models" / checked_id(model_id, "model")
@@ -131,10 +139,10 @@ class Registry:
             raise RegistryError(f"no model {model_id!r} (GET /api/models lists them)", 404)
         return path
 
-    def _describe(self, model_id, path):
+    def _describe(self, model_id: str, path: Path) -> dict[str, Any]:
         info = read_model_dir(path)
-        training = info.metrics["training"]
-        dataset = Path(training.get("dataset", ""))
+        training = info.card.training
+        dataset = Path(training.dataset or "")
         dataset_id = (
             dataset.name
             if dataset.parent == self.root / "datasets"
@@ -142,7 +150,7 @@ class Registry:
             if self.data_dir and dataset == self.data_dir
             else str(dataset)
         )
-        created = training.get("created") or (
+        created = training.created or (
             None
             if model_id == SHIPPED
             else datetime.fromtimestamp((path / "model.keras").stat().st_mtime, timezone.utc).isoformat(
@@ -152,14 +160,14 @@ class Registry:
         return {
             "id": model_id,
             "labels": info.labels,
-            "architecture": training.get("architecture"),
-            "mode": training.get("mode", "full"),
+            "architecture": training.architecture,
+            "mode": training.mode or "full",
             "created": created,
             "dataset": dataset_id,
-            "metrics": {k: info.metrics["test"].get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")},
+            "metrics": {k: info.card.test.get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")},
         }
 
-    def models(self):
+    def models(self) -> list[dict[str, Any]]:
         """Every model: the shipped one first, then the trained ones, newest first."""
         trained = []
         for path in (self.root / "models").iterdir():
@@ -172,7 +180,7 @@ class Registry:
             trained, key=lambda m: (m["created"], m["id"]), reverse=True
         )
 
-    def delete_model(self, model_id):
+    def delete_model(self, model_id: str) -> None:
         if model_id == SHIPPED:
             raise RegistryError("the shipped model cannot be deleted", 403)
         path = self.model_path(model_id)
@@ -182,7 +190,7 @@ class Registry:
             )
         shutil.rmtree(path)
 
-    def active(self):
+    def active(self) -> str:
         """The id of the model the pages use (the shipped one unless switched); a deleted choice falls back."""
         chosen = (read_json(self.root / "active.json") or {}).get("model", SHIPPED)
         try:
@@ -191,12 +199,19 @@ class Registry:
         except RegistryError:
             return SHIPPED
 
-    def set_active(self, model_id):
+    def set_active(self, model_id: str) -> None:
         self.model_path(model_id)
         write_json(self.root / "active.json", {"model": model_id})
 
     # --- jobs ----------------------------------------------------------------------------------
-    def start_job(self, dataset_id, mode, epochs=None, backbone=None, train_args=()):
+    def start_job(
+        self,
+        dataset_id: str,
+        mode: str,
+        epochs: int | None = None,
+        backbone: str | None = None,
+        train_args: Iterable[str] = (),
+    ) -> str:
         """Start training on a dataset in a separate process -> the job id (also the model's id).
 
         `backbone` (quick mode): "shipped" (default) or "imagenet"; `train_args`: extra `model.train`
@@ -249,12 +264,12 @@ class Registry:
             self._running = (job_id, process)
         return job_id
 
-    def live_job(self):
+    def live_job(self) -> dict[str, Any] | None:
         """The status of the job this server started, while it is queued or running; else None."""
         status = self._running and self.job(self._running[0])
         return status if status and status["state"] in LIVE else None
 
-    def job(self, job_id):
+    def job(self, job_id: str) -> dict[str, Any]:
         """The job's status; one whose process has gone without saying so is reported failed."""
         folder = self.root / "jobs" / checked_id(job_id, "job")
         status = read_json(folder / "status.json")
@@ -272,7 +287,7 @@ class Registry:
             write_json(folder / "status.json", status)
         return status
 
-    def cancel_job(self, job_id):
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
         """Stop a queued or running job and everything it started; 409 when it has already ended."""
         with self._lock:
             status = self.job(job_id)
@@ -296,7 +311,7 @@ class Registry:
 
 
 # --- inside the job's process ---------------------------------------------------------------------
-def run_job(spec):
+def run_job(spec: dict[str, Any]) -> None:
     """The job process: become a process group leader, train, and keep status.json current."""
     os.setsid()
     folder = Path(spec["folder"])
@@ -329,11 +344,7 @@ def run_job(spec):
     write_json(folder / "status.json", status)
 
 
-EPOCH_LINE = re.compile(r"^(?P<phase>.+?): epoch (?P<n>\d+)/(?P<of>\d+) took (?P<took>[\d.]+) s")
-LOSS = re.compile(r"\b(val_loss|loss): ([\d.]+(?:e-?\d+)?)")
-
-
-def die_with_parent():
+def die_with_parent() -> None:
     """In the child, before it runs: SIGTERM when the job process ends, however it ends (Linux's PR_SET_PDEATHSIG),
     so a job killed alone (or with its server) leaves no model.train behind."""
     import ctypes
@@ -341,8 +352,36 @@ def die_with_parent():
     ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
-def run_full(spec, report):
-    """`python -m model.train` in a subprocess, its per-epoch lines turned into progress, ETA and a curve."""
+def progress_line(line: str) -> dict | None:
+    """One of model.train's --progress-json lines (docs/progress.md) as a dict; None for any other line."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and {"phase", "progress", "message"} <= set(event) else None
+
+
+def follow_progress(lines: Iterable[str], report: Callable[..., None], log: IO[str]) -> str | None:
+    """Turn model.train's progress lines into `report(progress, message, eta_s, curve=...)` calls, each epoch's
+    losses into a point of the learning curve; other lines go to `log`. Returns the error a "failed" line said."""
+    curve, failed = [], None
+    for line in lines:
+        event = progress_line(line)
+        if event is None:  # not a progress line (a library printing to stdout): kept with the log
+            log.write(line)
+            log.flush()
+        elif event["phase"] == "failed":
+            failed = event["message"]
+        else:
+            if "epoch" in event and "val_loss" in event:
+                curve.append({"epoch": event["epoch"], "loss": event["loss"], "val_loss": event["val_loss"]})
+            report(event["progress"], event["message"][:200], event.get("eta_s"), curve=curve)
+    return failed
+
+
+def run_full(spec: dict[str, Any], report: Callable[..., None]) -> None:
+    """`python -m model.train --progress-json -` in a subprocess: its progress lines (on stdout) become the job's
+    progress, ETA and learning curve; what it prints for people (on stderr) goes to log.txt."""
     epochs = spec["epochs"] or 20
     args = [
         sys.executable,
@@ -354,38 +393,15 @@ def run_full(spec, report):
         spec["out"],
         "--epochs",
         str(epochs),
+        "--progress-json",
+        "-",
         *spec["train_args"],
     ]
-    warmup = int(args[args.index("--warmup-epochs") + 1]) if "--warmup-epochs" in args else 2
-    total = warmup + epochs
-    curve, times, log = [], [], []
-    state = [0.03, "starting model.train", None]  # progress, message, seconds left
+    report(0.03, "starting model.train", None, curve=[])
     with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
         process = subprocess.Popen(
-            args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent
+            args, cwd=ROOT, stdout=subprocess.PIPE, stderr=log_file, text=True, preexec_fn=die_with_parent
         )
-        for line in process.stdout:
-            log_file.write(line)
-            log_file.flush()
-            log.append(line.strip())
-            losses = dict(LOSS.findall(line))
-            m = EPOCH_LINE.match(line.strip())
-            if "val_loss" in losses:  # Keras's epoch summary
-                curve.append(
-                    {"epoch": len(curve) + 1, "loss": float(losses["loss"]), "val_loss": float(losses["val_loss"])}
-                )
-            elif m:  # model.train's: the epoch's time, so an ETA
-                times.append(float(m["took"]))
-                state = [
-                    0.05 + 0.9 * len(times) / total,
-                    f"{m['phase']}: epoch {m['n']}/{m['of']}",
-                    (total - len(times)) * sum(times) / len(times),
-                ]
-            elif line.strip() and not times:  # what it does before the first epoch ends
-                state[1] = line.strip()[:200]
-            report(*state, curve=curve)
+        failed = follow_progress(process.stdout, report, log_file)
         if process.wait() != 0:
-            raise RuntimeError(
-                next((l for l in reversed(log) if l.startswith("error")), None)
-                or f"model.train failed (exit code {process.returncode}); see {log_file.name}"
-            )
+            raise RuntimeError(failed or f"model.train failed (exit code {process.returncode}); see {log_file.name}")

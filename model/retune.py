@@ -11,66 +11,64 @@ the thresholds belong to, and every later load of the directory runs that way.
 """
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from pathlib import Path
 
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
 from model.data import DataError, load_dataset, split
 from model.metrics import evaluate, format_table
-from model.modeldir import TTA_MODES, ModelDirError, write_model_dir
+from model.modeldir import TTA_MODES, ModelCard, ModelDirError, OperatingPoint, Retuned, write_model_dir
+from model.thresholds import choose_thresholds
 
 
 def retune(model_dir, data_dir, tta, out, criterion="mcc"):
     """Write `out`: the model in `model_dir` with thresholds tuned on validation under `tta` (and, as "other_tta",
-    under the other mode, for callers who trade accuracy for speed); returns metrics.json's content."""
+    under the other mode, for callers who trade accuracy for speed); returns its card."""
     from model.inference import Classifier
-    from model.train import choose_thresholds
 
     dataset = load_dataset(data_dir)
     classifier = Classifier(model_dir, tta=tta)
     if dataset.label_names != classifier.labels:
         raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
-    seed = classifier.metrics["split"]["seed"]
+    seed = classifier.card.split.seed
     _, val_idx, test_idx = split(len(dataset.images), seed)
     val_photos = dataset.load_photos(val_idx, classifier.size)  # decoded once, for both modes
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
-    settings = argparse.Namespace(criterion=criterion, split_seed=seed)
 
     def tune(c):
         """Validation probabilities under `c`'s TTA mode, and the thresholds chosen on them."""
         val_probs = c.probabilities(val_photos)
-        thresholds, at_least_one, info = choose_thresholds(settings, c.labels, y_val, val_probs)
-        return val_probs, thresholds, at_least_one, {**info, "tta": c.tta}
+        thresholds, at_least_one, tuning = choose_thresholds(c.labels, y_val, val_probs, criterion, split_seed=seed)
+        return val_probs, thresholds, at_least_one, dataclasses.replace(tuning, tta=c.tta)
 
-    val_probs, thresholds, at_least_one, thresholds_info = tune(classifier)
-    *_, other_info = tune(Classifier(model_dir, tta=next(mode for mode in TTA_MODES if mode != tta)))
-    thresholds_info["other_tta"] = {
-        k: other_info[k] for k in ("tta", "thresholds", "at_least_one", "at_least_one_check")
-    }
+    val_probs, thresholds, at_least_one, tuning = tune(classifier)
+    *_, other = tune(Classifier(model_dir, tta=next(mode for mode in TTA_MODES if mode != tta)))
+    tuning.other_tta = OperatingPoint(other.tta, other.thresholds, other.at_least_one, other.at_least_one_check)
     test_probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
 
     def scores(truth, probs):
         return evaluate(truth, probs, thresholds, classifier.labels, at_least_one)
 
-    metrics = {
-        **classifier.metrics,
-        "validation": scores(y_val, val_probs),
-        "test": scores(y_test, test_probs),
-        "retuned": {"from": Path(model_dir).name, "tta": tta, "criterion": criterion},
-    }
+    card = dataclasses.replace(
+        classifier.card,
+        tuning=tuning,
+        validation=scores(y_val, val_probs),
+        test=scores(y_test, test_probs),
+        retuned=Retuned(from_model=Path(model_dir).name, tta=tta, criterion=criterion),
+    )
     curve = Path(model_dir) / "training_curve.png"
     write_model_dir(
         out,
         classifier.model,
-        thresholds_info,
-        metrics,
+        card,
         [dataset.images[i] for i in test_idx],
         y_test,
         test_probs,
         lambda path: shutil.copyfile(curve, path) if curve.exists() else None,
     )
-    return metrics
+    return card
 
 
 def add_output_args(p):
@@ -82,19 +80,20 @@ def add_output_args(p):
     add_verbose_flag(p)
 
 
-def write_or_exit(args, write):
-    """`write()` unless --out exists without --force; a bad model directory or dataset is one line, not a trace."""
-    quiet_tensorflow(args.verbose)
-    if Path(args.out).exists() and not args.force:
-        sys.exit(f"error: {args.out}: already exists; pass --force to replace it")
+def write_or_exit(out, force, verbose, write):
+    """`write()` unless `out` exists without `force`; a bad model directory or dataset is one line, not a trace
+    (`verbose`: with the traceback before it)."""
+    quiet_tensorflow(verbose)
+    if Path(out).exists() and not force:
+        sys.exit(f"error: {out}: already exists; pass --force to replace it")
     try:
         return write()
     except (DataError, ModelDirError) as e:
-        sys.exit(f"error: {e}")
+        exit_with(e, verbose)
 
 
-def summary(metrics, out):
-    v, t = metrics["validation"], metrics["test"]
+def summary(card: ModelCard, out):
+    v, t = card.validation, card.test
     return (
         f"validation: Hamming loss {v['hamming_loss']:.4f}, exact match {v['exact_match']:.4f}, mAP {v['map']:.4f}; "
         f"test: {t['hamming_loss']:.4f}, {t['exact_match']:.4f}, {t['map']:.4f}; wrote {out}"
@@ -106,9 +105,9 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="model directory to start from")
     add_output_args(p)
     args = p.parse_args(argv)
-    metrics = write_or_exit(args, lambda: retune(args.model, args.data, args.tta, args.out))
-    print(format_table(metrics["test"]))
-    print(summary(metrics, args.out))
+    card = write_or_exit(args.out, args.force, args.verbose, lambda: retune(args.model, args.data, args.tta, args.out))
+    print(format_table(card.test))
+    print(summary(card, args.out))
 
 
 if __name__ == "__main__":

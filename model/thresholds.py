@@ -7,6 +7,8 @@ For each label, the threshold on a fine grid that maximises Matthews correlation
 import numpy as np
 from sklearn.metrics import f1_score, matthews_corrcoef
 
+from model.data import CONTRACT_SPLIT_SEED
+
 GRID = np.round(np.arange(0.02, 0.981, 0.005), 3)
 CRITERIA = {"mcc": matthews_corrcoef, "f1": lambda y, p: f1_score(y, p, zero_division=0)}
 
@@ -42,3 +44,28 @@ def at_least_one_helps(y_true, probs, thresholds):
         "without": {"hamming_loss": hamming[0], "exact_match": exact[0]},
         "with": {"hamming_loss": hamming[1], "exact_match": exact[1]},
     }
+
+
+def choose_thresholds(labels, y_val, val_probs, criterion="mcc", split_seed=CONTRACT_SPLIT_SEED, fold=None):
+    """Per-label thresholds and the 'at least one label' rule, from validation only.
+
+    `split_seed` (and `fold`, "K/N" for a cross-validation fold) say which validation photos, for the record.
+    Returns the thresholds, the rule, and thresholds.json's content (model.modeldir.Tuning)."""
+    from model.modeldir import Tuning
+
+    thresholds = tune_thresholds(y_val, val_probs, criterion)
+    at_least_one, check = at_least_one_helps(y_val, val_probs, thresholds)
+    return (
+        thresholds,
+        at_least_one,
+        Tuning(
+            labels=list(labels),
+            thresholds=dict(zip(labels, thresholds.tolist())),
+            criterion=criterion,
+            grid=f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
+            chosen_on=f"validation split: {len(y_val)} photos (split seed {split_seed}"
+            f"{', fold ' + fold if fold else ''}); never the test split",
+            at_least_one=at_least_one,
+            at_least_one_check=check,
+        ),
+    )

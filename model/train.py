@@ -2,6 +2,7 @@
 
     python -m model.train --data DIR --out DIR [--force] [--arch efficientnet-lite0] [--epochs 20] [--seed 0] [--split-seed 100]
                           [--distribute none|mirrored|multi-worker]   (multi-worker: one process a worker, with TF_CONFIG)
+                          [--progress-json FILE|-]   (progress as JSON lines: docs/progress.md)
 
 Protocol (every choice on validation, none on test):
 1. split: test = the contract split's 400 photos, validation = 20% of the rest;
@@ -19,22 +20,82 @@ replaced only with --force.
 """
 
 import argparse
+import contextlib
 import csv
+import dataclasses
+import json
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
 from model.backbones.torch_legacy import WeightsFileError
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
 from model.data import CONTRACT_SPLIT_SEED, DataError, fold_split, load_dataset, split
 from model.metrics import evaluate, format_table
+from model.modeldir import ModelCard, ModelDirError, Split, Training, write_model_dir
 from model.preprocess import content_box
-from model.modeldir import write_model_dir
-from model.thresholds import CRITERIA, GRID, at_least_one_helps, tune_thresholds
+from model.thresholds import CRITERIA, choose_thresholds
+
+
+class TrainError(Exception):
+    """A request model.train refuses (an --out in the way, a malformed --fold, ...); the message says why."""
+
+
+@dataclass
+class Recipe:
+    """How to train: model.train's options (see parse_args for each one's meaning and default)."""
+
+    arch: str = "efficientnet-lite0"
+    input_size: int | None = None
+    epochs: int = 20
+    warmup_epochs: int = 2
+    patience: int = 5
+    batch_size: int = 32
+    lr: float = 1e-4
+    augment: str = "upload"
+    schedule: str = "plateau"
+    early_lr: float = 1.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    criterion: str = "mcc"
+    seed: int = 0
+    split_seed: int = CONTRACT_SPLIT_SEED
+    fold: str | None = None  # "K/N"
+    distribute: str = "none"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Recipe":
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+    @property
+    def total_epochs(self) -> int:
+        """The most epochs a run has: warm-up and fine-tuning (the seed CNN has no warm-up)."""
+        return self.epochs + (0 if self.arch == "seed-cnn" else self.warmup_epochs)
+
+
+class Progress:
+    """model.train's progress as JSON lines on a channel (docs/progress.md): one object a line, flushed at once.
+
+    Every line has "phase", "progress" (0..1), "message" and "eta_s" (seconds left, or null); an epoch's line
+    also has "epoch" (1-based over the whole run), "epochs", the phase's "phase_epoch"/"phase_epochs", the
+    epoch's "seconds" and its Keras logs ("loss", "val_loss", "map", "val_map"). Without a channel it says nothing."""
+
+    def __init__(self, channel: TextIO | None = None) -> None:
+        self.channel = channel
+
+    def __call__(self, phase: str, progress: float, message: str, eta_s: float | None = None, **extra: Any) -> None:
+        if self.channel is None:
+            return
+        line = {"phase": phase, "progress": round(min(max(progress, 0.0), 1.0), 4), "message": message}
+        line["eta_s"] = None if eta_s is None else round(eta_s, 1)
+        self.channel.write(json.dumps({**line, **extra}) + "\n")
+        self.channel.flush()
 
 
 def parse_args(argv=None):
@@ -105,6 +166,12 @@ def parse_args(argv=None):
         "(batch size per replica)",
     )
     p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
+    p.add_argument(
+        "--progress-json",
+        metavar="FILE",
+        help="also report progress as JSON lines (docs/progress.md) to FILE; '-' for stdout, the other output "
+        "then going to stderr",
+    )
     add_verbose_flag(p)
     return p.parse_args(argv)
 
@@ -210,30 +277,50 @@ def set_backbone_trainable(model, keras, trainable):
             layer.trainable = trainable
 
 
-def phase_progress(keras, phase, epochs):
-    """A callback that names the phase as it starts and, after each epoch, its time and the most time left."""
-    starts, times = [], []
+EPOCHS_SHARE = (0.05, 0.9)  # the progress the epochs span: from 5% (setting up before) to 95% (evaluating after)
+
+
+def phase_progress(keras, phase, epochs, progress=None, before=0, total=None, times=None):
+    """A callback that names the phase as it starts and, after each epoch, its time and the most time left, in
+    words on stdout and as a `progress` line. `before`: the run's epochs before this phase; `total`: the run's
+    most epochs; `times`: every epoch's seconds in this process so far (shared across phases), for the ETA."""
+    total = total or before + epochs
+    progress = progress or Progress()
+    starts, times = [], [] if times is None else times
 
     def epoch_end(epoch, logs):
         times.append(time.time() - starts[-1])
-        left = (epochs - epoch - 1) * sum(times) / len(times)
+        mean = sum(times) / len(times)
+        left = (epochs - epoch - 1) * mean
         print(
             f"{phase}: epoch {epoch + 1}/{epochs} took {times[-1]:.0f} s; at most {left / 60:.1f} min left "
             "in this phase (early stopping may end it sooner)",
             flush=True,
         )
+        done = before + epoch + 1
+        progress(
+            phase,
+            EPOCHS_SHARE[0] + EPOCHS_SHARE[1] * done / total,
+            f"{phase}: epoch {epoch + 1}/{epochs}",
+            (total - done) * mean,
+            epoch=done,
+            epochs=total,
+            phase_epoch=epoch + 1,
+            phase_epochs=epochs,
+            seconds=round(times[-1], 2),
+            **{k: float(v) for k, v in (logs or {}).items() if k in ("loss", "val_loss", "map", "val_map")},
+        )
+
+    def train_begin(logs):
+        print(f"{phase}: up to {epochs} epochs", flush=True)
+        eta = (total - before) * sum(times) / len(times) if times else None  # from the earlier phase's epochs
+        progress(phase, EPOCHS_SHARE[0] + EPOCHS_SHARE[1] * before / total, f"{phase}: up to {epochs} epochs", eta)
 
     return keras.callbacks.LambdaCallback(
-        on_train_begin=lambda logs: print(f"{phase}: up to {epochs} epochs", flush=True),
+        on_train_begin=train_begin,
         on_epoch_begin=lambda epoch, logs: starts.append(time.time()),
         on_epoch_end=epoch_end,
     )
-
-
-def model_tf(model):
-    import tensorflow as tf
-
-    return tf
 
 
 def build_from_plain_batch(model, batches):
@@ -278,9 +365,11 @@ def layerwise_adam(keras, learning_rate, slow_layers, factor):
     return LayerwiseAdam(learning_rate)
 
 
-def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience, phase, loss="binary_crossentropy"):
-    """One resumable fit, announced as `phase`; keeps the best-validation-loss weights in work/NAME.best.weights.h5.
-    `train` is (batches, steps per epoch)."""
+def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience, announce, loss="binary_crossentropy"):
+    """One resumable fit, announced by the callback `announce` (phase_progress); keeps the best-validation-loss
+    weights in work/NAME.best.weights.h5. `train` is (batches, steps per epoch)."""
+    import tensorflow as tf
+
     best = work / f"{name}.best.weights.h5"
     if (work / f"{name}.done").exists():
         model.load_weights(best)
@@ -291,10 +380,10 @@ def fit_stage(model, keras, name, work, train, val, epochs, optimizer, patience,
         keras.callbacks.ModelCheckpoint(str(best), monitor="val_loss", save_best_only=True, save_weights_only=True),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
         keras.callbacks.CSVLogger(str(work / f"{name}.log.csv"), append=True),
-        phase_progress(keras, phase, epochs),
+        announce,
     ]
     batches, steps = train
-    if isinstance(model.distribute_strategy, model_tf(model).distribute.MultiWorkerMirroredStrategy):
+    if isinstance(model.distribute_strategy, tf.distribute.MultiWorkerMirroredStrategy):
         build_from_plain_batch(model, batches)
     # shuffle=False: train_batches already orders (and reorders) the samples; Keras cannot shuffle a tf.data pipeline
     model.fit(
@@ -335,7 +424,7 @@ def draw_curve(histories, path):
 def refuse_to_overwrite(out, force):
     """Stop before any work if `out` already holds something, unless --force."""
     if not force and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"{out}: already exists and is not empty; pass --force to replace it")
+        raise TrainError(f"{out}: already exists and is not empty; pass --force to replace it")
 
 
 def make_strategy(tf, distribute):
@@ -347,7 +436,7 @@ def make_strategy(tf, distribute):
         return tf.distribute.MirroredStrategy()
     if distribute == "multi-worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError(
+            raise TrainError(
                 "--distribute multi-worker needs TF_CONFIG: the workers' host:port list and this "
                 "worker's index (see docs/deploy.md, Training on several machines)"
             )
@@ -355,10 +444,10 @@ def make_strategy(tf, distribute):
     return tf.distribute.get_strategy()
 
 
-def training_photos(args, tf, dataset, train_idx, photos, size):
+def training_photos(recipe, tf, dataset, train_idx, photos, size):
     """The training photos as a tensor, and the augmentation for train_batches. --augment upload crops from
     photos letterboxed at 1.5x the input size (MIML's largest are 384 px), so that a crop keeps its detail."""
-    if args.augment == "scene" or args.arch == "seed-cnn":
+    if recipe.augment == "scene" or recipe.arch == "seed-cnn":
         return tf.constant(photos[train_idx]), None
     source = round(1.5 * size)
     boxes = tf.constant([content_box(dataset.path(i), source) for i in train_idx], tf.float32)
@@ -368,98 +457,84 @@ def training_photos(args, tf, dataset, train_idx, photos, size):
     )
 
 
-def finetune_optimizer(args, keras, steps_per_epoch):
+def finetune_optimizer(recipe, keras, steps_per_epoch):
     """Adam at --lr, decayed along a cosine with --schedule cosine, slower for the early layers with --early-lr."""
-    lr = args.lr
-    if args.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(args.lr, steps_per_epoch * args.epochs, alpha=0.01)
-    if args.early_lr == 1.0:
+    lr = recipe.lr
+    if recipe.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(recipe.lr, steps_per_epoch * recipe.epochs, alpha=0.01)
+    if recipe.early_lr == 1.0:
         return keras.optimizers.Adam(lr)
     from model.backbones.efficientnet_lite import early_layers
 
-    return layerwise_adam(keras, lr, early_layers(args.arch.split("-", 1)[1]), args.early_lr)
+    return layerwise_adam(keras, lr, early_layers(recipe.arch.split("-", 1)[1]), recipe.early_lr)
 
 
-def fit_model(args, dataset, splits, work):
+def fit_model(recipe, dataset, splits, work, progress=None):
     """Build the network and train it (warm-up, then fine-tuning), resuming from `work`.
 
-    Returns the trained model, every photo at its input size, the number of replicas and the global batch size."""
+    `progress` (a Progress) hears of each phase and epoch. Returns the trained model, every photo at its input
+    size, the number of replicas and the global batch size."""
     import keras
     import tensorflow as tf
     from model.network import build_model
 
     train_idx, val_idx, test_idx = splits
-    strategy = make_strategy(tf, args.distribute)  # first: a multi-worker strategy must precede any TensorFlow op
-    keras.utils.set_random_seed(args.seed)
-    batch_size = args.batch_size * strategy.num_replicas_in_sync
+    progress = progress or Progress()
+    strategy = make_strategy(tf, recipe.distribute)  # first: a multi-worker strategy must precede any TensorFlow op
+    keras.utils.set_random_seed(recipe.seed)
+    batch_size = recipe.batch_size * strategy.num_replicas_in_sync
     with strategy.scope():
-        model = build_model(args.arch, dataset.label_names, size=args.input_size)
+        model = build_model(recipe.arch, dataset.label_names, size=recipe.input_size)
         size = model.input_shape[1]
-        print(
-            f"{args.arch}: {model.count_params():,} parameters, input {size}x{size}; "
+        said = (
+            f"{recipe.arch}: {model.count_params():,} parameters, input {size}x{size}; "
             f"{len(train_idx)} train / {len(val_idx)} validation / {len(test_idx)} test photos; "
             f"{strategy.num_replicas_in_sync} replica(s), batch {batch_size}"
         )
+        print(said)
+        progress("setup", 0.04, said)
         photos = dataset.load_photos(range(len(dataset.images)), size)
-        x_train, augment = training_photos(args, tf, dataset, train_idx, photos, size)
+        x_train, augment = training_photos(recipe, tf, dataset, train_idx, photos, size)
         y_train = tf.constant(dataset.labels[train_idx], tf.float32)
         val_ds = tf.data.Dataset.from_tensor_slices((photos[val_idx], dataset.labels[val_idx].astype("float32"))).batch(
             64
         )
-        loss = keras.losses.BinaryCrossentropy(label_smoothing=args.label_smoothing)
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
 
-        def stage(name, phase, epochs, optimizer, seed, patience=args.patience):  # own order and augmentation
+        times = []  # every epoch's seconds in this process, for the ETA
+
+        def stage(name, phase, epochs, optimizer, seed, patience=recipe.patience, before=0):  # own order, augmentation
             batches = train_batches(
-                tf, x_train, y_train, batch_size, epochs, args.seed * 10 + seed, augment, args.mixup
+                tf, x_train, y_train, batch_size, epochs, recipe.seed * 10 + seed, augment, recipe.mixup
             )
-            fit_stage(model, keras, name, work, batches, val_ds, epochs, optimizer, patience, phase, loss)
+            announce = phase_progress(keras, phase, epochs, progress, before, recipe.total_epochs, times)
+            fit_stage(model, keras, name, work, batches, val_ds, epochs, optimizer, patience, announce, loss)
 
-        if args.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
+        if recipe.arch == "seed-cnn":  # the original recipe: SGD, Nesterov momentum, from scratch
             stage(
                 "finetune",
                 "training from scratch",
-                args.epochs,
+                recipe.epochs,
                 keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
                 1,
             )
         else:
             set_backbone_trainable(model, keras, False)
-            stage("warmup", "warm-up (head only)", args.warmup_epochs, keras.optimizers.Adam(1e-3), 0)
+            stage("warmup", "warm-up (head only)", recipe.warmup_epochs, keras.optimizers.Adam(1e-3), 0)
             set_backbone_trainable(model, keras, True)
             stage(
                 "finetune",
                 "fine-tuning (whole network)",
-                args.epochs,
-                finetune_optimizer(args, keras, -(-len(train_idx) // batch_size)),
+                recipe.epochs,
+                finetune_optimizer(recipe, keras, -(-len(train_idx) // batch_size)),
                 1,
-                args.epochs if args.schedule == "cosine" else args.patience,
+                recipe.epochs if recipe.schedule == "cosine" else recipe.patience,
+                before=recipe.warmup_epochs,
             )
     return model, photos, strategy.num_replicas_in_sync, batch_size
 
 
-def choose_thresholds(args, labels, y_val, val_probs):
-    """Per-label thresholds and the 'at least one label' rule, from validation only.
-
-    Returns the thresholds, the rule, and thresholds.json's content."""
-    thresholds = tune_thresholds(y_val, val_probs, args.criterion)
-    at_least_one, check = at_least_one_helps(y_val, val_probs, thresholds)
-    return (
-        thresholds,
-        at_least_one,
-        {
-            "labels": labels,
-            "thresholds": dict(zip(labels, thresholds.tolist())),
-            "criterion": args.criterion,
-            "grid": f"{GRID[0]}..{GRID[-1]} in steps of {GRID[1] - GRID[0]:.3f}",
-            "chosen_on": f"validation split: {len(y_val)} photos (split seed {args.split_seed}"
-            f"{', fold ' + args.fold if getattr(args, 'fold', None) else ''}); never the test split",
-            "at_least_one": at_least_one,
-            "at_least_one_check": check,
-        },
-    )
-
-
-def training_record(args, model, work, replicas, batch_size, minutes, dataset):
+def training_record(recipe, model, work, replicas, batch_size, minutes, dataset):
     """metrics.json's "training" section: the recipe, the run and every epoch's log row (warm-up first)."""
     logs = [
         row
@@ -467,107 +542,130 @@ def training_record(args, model, work, replicas, batch_size, minutes, dataset):
         if (work / f"{stage}.log.csv").exists()
         for row in csv.DictReader(open(work / f"{stage}.log.csv"))
     ]
-    return {
-        "architecture": args.arch,
-        "input_size": model.input_shape[1],
-        "parameters": int(model.count_params()),
-        "epochs_run": len(logs),
-        "warmup_epochs": 0 if args.arch == "seed-cnn" else args.warmup_epochs,
-        "max_epochs": args.epochs,
-        "learning_rate": args.lr,
-        "batch_size": batch_size,
-        "replicas": replicas,
-        "augment": "scene" if args.arch == "seed-cnn" else args.augment,
-        "schedule": args.schedule,
-        "early_lr": args.early_lr,
-        "label_smoothing": args.label_smoothing,
-        "mixup": args.mixup,
-        "seed": args.seed,
-        "minutes": round(minutes, 1),
-        "dataset": str(dataset.root),
-        "checkpoint": "lowest validation loss",
-        "history": logs,
-    }
+    return Training(
+        architecture=recipe.arch,
+        input_size=model.input_shape[1],
+        parameters=int(model.count_params()),
+        epochs_run=len(logs),
+        warmup_epochs=0 if recipe.arch == "seed-cnn" else recipe.warmup_epochs,
+        max_epochs=recipe.epochs,
+        learning_rate=recipe.lr,
+        batch_size=batch_size,
+        replicas=replicas,
+        augment="scene" if recipe.arch == "seed-cnn" else recipe.augment,
+        schedule=recipe.schedule,
+        early_lr=recipe.early_lr,
+        label_smoothing=recipe.label_smoothing,
+        mixup=recipe.mixup,
+        seed=recipe.seed,
+        minutes=round(minutes, 1),
+        dataset=str(dataset.root),
+        checkpoint="lowest validation loss",
+        history=logs,
+    )
 
 
-def make_split(args, dataset):
-    """(train, validation, test) indices: the --split-seed split, or fold K of --fold K/N."""
-    if not args.fold:
-        return split(len(dataset.images), args.split_seed)
+def make_split(dataset, split_seed=CONTRACT_SPLIT_SEED, fold=None):
+    """(train, validation, test) indices: the `split_seed` split, or, with `fold` "K/N", fold K of N."""
+    if not fold:
+        return split(len(dataset.images), split_seed)
     try:
-        fold, folds = (int(n) for n in args.fold.split("/"))
+        k, folds = (int(n) for n in fold.split("/"))
     except ValueError:
-        raise ValueError(f"--fold {args.fold}: write it as K/N, e.g. 1/5") from None
-    if not 1 <= fold <= folds or folds < 2:
-        raise ValueError(f"--fold {args.fold}: K must be 1..N and N at least 2")
-    return fold_split(dataset.labels, folds, fold - 1, seed=args.split_seed)
+        raise TrainError(f"--fold {fold}: write it as K/N, e.g. 1/5") from None
+    if not 1 <= k <= folds or folds < 2:
+        raise TrainError(f"--fold {fold}: K must be 1..N and N at least 2")
+    return fold_split(dataset.labels, folds, k - 1, seed=split_seed)
 
 
-def train(args):
+def train(recipe, data, out, force=False, progress=None):
+    """Train `recipe` on the dataset in `data` and write the model directory `out` (an `out` that holds something
+    is replaced only with `force`); `progress` (a Progress) hears how it goes. Returns the model's card."""
+    from model.network import ARCHITECTURES
+
     started = time.time()
-    out = Path(args.out)
-    refuse_to_overwrite(out, args.force)
-    dataset = load_dataset(args.data)
+    progress = progress or Progress()
+    out = Path(out)
+    refuse_to_overwrite(out, force)
+    if recipe.arch not in ARCHITECTURES:
+        raise TrainError(f"unknown architecture {recipe.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    progress("setup", 0.03, "reading the dataset")
+    dataset = load_dataset(data)
     labels = dataset.label_names
-    train_idx, val_idx, test_idx = make_split(args, dataset)
+    train_idx, val_idx, test_idx = make_split(dataset, recipe.split_seed, recipe.fold)
     work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
     work.mkdir(parents=True, exist_ok=True)
-    model, photos, replicas, batch_size = fit_model(args, dataset, (train_idx, val_idx, test_idx), work)
+    model, photos, replicas, batch_size = fit_model(recipe, dataset, (train_idx, val_idx, test_idx), work, progress)
 
     from model.inference import predict_arrays
     from model.network import build_model
 
+    progress("evaluating", 0.96, "thresholds on validation, then the test metrics")
     # The model to write, with the trained weights: uncompiled (no optimizer state) and outside any distribution
     # strategy, so that each worker of a multi-worker run predicts its photos alone (not gathered from all).
-    export = build_model(args.arch, labels, pretrained=False, size=model.input_shape[1])
+    export = build_model(recipe.arch, labels, pretrained=False, size=model.input_shape[1])
     export.set_weights(model.get_weights())
     val_probs, test_probs = predict_arrays(export, photos[val_idx]), predict_arrays(export, photos[test_idx])
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
-    thresholds, at_least_one, thresholds_info = choose_thresholds(args, labels, y_val, val_probs)
-    minutes = (time.time() - started) / 60
-    training = training_record(args, model, work, replicas, batch_size, minutes, dataset)
-    metrics = {
-        "labels": labels,
-        "training": training,
-        "split": {
-            "seed": args.split_seed,
-            **({"fold": args.fold} if args.fold else {}),
-            "train": len(train_idx),
-            "validation": len(val_idx),
-            "test": len(test_idx),
-            "test_images": [dataset.images[i] for i in test_idx],
-        },
-        "validation": evaluate(y_val, val_probs, thresholds, labels, at_least_one),
-        "test": evaluate(y_test, test_probs, thresholds, labels, at_least_one),
-    }
-    write_model_dir(
-        out,
-        export,
-        thresholds_info,
-        metrics,
-        metrics["split"]["test_images"],
-        y_test,
-        test_probs,
-        lambda path: draw_curve(training["history"], path),
+    thresholds, at_least_one, tuning = choose_thresholds(
+        labels, y_val, val_probs, recipe.criterion, recipe.split_seed, recipe.fold
     )
+    minutes = (time.time() - started) / 60
+    training = training_record(recipe, model, work, replicas, batch_size, minutes, dataset)
+    test_images = [dataset.images[i] for i in test_idx]
+    card = ModelCard(
+        tuning,
+        training,
+        Split(
+            seed=recipe.split_seed,
+            fold=recipe.fold,
+            train=len(train_idx),
+            validation=len(val_idx),
+            test=len(test_idx),
+            test_images=test_images,
+        ),
+        validation=evaluate(y_val, val_probs, thresholds, labels, at_least_one),
+        test=evaluate(y_test, test_probs, thresholds, labels, at_least_one),
+    )
+    progress("writing", 0.98, f"writing {out}")
+    write_model_dir(out, export, card, test_images, y_test, test_probs, lambda path: draw_curve(training.history, path))
     shutil.rmtree(work, ignore_errors=True)
-    test = metrics["test"]
+    test = card.test
     print(format_table(test))
-    print(
+    said = (
         f"test split: Hamming loss {test['hamming_loss']:.4f}, exact match {test['exact_match']:.4f}, "
         f"mAP {test['map']:.4f}; wrote {out} in {minutes:.1f} minutes"
     )
+    print(said)
+    progress("done", 1.0, said, 0.0, model=str(out))
+    return card
+
+
+@contextlib.contextmanager
+def progress_channel(path):
+    """The Progress of --progress-json `path`: None says nothing; "-" writes to stdout, and sends everything else
+    printed to stdout to stderr meanwhile, so that stdout holds the JSON lines alone."""
+    if not path:
+        yield Progress()
+    elif path == "-":
+        channel = sys.stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            yield Progress(channel)
+    else:
+        with open(path, "w") as channel:
+            yield Progress(channel)
 
 
 def main(argv=None):
     args = parse_args(argv)
     quiet_tensorflow(args.verbose)
-    try:
-        train(args)
-    except (DataError, WeightsFileError, ValueError) as e:
-        sys.exit(f"error: {e}")
-    except OSError as e:
-        sys.exit(f"error: {e.filename or ''}: {e.strerror or e}")
+    with progress_channel(args.progress_json) as progress:
+        try:
+            train(Recipe.from_args(args), args.data, args.out, args.force, progress)
+        except (DataError, WeightsFileError, ModelDirError, TrainError, OSError) as e:  # OSError: a file, named
+            message = f"{e.filename or ''}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
+            progress("failed", 0.0, f"error: {message}")
+            exit_with(e, args.verbose, message)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,44 @@
+"""Fixtures the test modules share. Helpers (paths, generated datasets, the CLIs) are in tests/helpers.py.
+
+Markers (registered in pytest.ini): `needs_data` (reads $MIML_DATA), `slow` (trains, or runs over the whole
+dataset), `browser` (Chromium), `ray`. The fast tier is `python -m pytest -m "not slow and not browser and not ray"`;
+docs/testing.md lists the tiers. A test whose fixtures reach the dataset, Chromium, Ray or a training run must carry
+that marker: collection stops with a list of the ones that do not."""
+
+import ctypes
+import gc
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import TINY_TRAINING, make_tiny_dataset
+from tests.helpers import CHROMIUM_ARGS, SHOTS, TINY_TRAINING, make_tiny_dataset, serve
 
-ROOT = Path(__file__).resolve().parent.parent
+MARKER_OF_FIXTURE = {"miml_data": "needs_data", "browser": "browser", "local_ray": "ray", "tiny_model": "slow"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [
+        f"{item.nodeid} uses the fixture {fixture} but is not marked {marker}"
+        for item in items
+        for fixture, marker in MARKER_OF_FIXTURE.items()
+        if fixture in item.fixturenames and item.get_closest_marker(marker) is None
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests without their markers:\n  " + "\n  ".join(unmarked))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hand_back_memory():
+    """Once a module's fixtures are gone, give their freed memory back to the system: glibc keeps what
+    TensorFlow freed (models, exports, datasets) in its arenas, so the next module would start that much higher."""
+    yield
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+# --- data -------------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +70,28 @@ def tiny_model(tiny_dataset, tmp_path_factory):
     return out
 
 
+def _first_with(miml_data, label):
+    import csv
+
+    for row in csv.DictReader(open(miml_data / "labels.csv")):
+        if row[label] == "1" and sum(int(row[k]) for k in row if k != "image") == 1:
+            return (miml_data / "original" / row["image"]).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def sea_photo(miml_data):
+    """A photo labelled only 'sea'."""
+    return _first_with(miml_data, "sea")
+
+
+@pytest.fixture(scope="session")
+def desert_photo(miml_data):
+    return _first_with(miml_data, "desert")
+
+
+# --- the app ----------------------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def scenes(miml_data):
     """The app's model and dataset, warmed up with one classify and one analyse of a real photo: TensorFlow
@@ -64,20 +119,36 @@ def client_without_data():
     return create_app().test_client()
 
 
-def _first_with(miml_data, label):
-    import csv
+@pytest.fixture(scope="module")
+def base_url(scenes):
+    """The app on the shipped model and the MIML dataset, served for the browser."""
+    from app import create_app
 
-    for row in csv.DictReader(open(miml_data / "labels.csv")):
-        if row[label] == "1" and sum(int(row[k]) for k in row if k != "image") == 1:
-            return (miml_data / "original" / row["image"]).read_bytes()
-
-
-@pytest.fixture(scope="session")
-def sea_photo(miml_data):
-    """A photo labelled only 'sea'."""
-    return _first_with(miml_data, "sea")
+    yield from serve(create_app(scenes=scenes))
 
 
-@pytest.fixture(scope="session")
-def desert_photo(miml_data):
-    return _first_with(miml_data, "desert")
+# --- Chromium ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium", args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser):
+    """A page whose script errors and console errors fail the test."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
+    yield page
+    context.close()
+    assert not errors, f"browser errors: {errors}"

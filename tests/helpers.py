@@ -1,9 +1,31 @@
-"""Small generated datasets for tests that must not depend on the real photos."""
+"""Helpers the test modules share: paths, small generated datasets, the CLIs and the server as a user starts them,
+and dataset ZIPs of our own labels. Fixtures live in conftest.py; test modules import from here, never from each other."""
 
 import csv
+import http.client
+import io
+import socket
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "artifacts" / "screenshots"  # the browser tests' screenshots
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+# --- small generated datasets -------------------------------------------------------------------------
 
 TINY_LABELS = ["red", "green", "blue"]
 TINY_TRAINING = ["--epochs", "1", "--warmup-epochs", "1", "--input-size", "96"]  # a real run, kept short
@@ -24,3 +46,80 @@ def make_tiny_dataset(root, n=36, seed=0):
             Image.fromarray(pixels.astype(np.uint8)).save(root / "original" / f"{i}.jpg")
             writer.writerow([f"{i}.jpg", *labels])
     return root
+
+
+# --- the command-line tools and the server, as a user starts them ---------------------------------------
+
+
+def run(*args):
+    """`python -m ARGS` from the repository root: the finished process, output captured."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def start(*args):
+    """`python visualization.py ARGS`, running, its output piped."""
+    return subprocess.Popen(
+        [sys.executable, "visualization.py", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port, path, host=None, timeout=30):
+    """(status, headers, body) of a GET to 127.0.0.1:port, with an optional Host header."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn.request("GET", path, headers={"Host": host} if host else {})
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    return r.status, r.headers, body
+
+
+def serve(app):
+    """Serve a Flask app on a free loopback port in a thread; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+# --- datasets of our own labels, as ZIPs ---------------------------------------------------------------
+
+OWN_LABELS = ["water", "golden", "green"]
+
+
+def zip_bytes(members):
+    """A ZIP (deflated) of {name: bytes}."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def relabelled(miml_data, n=120, every=16):
+    """{image: (water, golden, green)} for n MIML photos spread over the dataset: labels of our own
+    (water = sea, golden = desert or sunset, green = trees)."""
+    rows = list(csv.DictReader(open(miml_data / "labels.csv")))[::every][:n]
+    return {r["image"]: (int(r["sea"]), int(r["desert"] == "1" or r["sunset"] == "1"), int(r["trees"])) for r in rows}
+
+
+def labels_csv(labels, names=OWN_LABELS):
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["image", *names])
+    writer.writerows([image, *flags] for image, flags in labels.items())
+    return out.getvalue().encode()
+
+
+def dataset_zip(miml_data, labels, prefix="mine/", extra=()):
+    members = {f"{prefix}labels.csv": labels_csv(labels)}
+    members.update({f"{prefix}original/{image}": (miml_data / "original" / image).read_bytes() for image in labels})
+    members.update(dict(extra))
+    return zip_bytes(members)

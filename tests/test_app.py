@@ -20,6 +20,7 @@ def post_photos(client, url, *files, **kw):
     return client.post(url, data=data, content_type="multipart/form-data", **kw)
 
 
+@pytest.mark.needs_data
 def test_health_and_model(client, scenes):
     assert client.get("/api/health").get_json() == {"status": "ok"}
     info = client.get("/api/model").get_json()
@@ -28,6 +29,7 @@ def test_health_and_model(client, scenes):
     assert 0 < info["metrics"]["test"]["hamming_loss"] < 0.5
 
 
+@pytest.mark.needs_data
 def test_api_predict_one_and_many(client, sea_photo, desert_photo):
     r = post_photos(client, "/api/predict", ("sea.jpg", sea_photo), ("desert.jpg", desert_photo))
     assert r.status_code == 200
@@ -39,12 +41,14 @@ def test_api_predict_one_and_many(client, sea_photo, desert_photo):
     assert all(0 <= p <= 1 for p in sea["probabilities"].values())
 
 
+@pytest.mark.needs_data
 def test_api_predict_matches_cli_path(client, scenes, sea_photo):
     body = post_photos(client, "/api/predict", ("a.jpg", sea_photo)).get_json()
     direct = scenes.classifier.classify(scenes.classifier.load(sea_photo)[None])[0]
     assert body["results"][0]["probabilities"] == direct["probabilities"]
 
 
+@pytest.mark.needs_data
 def test_api_gradcam(client, sea_photo):
     r = post_photos(client, "/api/predict?gradcam=sea", ("a.jpg", sea_photo))
     cam = r.get_json()["results"][0]["gradcam"]
@@ -54,6 +58,7 @@ def test_api_gradcam(client, sea_photo):
     assert r.status_code == 400 and "volcano" in r.get_json()["error"]
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(
     "name, content, status, words",
     [
@@ -67,6 +72,7 @@ def test_api_bad_files(client, name, content, status, words):
     assert r.status_code == status and words in r.get_json()["error"] and name in r.get_json()["error"]
 
 
+@pytest.mark.needs_data
 def test_api_errors_without_file_and_wrong_method(client):
     r = client.post("/api/predict", data={}, content_type="multipart/form-data")
     assert r.status_code == 400 and "image" in r.get_json()["error"]
@@ -74,6 +80,7 @@ def test_api_errors_without_file_and_wrong_method(client):
     assert r.status_code == 405 and "error" in r.get_json()
 
 
+@pytest.mark.needs_data
 def test_upload_page_and_form_post(client, sea_photo):
     page = client.get("/")
     assert page.status_code == 200 and b'enctype="multipart/form-data"' in page.data
@@ -85,6 +92,7 @@ def test_upload_page_and_form_post(client, sea_photo):
     assert html.count('class="cam cam-') == 5  # one Grad-CAM overlay per label
 
 
+@pytest.mark.needs_data
 def test_upload_fragment_and_per_file_errors(client, sea_photo):
     r = post_photos(client, "/", ("ok.jpg", sea_photo), ("bad.jpg", b"nope"), headers={"X-Requested-With": "fetch"})
     html = r.get_data(as_text=True)
@@ -94,6 +102,7 @@ def test_upload_fragment_and_per_file_errors(client, sea_photo):
     assert r.status_code == 415 and "bad.jpg" in r.get_data(as_text=True)
 
 
+@pytest.mark.needs_data
 def test_inspect_uploaded_photo_and_layers(client, scenes, sea_photo):
     html = post_photos(client, "/", ("a.jpg", sea_photo)).get_data(as_text=True)
     pixels = re.search(r'name="pixels" value="([^"]+)"', html).group(1)
@@ -107,6 +116,7 @@ def test_inspect_uploaded_photo_and_layers(client, scenes, sea_photo):
     assert r.status_code == 404 and "no_such_layer" in r.get_data(as_text=True)
 
 
+@pytest.mark.needs_data
 def test_photo_detail_and_layers(client, scenes):
     test_id = scenes.test_photos[0].photo_id
     r = client.get(f"/photo/{test_id}")
@@ -119,6 +129,7 @@ def test_photo_detail_and_layers(client, scenes):
     assert r.status_code == 200 and "of 2560 channels" in r.get_data(as_text=True)
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(
     "url",
     [
@@ -135,12 +146,14 @@ def test_bad_photo_urls_are_404(client, url):
     assert client.get(url).status_code == 404
 
 
+@pytest.mark.needs_data
 def test_thumbnail(client, scenes):
     r = client.get(f"/photo/{scenes.test_photos[0].photo_id}/thumb.jpg")
     assert r.status_code == 200 and r.mimetype == "image/jpeg"
     assert Image.open(io.BytesIO(r.data)).size == (176, 176)
 
 
+@pytest.mark.needs_data
 def test_gallery_filters(client, scenes):
     html = client.get("/gallery").get_data(as_text=True)
     assert f"{len(scenes.test_photos)} of {len(scenes.test_photos)} test photos" in html
@@ -157,6 +170,7 @@ def test_gallery_filters(client, scenes):
     assert f"{len(scenes.test_photos) - len(wrong)} of" in right
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(
     "query, status", [("show=fp", 400), ("label=volcano", 400), ("sort=x", 400), ("page=999", 404), ("page=x", 400)]
 )
@@ -171,6 +185,7 @@ def test_gallery_without_dataset(client_without_data):
     assert client_without_data.get("/api/health").status_code == 200
 
 
+@pytest.mark.needs_data
 def test_evaluation_page_embeds_test_probabilities(client, scenes):
     html = client.get("/evaluation").get_data(as_text=True)
     data = json.loads(re.search(r'<script type="application/json" id="eval-data">(.*?)</script>', html, re.S).group(1))
@@ -178,6 +193,7 @@ def test_evaluation_page_embeds_test_probabilities(client, scenes):
     assert html.count("data-threshold") == 5 and "hamming loss" in html
 
 
+@pytest.mark.needs_data
 def test_model_page(client, scenes, miml_data):
     html = client.get("/model").get_data(as_text=True)
     parameters = scenes.classifier.model.count_params()  # counted by Keras, not read from metrics.json
@@ -217,6 +233,7 @@ def test_a_label_name_cannot_inject_markup(client_with_script_label, url):
         assert data["labels"][2] == SCRIPT_IN_LABEL
 
 
+@pytest.mark.needs_data
 def test_too_many_form_parts_says_so(client):
     fields = {f"field{i}": "x" for i in range(40)}  # a few hundred bytes: far under the size limit
     r = client.post("/api/predict", data=fields, content_type="multipart/form-data")
@@ -226,6 +243,7 @@ def test_too_many_form_parts_says_so(client):
     assert r.status_code == 413 and "too many form parts" in r.get_data(as_text=True)
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(
     "host, status",
     [
@@ -245,6 +263,7 @@ def test_host_header_is_checked(client, host, status):
         assert page.status_code == 400 and "does not answer for the host" in page.get_data(as_text=True)
 
 
+@pytest.mark.needs_data
 def test_security_headers(client):
     r = client.get("/")
     csp = r.headers["Content-Security-Policy"]

@@ -12,6 +12,8 @@ from PIL import Image
 
 from app import MAX_FILES, MAX_UPLOAD_BYTES
 
+pytestmark = pytest.mark.needs_data
+
 
 def encode(im, fmt="PNG", **kw):
     buf = io.BytesIO()

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from model.batch import expand, predict_paths
-from tests.helpers import TINY_LABELS
-from tests.test_cli import run
+from tests.helpers import TINY_LABELS, run
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +44,7 @@ def test_expand_walks_folders_in_sorted_order(nested):
     assert list(expand([nested / "00.jpg", nested / "b"]))[:2] == [nested / "00.jpg", nested / "b" / "03.jpg"]
 
 
+@pytest.mark.slow  # the session's tiny model trains
 @pytest.mark.parametrize("batch_size", [1, 4, 32])
 def test_results_in_order_and_identical_to_classify(classifier, nested, tmp_path, batch_size):
     missing = tmp_path / "missing.jpg"
@@ -63,6 +63,7 @@ def test_results_in_order_and_identical_to_classify(classifier, nested, tmp_path
     } == want
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_paths_are_streamed_not_collected(classifier, tiny_dataset):
     pulled = 0
 
@@ -78,6 +79,7 @@ def test_paths_are_streamed_not_collected(classifier, tiny_dataset):
     assert pulled <= 2 * 4 + 2 * 4  # two batches used, two more batches' worth decoded ahead
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_csv_and_json_files(classifier, nested, tmp_path):
     out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
     r = run(

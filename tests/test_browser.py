@@ -1,59 +1,12 @@
 """The pages in real headless Chromium (Debian's chromium driven by Playwright). Screenshots go to artifacts/."""
 
-import shutil
-import threading
-
 import pytest
-from werkzeug.serving import make_server
 
 from model.metrics import evaluate
 from model.thresholds import apply_thresholds
-from tests.conftest import ROOT
+from tests.helpers import SHOTS
 
-SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-
-
-@pytest.fixture(scope="module")
-def base_url(scenes):
-    from app import create_app
-
-    server = make_server("127.0.0.1", 0, create_app(scenes=scenes), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture()
-def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: m.type == "error" and errors.append(m.text))
-    yield page
-    context.close()
-    assert not errors, f"browser errors: {errors}"
+pytestmark = [pytest.mark.browser, pytest.mark.needs_data]
 
 
 def test_upload_shows_bars_chips_and_gradcam(page, base_url, miml_data, sea_photo, tmp_path):

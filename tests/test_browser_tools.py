@@ -10,7 +10,9 @@ import zipfile
 
 import pytest
 
-from tests.test_browser import CHROMIUM_ARGS, SHOTS, base_url  # noqa: F401 (a fixture)
+from tests.helpers import CHROMIUM_ARGS, SHOTS
+
+pytestmark = [pytest.mark.browser, pytest.mark.needs_data]
 
 CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 BAD = {"notes.jpg": (b"just some text, not a photo", "not an image"), "empty.jpg": (b"", "the file is empty")}
@@ -18,6 +20,7 @@ BAD = {"notes.jpg": (b"just some text, not a photo", "not an image"), "empty.jpg
 
 @pytest.fixture(scope="module")
 def browser():
+    """Chromium with a fake camera (conftest's browser, with CAMERA_ARGS)."""
     from playwright.sync_api import sync_playwright
 
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -83,7 +86,7 @@ def assert_full_table(page, expected, bad, labels):
         assert [float(x) for x in cells[1:]] == pytest.approx([result["probabilities"][l] for l in labels], abs=5e-5)
 
 
-def test_camera_photo_is_predicted_like_an_upload(page, base_url):  # noqa: F811
+def test_camera_photo_is_predicted_like_an_upload(page, base_url):
     page.goto(base_url + "/")
     page.click("[data-camera-start]")
     page.wait_for_function("() => document.querySelector('[data-camera-video]').videoWidth > 0", timeout=15000)
@@ -104,7 +107,7 @@ def test_camera_photo_is_predicted_like_an_upload(page, base_url):  # noqa: F811
     assert page.locator("[data-camera-view]").is_hidden()
 
 
-def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  # noqa: F811
+def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path):
     files, expected = photos
     folder = tmp_path / "holiday"
     for path, data in {**files, **{n: content for n, (content, _) in BAD.items()}}.items():
@@ -163,7 +166,7 @@ def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path)
     page.screenshot(path=str(SHOTS / "batch-phone.png"))
 
 
-def test_a_thousand_photos_without_a_reload(page, base_url, miml_data, tmp_path):  # noqa: F811
+def test_a_thousand_photos_without_a_reload(page, base_url, miml_data, tmp_path):
     """About 20 s here (benchmarks/batch_page.py times the same against waitress)."""
     folder = tmp_path / "many"
     folder.mkdir()
@@ -190,7 +193,7 @@ def set_stated_size(archive, name, size):
     archive.write_bytes(bytes(data))
 
 
-def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  # noqa: F811
+def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):
     files, expected = photos
     archive = tmp_path / "photos.zip"
     with zipfile.ZipFile(archive, "w") as z:
@@ -219,7 +222,7 @@ def test_zip_through_the_batch_page(page, base_url, photos, scenes, tmp_path):  
     page.wait_for_selector("[data-batch-status]:has-text('not a ZIP file')")
 
 
-def test_label_set_link_opens_those_photos(page, base_url):  # noqa: F811
+def test_label_set_link_opens_those_photos(page, base_url):
     page.goto(base_url + "/evaluation")
     link = page.locator("[data-label-sets] a").first
     n = int(link.inner_text())
@@ -231,7 +234,7 @@ def test_label_set_link_opens_those_photos(page, base_url):  # noqa: F811
     page.screenshot(path=str(SHOTS / "gallery-label-set.png"), full_page=True)
 
 
-def test_model_page_curve_and_comparison(page, base_url):  # noqa: F811
+def test_model_page_curve_and_comparison(page, base_url):
     page.goto(base_url + "/model")
     assert page.locator("img[data-curve]").evaluate("img => img.complete && img.naturalWidth") > 300
     assert page.locator("[data-compare] tbody tr").count() == 5

@@ -3,13 +3,12 @@ Screenshots go to artifacts/screenshots/."""
 
 import json
 import shutil
-import threading
 
 import pytest
-from werkzeug.serving import make_server
 
-from tests.test_browser import SHOTS, browser, page  # noqa: F401  (fixtures: Chromium, a page failing on JS errors)
-from tests.test_training import OWN_LABELS, dataset_zip, relabelled
+from tests.helpers import OWN_LABELS, SHOTS, dataset_zip, relabelled, serve
+
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +21,12 @@ def base_url(runs):
     from app import create_app
     from app.scenes import Scenes
 
-    server = make_server("127.0.0.1", 0, create_app(scenes=Scenes(), runs_dir=runs), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    yield from serve(create_app(scenes=Scenes(), runs_dir=runs))
 
 
-def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_path):  # noqa: F811
+@pytest.mark.needs_data
+@pytest.mark.slow  # a quick-mode job trains on 120 MIML photos
+def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_path):
     archive = tmp_path / "my labels.zip"
     archive.write_bytes(dataset_zip(miml_data, relabelled(miml_data)))
     page.goto(base_url + "/train")
@@ -95,7 +92,7 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
     assert not strict.exists()
 
 
-def test_full_mode_progress_draws_the_learning_curve(page, base_url, runs):  # noqa: F811
+def test_full_mode_progress_draws_the_learning_curve(page, base_url, runs):
     """The page's side of a full run (the job itself is tests/test_training_full.py's): the server's answers are
     stood in for, a run in its fourth epoch of 22 with its losses so far."""
     curve = [{"epoch": i + 1, "loss": 0.6 / (i + 1) ** 0.5, "val_loss": 0.55 / (i + 1) ** 0.4} for i in range(4)]

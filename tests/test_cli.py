@@ -1,33 +1,28 @@
 """The command-line tools, end to end, on a model trained on generated 3-label photos."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from model.modeldir import read_model_dir
-from tests.conftest import ROOT
-from tests.helpers import TINY_LABELS, TINY_TRAINING
+from tests.helpers import ROOT, TINY_LABELS, TINY_TRAINING, run
 
 
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow  # the session's tiny model trains
 def test_training_writes_a_complete_model_directory(tiny_model):
     files = {p.name for p in tiny_model.iterdir()}
     assert {"model.keras", "thresholds.json", "metrics.json", "test_predictions.csv", "training_curve.png"} <= files
     info = read_model_dir(tiny_model)
     assert info.labels == TINY_LABELS  # label names travel from the data, nothing hard-coded
-    assert info.metrics["test"]["n_images"] == 8 and set(info.metrics["test"]["per_label"]) == set(TINY_LABELS)
+    assert info.card.test["n_images"] == 8 and set(info.card.test["per_label"]) == set(TINY_LABELS)
     names, truth, probs = info.test_predictions()
     assert len(names) == 8 and truth.shape == probs.shape == (8, 3)
-    assert "validation" in info.thresholds_info["chosen_on"]
+    assert "validation" in info.card.tuning.chosen_on
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_text("not a photo")
@@ -43,6 +38,7 @@ def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
     assert set(ok["probabilities"]) == set(TINY_LABELS) and set(ok["predicted"]) <= set(TINY_LABELS)
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_path):
     out = tmp_path / "m.json"
     r = run("model.evaluate", "--data", str(tiny_dataset), "--model", str(tiny_model), "--json", str(out))
@@ -63,7 +59,7 @@ def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_pat
         "per_label",
     ):
         assert key in metrics
-    stored = read_model_dir(tiny_model).metrics["test"]
+    stored = read_model_dir(tiny_model).card.test
     assert metrics["hamming_loss"] == pytest.approx(stored["hamming_loss"])  # same photos, same model, same answer
     assert set(metrics["per_label"]["red"]) >= {"precision", "recall", "f1", "mcc", "ap", "threshold"}
 
@@ -96,6 +92,7 @@ def test_verbose_shows_tensorflow_start_up_lines():
     assert r.stderr.endswith("error: /nonexistent/model: model directory not found\n")
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     import shutil
 
@@ -110,6 +107,7 @@ def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     assert r.returncode == 1 and "model.keras" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model, tiny_dataset):
     from model.train import main
 
@@ -120,6 +118,7 @@ def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model,
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, tmp_path, capsys, monkeypatch):
     import re
     import warnings
@@ -154,12 +153,13 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
     np.testing.assert_allclose(first, second, atol=1e-4)
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
 
     main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), *TINY_TRAINING, "--distribute", "mirrored"])
     mirrored = read_model_dir(tmp_path / "mirrored")
-    assert mirrored.metrics["training"]["replicas"] == 1
+    assert mirrored.card.training.replicas == 1
     np.testing.assert_allclose(
         mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4
     )
@@ -174,9 +174,10 @@ def test_unwritable_output_directory(tiny_dataset, tmp_path):
     assert line.startswith("error: ") and str(blocker) in line
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
     import shutil
-    from model.modeldir import write_model_dir
+    from model.modeldir import ModelCard, Training, Tuning, write_model_dir
     from model.inference import Classifier
 
     target = tmp_path / "model"
@@ -188,7 +189,8 @@ def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
 
     classifier = Classifier(target)
     with pytest.raises(KeyboardInterrupt):
-        write_model_dir(target, classifier.model, {"labels": ["x"], "thresholds": {"x": 0.5}}, {}, [], [], [], crash)
+        card = ModelCard(Tuning(labels=["x"], thresholds={"x": 0.5}), Training())
+        write_model_dir(target, classifier.model, card, [], [], [], crash)
     assert (target / "thresholds.json").read_text() == before
     assert read_model_dir(target).labels == TINY_LABELS
 

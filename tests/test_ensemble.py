@@ -7,8 +7,7 @@ import pytest
 from scipy.special import expit, logit
 
 from model.inference import Classifier
-from tests.helpers import TINY_TRAINING
-from tests.test_cli import run
+from tests.helpers import TINY_TRAINING, run
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +29,7 @@ def joined(tiny_model, second_member, tiny_dataset, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_the_ensemble_is_the_mean_of_its_members_logits_in_one_network(joined, tiny_model, second_member, tiny_dataset):
     photos = sorted((tiny_dataset / "original").iterdir())[:6]
     members = [Classifier(m, tta="none", runtime="openvino", precision="f32") for m in (tiny_model, second_member)]
@@ -47,6 +47,7 @@ def test_the_ensemble_is_the_mean_of_its_members_logits_in_one_network(joined, t
     assert set(analysis.cams) == set(both.labels) and all(0 <= c.min() and c.max() <= 1 for c in analysis.cams.values())
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_the_ensemble_directory_records_its_members_and_validation_thresholds(joined, tiny_model, second_member):
     info = json.loads((joined / "metrics.json").read_text())
     members = [m["from"] for m in info["training"]["members"]]
@@ -62,6 +63,7 @@ def test_the_ensemble_directory_records_its_members_and_validation_thresholds(jo
     )
 
 
+@pytest.mark.slow  # the session's tiny model trains
 def test_members_that_disagree_on_the_input_size_are_refused_in_one_line(tiny_model, tiny_dataset, tmp_path):
     from model.train import main
 

@@ -9,18 +9,15 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
-from werkzeug.serving import make_server
 
 from app.feedback import Feedback
 from model.atlas import dataset_key
 from model.data import load_dataset, split
-from tests.conftest import ROOT
-from tests.test_browser import SHOTS, browser, page  # noqa: F401 (pytest fixtures)
+from tests.helpers import ROOT, SHOTS, free_port, get, serve, start
 
 LABELS = ["desert", "mountains", "sea", "sunset", "trees"]
 
@@ -82,6 +79,7 @@ def true_labels(dataset, i):
 # --- similar photos ---------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_data
 def test_similar_photos_are_the_exact_cosine_neighbours(explore_client, explore_scenes, reference):
     d = explore_scenes.dataset
     photo = 17  # 0-based
@@ -105,6 +103,7 @@ def test_similar_photos_are_the_exact_cosine_neighbours(explore_client, explore_
     assert result["predicted"] == explore_scenes.classifier.results(probs[photo])[0]["predicted"]
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize("value", ["0", "51", "abc", "-1", "", "2.5"])
 def test_similar_out_of_range_is_400(explore_client, explore_scenes, value):
     r = post(explore_client, f"/api/predict?similar={value}", explore_scenes.dataset.path(0).read_bytes())
@@ -112,6 +111,7 @@ def test_similar_out_of_range_is_400(explore_client, explore_scenes, value):
     assert r.get_json()["error"].startswith("similar must be a whole number from 1 to 50")
 
 
+@pytest.mark.needs_data
 def test_similar_50_and_with_gradcam(explore_client, explore_scenes):
     r = post(explore_client, "/api/predict?similar=50&gradcam=sea", explore_scenes.dataset.path(3).read_bytes())
     result = r.get_json()["results"][0]
@@ -120,6 +120,7 @@ def test_similar_50_and_with_gradcam(explore_client, explore_scenes):
     assert sims == sorted(sims, reverse=True) and len({s["photo_id"] for s in result["similar"]}) == 50
 
 
+@pytest.mark.needs_data
 def test_similar_and_map_answer_503_with_progress_until_ready(explore_client, explore_scenes, monkeypatch, tmp_path):
     not_started = explore_scenes.classifier.atlas(explore_scenes.dataset, tmp_path)
     monkeypatch.setattr(explore_scenes, "atlas", not_started)
@@ -133,6 +134,7 @@ def test_similar_and_map_answer_503_with_progress_until_ready(explore_client, ex
     assert post(explore_client, "/api/predict", photo).status_code == 200  # plain predictions never wait
 
 
+@pytest.mark.needs_data
 def test_similar_and_map_without_a_dataset_are_404(client_without_data, sea_photo):
     r = post(client_without_data, "/api/predict?similar=3", sea_photo)
     assert r.status_code == 404 and "start the app with --data DIR" in r.get_json()["error"]
@@ -146,6 +148,7 @@ def similar_links(html):
     return [int(n) for n in re.findall(r'href="/photo/(\d+)"', section)]
 
 
+@pytest.mark.needs_data
 def test_cards_show_the_closest_photos(explore_client, explore_scenes):
     d = explore_scenes.dataset
     atlas = explore_scenes.atlas
@@ -160,6 +163,7 @@ def test_cards_show_the_closest_photos(explore_client, explore_scenes):
 # --- the map ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_data
 def test_map_points(explore_client, explore_scenes, reference):
     d = explore_scenes.dataset
     points = explore_client.get("/api/map").get_json()["points"]
@@ -185,18 +189,20 @@ def test_map_points(explore_client, explore_scenes, reference):
 # --- the cache ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.needs_data
 def test_second_start_reads_the_cache_and_runs_no_photo(explore_scenes, monkeypatch):
     first = explore_scenes.atlas
     assert first.path.exists() and not first.from_cache
     c = explore_scenes.classifier
     monkeypatch.setattr(c, "forward", lambda images: pytest.fail("the model ran on the dataset again"))
-    start = time.perf_counter()
     second = c.atlas(explore_scenes.dataset, first.folder).start()
-    assert second.status()["ready"] and time.perf_counter() - start < 1.0  # read in start(), no thread
+    assert second.status()["ready"] and second._thread is None  # read in start(), no background thread
     assert second.from_cache and second.path == first.path
     assert second.points() == first.points()
 
 
+@pytest.mark.slow  # computes the 61 photos' atlas again
+@pytest.mark.needs_data
 def test_a_damaged_cache_is_computed_again(explore_scenes, tmp_path):
     first = explore_scenes.atlas
     (tmp_path / first.path.name).write_bytes(first.path.read_bytes()[:5000])  # a cut-off file
@@ -207,6 +213,7 @@ def test_a_damaged_cache_is_computed_again(explore_scenes, tmp_path):
         assert np.array_equal(npz["xy"], again.xy) and np.array_equal(npz["probabilities"], again.probabilities)
 
 
+@pytest.mark.needs_data
 def test_cache_key_follows_the_model_and_the_listing(explore_scenes, small_data, tmp_path):
     d = explore_scenes.dataset
     key = dataset_key("a" * 64, d)
@@ -226,6 +233,7 @@ def rows(folder):
         return list(csv.reader(f))
 
 
+@pytest.mark.needs_data
 def test_feedback_saves_the_photo_and_one_row_per_photo(explore_client, explore_scenes, feedback_dir):
     import hashlib
 
@@ -245,6 +253,7 @@ def test_feedback_saves_the_photo_and_one_row_per_photo(explore_client, explore_
     assert sorted(p.name for p in (feedback_dir / "original").iterdir()) == sorted(dataset.images)
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(
     "fields, data, status, words",
     [
@@ -261,6 +270,7 @@ def test_feedback_bad_requests(explore_client, explore_scenes, feedback_dir, fie
     assert not (feedback_dir / "labels.csv").exists() and not any((feedback_dir / "original").iterdir())
 
 
+@pytest.mark.needs_data
 def test_feedback_takes_one_photo(explore_client, explore_scenes, feedback_dir):
     d = explore_scenes.dataset
     files = [(io.BytesIO(d.path(i).read_bytes()), f"{i}.jpg") for i in (0, 1)]
@@ -269,6 +279,7 @@ def test_feedback_takes_one_photo(explore_client, explore_scenes, feedback_dir):
     assert not (feedback_dir / "labels.csv").exists()
 
 
+@pytest.mark.needs_data
 def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scenes, feedback_dir, small_data, tmp_path):
     """docs/training.md's steps (hard links, labels.csv rows appended) give a dataset model.train reads."""
     post(explore_client, "/api/feedback", explore_scenes.dataset.path(2).read_bytes(), labels="sunset")
@@ -286,8 +297,6 @@ def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scen
 
 def test_feedback_folder_of_other_labels_stops_the_app(tmp_path):
     (tmp_path / "labels.csv").write_text("image,cats,dogs\n")
-    from tests.test_server import free_port, start
-
     proc = start("--port", str(free_port()), "--feedback", str(tmp_path))
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -297,6 +306,7 @@ def test_feedback_folder_of_other_labels_stops_the_app(tmp_path):
     )
 
 
+@pytest.mark.needs_data
 def test_feedback_without_the_option_is_404(client, sea_photo):
     r = post(client, "/api/feedback", sea_photo, labels="sea")
     assert r.status_code == 404 and "start the app with --feedback DIR" in r.get_json()["error"]
@@ -309,17 +319,15 @@ def test_feedback_without_the_option_is_404(client, sea_photo):
 def explore_url(explore_scenes):
     from app import create_app
 
-    server = make_server("127.0.0.1", 0, create_app(scenes=explore_scenes), threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    yield from serve(create_app(scenes=explore_scenes))
 
 
-def test_map_hover_shows_the_thumbnail_and_click_opens_the_photo(page, explore_url, explore_scenes):  # noqa: F811
+@pytest.mark.browser
+@pytest.mark.needs_data
+def test_map_hover_shows_the_thumbnail_and_click_opens_the_photo(page, explore_url, explore_scenes):
     page.goto(explore_url + "/map")
     page.locator("canvas[data-ready]").wait_for(timeout=30000)
-    canvas = page.locator("canvas[data-map]")
-    assert float(canvas.get_attribute("data-draw-ms")) < 200
+    canvas = page.locator("canvas[data-map]")  # its draw time (data-draw-ms) is benchmarks/explore.py's
     point = explore_scenes.atlas.points()[20]
     box = canvas.bounding_box()
     pad = 12  # PAD in map.js
@@ -354,11 +362,12 @@ def test_map_hover_shows_the_thumbnail_and_click_opens_the_photo(page, explore_u
     page.screenshot(path=str(SHOTS / "photo-similar.png"), full_page=True)
 
 
+@pytest.mark.slow  # starts the app twice; the first computes the 61 photos' atlas
+@pytest.mark.needs_data
 def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     """visualization.py computes the atlas in the background (the first /api/map answers 503 with progress);
     started again on the same model and dataset, its first /api/map already answers the map."""
     from model.backbones.efficientnet_lite import cache_dir
-    from tests.test_server import free_port, get
 
     (tmp_path / "litert").symlink_to(cache_dir() / "litert")  # the flatbuffer, converted once already
     env = {**os.environ, "MIML_CACHE": str(tmp_path)}
@@ -391,7 +400,9 @@ def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     assert len(list((tmp_path / "atlas").glob("*.npz"))) == 1
 
 
-def test_feedback_flow_in_the_browser(page, explore_url, explore_scenes, feedback_dir, tmp_path):  # noqa: F811
+@pytest.mark.browser
+@pytest.mark.needs_data
+def test_feedback_flow_in_the_browser(page, explore_url, explore_scenes, feedback_dir, tmp_path):
     photo = tmp_path / "beach.jpg"
     photo.write_bytes(explore_scenes.dataset.path(5).read_bytes())
     page.goto(explore_url + "/")
@@ -410,7 +421,9 @@ def test_feedback_flow_in_the_browser(page, explore_url, explore_scenes, feedbac
     page.screenshot(path=str(SHOTS / "feedback.png"), full_page=True)
 
 
-def test_map_page_shows_the_progress_then_draws(browser, explore_url, explore_scenes, monkeypatch, tmp_path):  # noqa: F811
+@pytest.mark.browser
+@pytest.mark.needs_data
+def test_map_page_shows_the_progress_then_draws(browser, explore_url, explore_scenes, monkeypatch, tmp_path):
     """Chromium logs each 503 the page polls as a console error, so only script errors count here."""
     tab = browser.new_page(viewport={"width": 1280, "height": 900})
     errors = []

@@ -22,7 +22,7 @@ from model.data import load_dataset, split
 from model.export import TFLITE_FILES, ExportError, check_output, main
 from model.modeldir import SHIPPED_MODEL_DIR
 from model.preprocess import load_image
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SAVED_MODEL_TOLERANCE = 2e-3
 FLOAT16_TOLERANCE = 0.02  # measured 0.008
@@ -66,6 +66,8 @@ def _names(classifier, decisions):
     return [[l for l, on in zip(classifier.labels, row) if on] for row in decisions]
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_export_directories_are_complete(exported):
     assert (exported / "saved_model" / "saved_model.pb").is_file()
     assert {p.name for p in (exported / "tflite").iterdir()} == {*TFLITE_FILES.values(), "thresholds.json"}
@@ -75,6 +77,8 @@ def test_export_directories_are_complete(exported):
     assert leftovers == []
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_serving_signature_takes_bytes_and_returns_batch_major_outputs(loaded, reference):
     import tensorflow as tf
 
@@ -92,6 +96,8 @@ def test_serving_signature_takes_bytes_and_returns_batch_major_outputs(loaded, r
         assert spec.shape.as_list() == [None, n]
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_saved_model_matches_keras_on_the_contract_test_photos(loaded, reference):
     import tensorflow as tf
 
@@ -136,6 +142,8 @@ def _jpeg(image):
     return buffer.getvalue()
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_in_graph_preprocessing_reproduces_pillow(loaded, reference):
     import tensorflow as tf
 
@@ -160,6 +168,8 @@ def test_in_graph_preprocessing_reproduces_pillow(loaded, reference):
         np.testing.assert_array_equal(got, load_image(data, classifier.size), err_msg=name)
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_saved_model_refuses_non_images_and_decompression_bombs(loaded):
     import tensorflow as tf
 
@@ -193,6 +203,8 @@ def _run_tflite(path, pixels):
     return inp, np.array(probs)
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_tflite_float16_agrees_with_keras(exported, reference):
     classifier, _, pixels, keras_probs, _ = reference
     inp, probs = _run_tflite(exported / "tflite" / TFLITE_FILES["float16"], pixels[:TFLITE_PHOTOS])
@@ -202,6 +214,8 @@ def test_tflite_float16_agrees_with_keras(exported, reference):
     assert diff.max() < FLOAT16_TOLERANCE
 
 
+@pytest.mark.slow  # exports the shipped model (SavedModel, TF Lite with int8 calibration)
+@pytest.mark.needs_data
 def test_tflite_int8_agrees_with_keras(exported, reference):
     classifier, _, pixels, keras_probs, truth = reference
     inp, probs = _run_tflite(exported / "tflite" / TFLITE_FILES["int8"], pixels[:TFLITE_PHOTOS])

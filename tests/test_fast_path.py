@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from PIL import Image, ImageOps
 from model.data import load_dataset, split
 from model.inference import Classifier
 from model.preprocess import decode, decoded_pixels, letterbox, load_image
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, run
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +47,7 @@ def jpeg(im, quality=92):
     return buf.getvalue()
 
 
+@pytest.mark.needs_data
 def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, test_split):
     dataset, test_idx = test_split
     pixels = dataset.load_photos(test_idx, lite.size)
@@ -82,6 +81,7 @@ def gradcam_by_gradients(model, pixels):
     return np.stack(maps)
 
 
+@pytest.mark.needs_data
 def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
     dataset, test_idx = test_split
     for i in test_idx[:12]:
@@ -96,6 +96,7 @@ def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
                 np.testing.assert_allclose(got[label], expected[label], atol=1e-4)
 
 
+@pytest.mark.needs_data
 def test_flip_tta_averages_the_photo_and_its_mirror(plain, sea_photo, test_split):
     """In one pass: probabilities and embeddings are the two means, the feature map the mean with the mirror's
     flipped back, so the class maps of a mirrored photo are the mirror of its class maps."""
@@ -112,6 +113,7 @@ def test_flip_tta_averages_the_photo_and_its_mirror(plain, sea_photo, test_split
     assert Classifier(tta="flip", runtime="keras").classify(x) == flip.classify(x)
 
 
+@pytest.mark.needs_data
 def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
     a = lite.analyse(sea_photo)
     assert "sea" in a.predicted and set(a.probabilities) == set(lite.labels)
@@ -123,6 +125,7 @@ def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
     assert max(a.image.size) <= 480
 
 
+@pytest.mark.needs_data
 def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
     """A head that is not pooling + dense gets Grad-CAM from TensorFlow's gradients, and LiteRT serves it too."""
     import shutil
@@ -141,6 +144,7 @@ def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
     np.testing.assert_allclose(list(a.probabilities.values()), list(k.probabilities.values()), atol=1e-4)
 
 
+@pytest.mark.needs_data
 def test_miml_photos_decode_exactly_as_a_full_decode(test_split):
     """Every MIML photo is under 8x the input size: the draft path never touches it (byte-identical inputs)."""
     dataset, _ = test_split
@@ -151,6 +155,7 @@ def test_miml_photos_decode_exactly_as_a_full_decode(test_split):
         assert np.array_equal(load_image(path, 224), reference), path
 
 
+@pytest.mark.needs_data
 def test_large_jpegs_are_decoded_small_and_keep_their_labels(lite, test_split):
     """MIML test photos upscaled to phone sizes: a 1/8-scale DCT decode gives the labels of a full decode."""
     dataset, test_idx = test_split
@@ -170,6 +175,7 @@ def test_large_jpegs_are_decoded_small_and_keep_their_labels(lite, test_split):
         assert max(lite.analyse(big).image.size) <= 480  # and no full-size display copy
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_phone_formats(client, lite, sea_photo, fmt):
     buf = io.BytesIO()
@@ -186,6 +192,7 @@ def test_phone_formats(client, lite, sea_photo, fmt):
     assert r.status_code == 200 and "sea" in r.get_json()["results"][0]["predicted"]
 
 
+@pytest.mark.needs_data
 def test_upload_page_lists_the_phone_formats(client):
     html = client.get("/").get_data(as_text=True)
     assert "AVIF" in html and "HEIC" in html and ".heic" in html
@@ -200,6 +207,7 @@ def other_format(fmt):
     return buf.getvalue()
 
 
+@pytest.mark.needs_data
 @pytest.mark.parametrize(
     "name, make",
     [
@@ -214,6 +222,7 @@ def test_formats_outside_the_allow_list_are_415(client, name, make):
     assert r.status_code == 415 and name in r.get_json()["error"] and "HEIC" in r.get_json()["error"]
 
 
+@pytest.mark.needs_data
 def test_concurrent_requests_equal_sequential_ones(lite, test_split):
     dataset, test_idx = test_split
     photos = [dataset.path(i).read_bytes() for i in test_idx[:24]]
@@ -237,6 +246,7 @@ def test_the_app_reaches_the_model_only_through_classifier():
                 assert node.module == "model.inference" and {a.name for a in node.names} <= allowed, (path, node.module)
 
 
+@pytest.mark.needs_data
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
     monkeypatch.setenv("MIML_CACHE", str(tmp_path))
     first = Classifier(runtime="litert")
@@ -252,6 +262,7 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
+@pytest.mark.needs_data
 def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_path, miml_data):
     """16 blank 16-bit 6324^2 PNGs (1.2 MB) are refused unread; the worst request within the limits
     (two 40-megapixel RGBA PNGs) raises the RSS, sampled every 2 ms while it runs, by less than 1 GB."""
@@ -287,17 +298,17 @@ def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_pa
     assert int(growth) < 1024**3, int(growth) / 2**20
 
 
+@pytest.mark.needs_data
 def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, tmp_path):
     """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so
     a caller who wants flip TTA (twice the cost) gets thresholds made for it."""
-    info = lite.info.thresholds_info
+    info = lite.card.tuning
     flip = Classifier(tta="flip", runtime="litert")
     assert lite.tta == plain.tta == "none"  # the shipped ensemble's own mode: one pass
-    assert lite.thresholds == pytest.approx(info["thresholds"]) and lite.at_least_one == info["at_least_one"]
-    assert flip.thresholds == pytest.approx(info["other_tta"]["thresholds"])
-    assert flip.at_least_one == info["other_tta"]["at_least_one"]
+    assert lite.thresholds == pytest.approx(info.thresholds) and lite.at_least_one == info.at_least_one
+    assert flip.thresholds == pytest.approx(info.other_tta.thresholds)
+    assert flip.at_least_one == info.other_tta.at_least_one
     assert flip.thresholds != lite.thresholds
-    from tests.test_cli import run
 
     (tmp_path / "sea.jpg").write_bytes(sea_photo)
     for mode, classifier in (("none", lite), ("flip", flip)):

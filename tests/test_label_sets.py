@@ -10,6 +10,8 @@ import pytest
 from model.modeldir import read_model_dir
 from model.thresholds import apply_thresholds
 
+pytestmark = pytest.mark.needs_data
+
 ROW = re.compile(r'<a href="(/gallery\?[^"]+)">(\d+)</a>')
 
 

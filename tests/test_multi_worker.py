@@ -16,10 +16,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from model.modeldir import read_model_dir
-from tests.conftest import ROOT
-from tests.helpers import TINY_TRAINING
+from tests.helpers import ROOT, TINY_TRAINING
 
 WITHOUT_DROPOUT = (
     "import sys, keras; keras.layers.Dropout.call = lambda self, x, training=None: x; "
@@ -49,6 +49,7 @@ def train(tiny_dataset, out, *args, tf_config=None):
     )
 
 
+@pytest.mark.slow  # two workers and one process train
 def test_two_workers_train_the_model_one_worker_trains(tiny_dataset, tmp_path):
     workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     procs = [
@@ -71,11 +72,11 @@ def test_two_workers_train_the_model_one_worker_trains(tiny_dataset, tmp_path):
             p.kill()
     assert [p.returncode for p in procs] == [0, 0, 0], [o[-3000:] for o in outputs]
     chief, other, one = (read_model_dir(tmp_path / name) for name in ("worker0", "worker1", "one"))
-    assert chief.metrics["training"]["replicas"] == 2 and chief.metrics["training"]["batch_size"] == 32
+    assert chief.card.training.replicas == 2 and chief.card.training.batch_size == 32
     two = chief.test_predictions()[2]
     np.testing.assert_array_equal(other.test_predictions()[2], two)  # all-reduced: every worker has the same weights
     np.testing.assert_allclose(two, one.test_predictions()[2], atol=1e-4)
-    for a, b in zip(chief.metrics["training"]["history"], one.metrics["training"]["history"], strict=True):
+    for a, b in zip(chief.card.training.history, one.card.training.history, strict=True):
         np.testing.assert_allclose([float(a[k]) for k in sorted(a)], [float(b[k]) for k in sorted(a)], rtol=1e-5)
 
 

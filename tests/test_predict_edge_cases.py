@@ -12,7 +12,7 @@ import termios
 import pytest
 
 from model.batch import expand
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DEPTH = 1100  # deeper than Python's recursion limit
 
@@ -50,6 +50,7 @@ def awkward(tmp_path, sea_photo):
         folder.rmdir()
 
 
+@pytest.mark.needs_data
 def test_expand_walks_any_depth_and_lists_a_symlink_loop(awkward):
     photos, non_utf8, _ = awkward
     found = [str(p) for p in expand([photos])]
@@ -57,6 +58,7 @@ def test_expand_walks_any_depth_and_lists_a_symlink_loop(awkward):
     assert found == [str(photos / "a.jpg"), non_utf8, deep, str(photos / "loop.jpg")]  # name order, depth first
 
 
+@pytest.mark.needs_data
 def test_csv_gets_a_row_for_each_and_the_run_goes_on(awkward, tmp_path):
     photos, non_utf8, fifo = awkward
     out = tmp_path / "out.csv"
@@ -91,6 +93,7 @@ def _read(fd):
         return b""
 
 
+@pytest.mark.needs_data
 def test_lines_keep_a_non_utf8_name_as_its_bytes(awkward):
     _, non_utf8, fifo = awkward
     r = predict(non_utf8, fifo)

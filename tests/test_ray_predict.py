@@ -15,6 +15,8 @@ ray = pytest.importorskip("ray")
 from model import ray_batch  # noqa: E402
 from model.predict import main  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 PHOTOS = 100
 
 
@@ -56,6 +58,7 @@ def read_csv(path):
     return list(csv.reader(open(path, newline="")))
 
 
+@pytest.mark.needs_data
 def test_ray_csv_is_byte_for_byte_the_in_process_csv(local_ray, photos, tmp_path):
     assert cli(photos, "--csv", tmp_path / "local.csv") == 1  # exit code 1: one file could not be read
     assert cli(photos, "--engine", "ray", "--csv", tmp_path / "ray.csv") == 1
@@ -75,6 +78,7 @@ def test_ray_csv_is_byte_for_byte_the_in_process_csv(local_ray, photos, tmp_path
     assert broken[0][-1].startswith("not an image format") and broken[0][1:-1] == [""] * 6
 
 
+@pytest.mark.needs_data
 def test_list_file_glob_uri_and_parquet(local_ray, photos, tmp_path):
     import pyarrow.parquet as pq
 

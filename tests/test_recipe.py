@@ -48,6 +48,7 @@ def test_upload_augmentation_crops_any_aspect_letterboxes_and_keeps_hues(tmp_pat
     assert np.array_equal(augmented(photo, box, [3])[0], outs[3]) and not np.array_equal(outs[3], outs[4])
 
 
+@pytest.mark.needs_data
 def test_upload_augmentation_never_crops_into_the_grey_bands(miml_data):
     path = miml_data / "original" / "5.jpg"  # a portrait photo: grey bands left and right
     source = round(1.5 * SIZE)
@@ -93,6 +94,7 @@ def test_layerwise_adam_moves_the_slow_layers_by_the_factor():
     assert moved[0] == pytest.approx(0.001, rel=0.05) and moved[2] == pytest.approx(0.1, rel=0.05)
 
 
+@pytest.mark.needs_data
 def test_cross_validation_folds_partition_the_photos_and_are_stratified(miml_data):
     labels = load_dataset(miml_data).labels
     tests = []
@@ -109,6 +111,7 @@ def test_cross_validation_folds_partition_the_photos_and_are_stratified(miml_dat
         fold_split(labels, 5, 5)
 
 
+@pytest.mark.slow  # trains two folds
 def test_crossval_trains_every_fold_reports_the_literature_metrics_and_resumes(
     tiny_dataset, tiny_model, tmp_path, capsys
 ):

@@ -3,20 +3,22 @@
 import pytest
 
 from model.modeldir import SHIPPED_MODEL_DIR, read_model_dir
-from tests.test_cli import run
+from tests.helpers import run
 
 
+@pytest.mark.slow  # the shipped model on the 720 validation and test photos
+@pytest.mark.needs_data
 def test_retuning_the_shipped_model_reproduces_its_thresholds_and_metrics(miml_data, tmp_path):
     from model.retune import retune
 
     out = tmp_path / "retuned"
     shipped = read_model_dir(SHIPPED_MODEL_DIR)
-    retune(SHIPPED_MODEL_DIR, miml_data, shipped.thresholds_info["tta"], out)  # "none": the ensemble's one pass
+    retune(SHIPPED_MODEL_DIR, miml_data, shipped.tta, out)  # "none": the ensemble's one pass
     again = read_model_dir(out)
     for key in ("thresholds", "at_least_one", "tta", "other_tta", "chosen_on"):
-        assert again.thresholds_info[key] == shipped.thresholds_info[key], key
-    assert again.metrics["test"]["hamming_loss"] == pytest.approx(shipped.metrics["test"]["hamming_loss"])
-    assert again.metrics["validation"]["exact_match"] == pytest.approx(shipped.metrics["validation"]["exact_match"])
+        assert getattr(again.card.tuning, key) == getattr(shipped.card.tuning, key), key
+    assert again.card.test["hamming_loss"] == pytest.approx(shipped.card.test["hamming_loss"])
+    assert again.card.validation["exact_match"] == pytest.approx(shipped.card.validation["exact_match"])
     assert again.test_predictions()[0] == shipped.test_predictions()[0]
     assert (out / "training_curve.png").read_bytes() == (SHIPPED_MODEL_DIR / "training_curve.png").read_bytes()
 

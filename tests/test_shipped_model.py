@@ -6,6 +6,8 @@ import pytest
 from model.data import load_dataset, split
 from model.inference import Classifier
 
+pytestmark = pytest.mark.needs_data
+
 
 @pytest.fixture(scope="module")
 def test_results(miml_data):
@@ -30,13 +32,13 @@ def test_stored_test_predictions_are_reproduced(test_results):
     assert names == [dataset.images[i] for i in test_idx]
     assert np.array_equal(truth, dataset.labels[test_idx])
     np.testing.assert_allclose(probs, stored, atol=1e-4)
-    assert metrics["hamming_loss"] == pytest.approx(classifier.info.metrics["test"]["hamming_loss"])
+    assert metrics["hamming_loss"] == pytest.approx(classifier.card.test["hamming_loss"])
 
 
 def test_thresholds_were_chosen_on_validation(test_results):
     classifier = test_results[0]
     # one pass: flip TTA gave the ensemble no lower validation loss or higher mAP, at twice the cost
-    assert classifier.tta == "none" and classifier.info.thresholds_info["tta"] == "none"
-    assert classifier.info.thresholds_info["other_tta"]["tta"] == "flip"
-    assert "validation" in classifier.info.thresholds_info["chosen_on"]
-    assert classifier.info.metrics["split"]["seed"] == 100
+    assert classifier.tta == "none" and classifier.card.tuning.tta == "none"
+    assert classifier.card.tuning.other_tta.tta == "flip"
+    assert "validation" in classifier.card.tuning.chosen_on
+    assert classifier.card.split.seed == 100

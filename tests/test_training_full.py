@@ -10,6 +10,8 @@ import pytest
 from model.inference import Classifier, Registry, RegistryError
 from tests.helpers import TINY_LABELS
 
+pytestmark = pytest.mark.slow  # each test starts a training job
+
 TINY = ["--warmup-epochs", "1", "--input-size", "96"]
 
 
@@ -60,7 +62,7 @@ def test_full_mode_reports_epochs_eta_and_the_curve(registry):
     assert listed[job]["mode"] == "full" and listed[job]["labels"] == TINY_LABELS and listed[job]["dataset"] == "data"
     c = Classifier(registry.model_path(job))
     assert c.size == 96 and c.labels == TINY_LABELS
-    history = c.metrics["training"]["history"]
+    history = c.card.training.history
     assert [round(float(r["val_loss"]), 4) for r in history] == [round(p["val_loss"], 4) for p in final["curve"]]
 
 
