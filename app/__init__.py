@@ -88,9 +88,10 @@ def create_app(
     app.register_blueprint(api.bp)
     app.register_blueprint(explore.bp)
     if registry:
-        from app import training
+        from app import labelling, training
 
         training.init(app, registry, served, (runtime, precision), workers)
+        labelling.init(app, runs_dir)
 
     @app.context_processor
     def labels():

@@ -1,6 +1,7 @@
 """Training from the browser and the model registry: datasets, jobs, models, switching and comparing.
 
-    POST /api/datasets            a ZIP (multipart field `file`) -> 201 {"dataset", "photos", "labels", "skipped"}
+    POST /api/datasets            a ZIP (multipart `file`; `labels`: a comma list, for photos without labels)
+                                  -> 201 {"dataset", "photos", "labels", "labelled", "skipped"} (workspace.Workspace)
     GET  /api/datasets            the datasets (--data first)
     POST /api/jobs                {"dataset", "mode": "quick"|"full", "epochs"} -> 202 {"job"}; 409 while one runs
     GET  /api/jobs/ID             {"state", "progress", "message", "eta_s", "model", "curve", ...}
@@ -14,6 +15,7 @@ Everything model-side is `model.registry.Registry` (reached through model.infere
 in memory, at most MODELS_IN_MEMORY, the least recently used going first.
 """
 
+import dataclasses
 import threading
 from pathlib import Path
 from collections import OrderedDict
@@ -131,7 +133,10 @@ def upload_dataset():
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise BadRequest("no ZIP received: send it in the multipart form field 'file'")
-    return jsonify(registry().import_zip(upload.stream, upload.filename)), 201
+    created = current_app.extensions["workspace"].create_dataset(
+        upload.stream, upload.filename, request.form.get("labels")
+    )
+    return jsonify(dataclasses.asdict(created)), 201
 
 
 @bp.get("/api/datasets")
@@ -149,6 +154,8 @@ def start_job():
         )
     if "dataset" not in body or "mode" not in body:
         raise BadRequest("send 'dataset' (an id from GET /api/datasets) and 'mode' ('quick' or 'full')")
+    if isinstance(body["dataset"], str):
+        current_app.extensions["workspace"].write_labels_csv(body["dataset"])  # the labelled photos, from the store
     job = registry().start_job(body["dataset"], body["mode"], body.get("epochs"), body.get("backbone"))
     return jsonify(job=job), 202, {"Location": url_for("training.job_status", job_id=job)}
 

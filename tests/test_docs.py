@@ -6,7 +6,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # Pages other branches write; drop a name here once its page has landed.
-PENDING = {"security.md", "labelling.md"}
+PENDING = {"security.md"}
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

@@ -47,6 +47,7 @@ def jpeg(im, quality=92):
     return buf.getvalue()
 
 
+@pytest.mark.slow  # the 400 test photos in both runtimes
 @pytest.mark.needs_data
 def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, test_split):
     dataset, test_idx = test_split
@@ -81,6 +82,7 @@ def gradcam_by_gradients(model, pixels):
     return np.stack(maps)
 
 
+@pytest.mark.slow  # TensorFlow's gradients for 5 labels of 12 photos
 @pytest.mark.needs_data
 def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
     dataset, test_idx = test_split
@@ -96,6 +98,7 @@ def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
                 np.testing.assert_allclose(got[label], expected[label], atol=1e-4)
 
 
+@pytest.mark.slow  # two more ensembles (flip TTA: LiteRT and Keras)
 @pytest.mark.needs_data
 def test_flip_tta_averages_the_photo_and_its_mirror(plain, sea_photo, test_split):
     """In one pass: probabilities and embeddings are the two means, the feature map the mean with the mirror's
@@ -246,6 +249,19 @@ def test_the_app_reaches_the_model_only_through_classifier():
                 assert node.module == "model.inference" and {a.name for a in node.names} <= allowed, (path, node.module)
 
 
+def test_the_app_reaches_user_data_only_through_the_workspace_api():
+    for path in (ROOT / "app").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("workspace") for a in node.names), path
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workspace"):
+                assert node.module == "workspace" and {a.name for a in node.names} <= {"Workspace", "WorkspaceError"}, (
+                    path,
+                    node.module,
+                )
+
+
+@pytest.mark.slow  # converts the ensemble to LiteRT three times (about 1 GB more)
 @pytest.mark.needs_data
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
     monkeypatch.setenv("MIML_CACHE", str(tmp_path))
@@ -262,6 +278,7 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
+@pytest.mark.slow  # the app in a process decoding 40-megapixel PNGs
 @pytest.mark.needs_data
 def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_path, miml_data):
     """16 blank 16-bit 6324^2 PNGs (1.2 MB) are refused unread; the worst request within the limits
@@ -298,6 +315,7 @@ def test_request_pixels_are_capped_and_the_worst_request_stays_under_1_gb(tmp_pa
     assert int(growth) < 1024**3, int(growth) / 2**20
 
 
+@pytest.mark.slow  # a flip-TTA ensemble and two CLI processes
 @pytest.mark.needs_data
 def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, tmp_path):
     """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so

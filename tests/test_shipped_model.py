@@ -6,7 +6,7 @@ import pytest
 from model.data import load_dataset, split
 from model.inference import Classifier
 
-pytestmark = pytest.mark.needs_data
+pytestmark = [pytest.mark.needs_data, pytest.mark.slow]  # slow: the 400 test photos
 
 
 @pytest.fixture(scope="module")

@@ -58,6 +58,8 @@ def test_full_mode_reports_epochs_eta_and_the_curve(registry):
     assert after_warmup["eta_s"] is not None and after_warmup["eta_s"] >= 0 and 0 < after_warmup["progress"] < 1
     assert [p["epoch"] for p in final["curve"]] == [1, 2]
     assert all(p["loss"] > 0 and p["val_loss"] > 0 for p in final["curve"])
+    log = (registry.root / "jobs" / job / "log.txt").read_text()  # what model.train prints for people, JSON apart
+    assert "warm-up (head only): epoch 1/1 took" in log and '"phase"' not in log
     listed = {m["id"]: m for m in registry.models()}
     assert listed[job]["mode"] == "full" and listed[job]["labels"] == TINY_LABELS and listed[job]["dataset"] == "data"
     c = Classifier(registry.model_path(job))
