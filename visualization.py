@@ -3,7 +3,7 @@
     python visualization.py [--host 127.0.0.1] [--port 5000] [--model DIR] [--data DIR] [--server waitress|flask]
                             [--runtime auto|openvino|litert|keras]
                             [--precision auto|f32|bf16|int8] [--workers N] [--feedback DIR] [--no-explore]
-                            [--runs DIR] [--allowed-host NAME ...]
+                            [--runs DIR] [--max-runs-gb 10] [--allowed-host NAME ...]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
@@ -69,6 +69,12 @@ def main(argv=None):
         help="folder for uploaded datasets and trained models (default: runs/ beside this file)",
     )
     p.add_argument(
+        "--max-runs-gb",
+        type=float,
+        default=10,
+        help="most gigabytes the runs folder may hold; a dataset upload that would go over is refused (default 10)",
+    )
+    p.add_argument(
         "--allowed-host",
         action="append",
         default=[],
@@ -86,8 +92,8 @@ def main(argv=None):
 
     quiet_tensorflow(args.verbose)
     from app import create_app
-    from app.feedback import FeedbackError
     from model.data import DataError
+    from model.feedback import FeedbackError
     from model.modeldir import ModelDirError
 
     try:
@@ -101,6 +107,7 @@ def main(argv=None):
             explore=not args.no_explore,
             feedback_dir=args.feedback,
             runs_dir=args.runs,
+            runs_quota_bytes=int(args.max_runs_gb * (1 << 30)),
         )
     except (ModelDirError, DataError, FeedbackError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -111,8 +118,10 @@ def main(argv=None):
     if args.server == "waitress":
         from waitress import create_server
 
-        # Above the app's own limit, so that the app answers a body just over it (JSON under /api/).
-        body_limit = 2 * max(app.config["MAX_CONTENT_LENGTH"], app.config.get("MAX_DATASET_BYTES", 0))
+        # The largest route's limit (a dataset ZIP), and 1 MB for the multipart framing: a larger body is refused
+        # by waitress from its Content-Length before it is read; a smaller one over its route's limit gets the
+        # app's 413 (JSON under /api/).
+        body_limit = max(app.config["MAX_CONTENT_LENGTH"], app.config.get("MAX_DATASET_BYTES", 0)) + (1 << 20)
         server = create_server(
             app, host=args.host, port=args.port, threads=args.threads, max_request_body_size=body_limit, **WAITRESS
         )

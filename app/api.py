@@ -20,7 +20,7 @@ def predict():
     s, c = scenes(), requested_classifier()  # ?model=ID, else the model the pages use
     label = request.args.get("gradcam")
     if label is not None and label not in c.labels:
-        raise BadRequest(f"unknown label {label!r} for gradcam; labels are {', '.join(c.labels)}")
+        raise BadRequest(f"unknown label {label[:40]!r} for gradcam; labels are {', '.join(c.labels)}")
     k = similar_count(request.args.get("similar"))
     if k and c is not s.classifier:
         raise BadRequest("similar photos come from the model the pages use; leave out ?model= to get them")
@@ -29,7 +29,7 @@ def predict():
     for name, data in uploaded_files(request, c):  # one photo decoded at a time
         if label is None:  # one forward pass gives the probabilities and the embedding
             _, embeddings, probs = c.forward(load(c, name, data)[None])
-            embedding, result = embeddings[0], c.results(probs)[0]
+            embedding, result = embeddings[0], c.results(probs, embeddings)[0]
         else:  # the class map comes from the same forward pass
             a = analyse(c, name, data)
             embedding = a.embedding
@@ -38,6 +38,7 @@ def predict():
                 "probabilities": a.probabilities,
                 "predicted": a.predicted,
                 "gradcam": {"label": label, "png_base64": base64.b64encode(png).decode()},
+                "familiarity": a.familiarity and a.familiarity.as_dict(),
             }
         if k:
             result["similar"] = atlas.similar(embedding, k)

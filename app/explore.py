@@ -3,11 +3,14 @@
 The dataset's embeddings come from `scenes().atlas` (model/atlas.py through the Classifier), computed in the
 background after start-up: until they are ready, what needs them answers 503 with the progress."""
 
+import re
+
 from flask import Blueprint, jsonify, render_template, request
-from werkzeug.exceptions import BadRequest, NotFound, ServiceUnavailable
+from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 from app.scenes import scenes
 from app.uploads import load, uploaded_files
+from model.inference import FeedbackLabelsError
 
 bp = Blueprint("explore", __name__)
 MAX_SIMILAR = 50
@@ -37,7 +40,7 @@ def similar_count(value):
     """The `similar` query parameter: None when absent, else a whole number from 1 to MAX_SIMILAR (400 otherwise)."""
     if value is None:
         return None
-    if not value.isdigit() or not 1 <= int(value) <= MAX_SIMILAR:
+    if not re.fullmatch(r"[0-9]{1,3}", value) or not 1 <= int(value) <= MAX_SIMILAR:  # ASCII digits only
         raise BadRequest(f"similar must be a whole number from 1 to {MAX_SIMILAR}, not {value[:20]!r}")
     return int(value)
 
@@ -70,14 +73,21 @@ def feedback():
         raise NotFound("feedback is off: start the app with --feedback DIR to collect corrected labels")
     if "labels" not in request.form:
         raise BadRequest("send the true labels in the form field 'labels', comma-separated (empty for none)")
+    try:
+        s.feedback.check_labels(s.labels)
+    except FeedbackLabelsError as e:
+        raise Conflict(str(e)) from None
     labels = [l.strip() for l in request.form["labels"].split(",") if l.strip()]
     unknown = [l for l in labels if l not in s.labels]
     if unknown:
-        raise BadRequest(f"unknown label {unknown[0]!r}; labels are {', '.join(s.labels)}")
+        raise BadRequest(f"unknown label {unknown[0][:40]!r}; labels are {', '.join(s.labels)}")
     files = uploaded_files(request, s.classifier)
     if len(files) != 1:
         raise BadRequest(f"send one photo for feedback, not {len(files)}")
     name, data = files[0]
     load(s.classifier, name, data)  # a photo the model can read, or its 4xx
-    saved, created = s.feedback.save(data, labels)
+    try:
+        saved, created = s.feedback.save(data, labels, s.labels)
+    except FeedbackLabelsError as e:  # the model was switched meanwhile
+        raise Conflict(str(e)) from None
     return jsonify(image=saved, labels=[l for l in s.labels if l in labels], created=created), 201 if created else 200

@@ -4,6 +4,7 @@ import base64
 import binascii
 import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Response, abort, current_app, render_template, request
@@ -27,6 +28,20 @@ SHOW = {
     "right": "exact-match successes",
 }
 SORT = {"id": "photo id", "error": "largest error first", "confidence": "most confident first"}
+METRIC_NAMES = {
+    "map": "mAP",
+    "one_error": "one-error",
+    "hamming_loss": "Hamming loss",
+    "micro_f1": "micro F1",
+    "macro_f1": "macro F1",
+    "samples_f1": "samples F1",
+}
+
+
+@bp.app_template_filter("metric_name")
+def metric_name(key):
+    """How a page names a metric: mAP (not "map", which reads like the Map page), one-error."""
+    return METRIC_NAMES.get(key, key.replace("_", " "))
 
 
 def card(name, a, truth=None, photo_id=None, upload_index=None):
@@ -47,6 +62,8 @@ def card(name, a, truth=None, photo_id=None, upload_index=None):
             for i, l in enumerate(s.labels)
         ],
         "predicted": a.predicted,
+        "familiarity": a.familiarity,
+        "familiar_above": s.classifier.training_photos and s.classifier.training_photos.threshold,
         "cams": [{"label": l, "src": render.data_uri(render.heatmap_overlay(a.cams[l]))} for l in s.labels],
         "pixels": base64.b64encode(render.to_lossless_webp(Image.fromarray(a.pixels))).decode(),
         "model_input": a.pixels,
@@ -82,6 +99,15 @@ def batch():
     )
 
 
+def layer_examples(layers):
+    """(early, late): convolutional layers the hint names, ones this model has: the stem's activations (member 1's
+    before member 2's in an ensemble) and the last feature map, where Grad-CAM reads."""
+    spatial = [name for name, _, is_spatial in layers if is_spatial]
+    early = sorted(n for n in spatial if n.endswith("stem_activation")) or spatial[:1]
+    late = [n for n in spatial if n == "top_activation"] or [n for n in spatial if n.endswith("top_activation")]
+    return early[:2], (late or spatial[-1:])[:1]
+
+
 def layer_view(pixels, layer):
     """The layer list, and the channel grid of `layer` (404 for an unknown one)."""
     s = scenes()
@@ -109,7 +135,15 @@ def photo(photo_id):
     c = card(name, a, truth, photo_id=photo_id)
     layers, grid = layer_view(c["model_input"], request.args.get("layer"))
     in_test = any(t.photo_id == photo_id for t in s.test_photos)
-    return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=photo_id, in_test=in_test)
+    return render_template(
+        "photo.html",
+        card=c,
+        layers=layers,
+        grid=grid,
+        photo_id=photo_id,
+        in_test=in_test,
+        examples=layer_examples(layers),
+    )
 
 
 @bp.post("/inspect")
@@ -129,7 +163,9 @@ def inspect():
     name = request.form.get("name", "photo")[:80]
     c = card(name, a)
     layers, grid = layer_view(c["model_input"], request.form.get("layer"))
-    return render_template("photo.html", card=c, layers=layers, grid=grid, photo_id=None, in_test=False)
+    return render_template(
+        "photo.html", card=c, layers=layers, grid=grid, photo_id=None, in_test=False, examples=layer_examples(layers)
+    )
 
 
 @bp.get("/photo/<int:photo_id>/thumb.jpg")
@@ -162,7 +198,7 @@ def label_set_arg(name):
     if unknown:
         abort(
             400,
-            description=f"{name}: unknown label {unknown[0]!r}; labels are {', '.join(labels)} "
+            description=f"{name}: unknown label {unknown[0][:40]!r}; labels are {', '.join(labels)} "
             f"(an empty {name}= means no label)",
         )
     return np.array([l in chosen for l in labels], dtype=np.uint8)
@@ -307,7 +343,7 @@ COMPARED = {
 }
 
 
-def our_comparison_row(classifier):
+def our_comparison_row(classifier, miml_split):
     """The model's test metrics in the published results' terms: coverage per label (MIML's coverage, i.e.
     sklearn's coverage_error - 1, over the number of labels) and example-based average precision (LRAP), both
     from model.metrics: stored in metrics.json, or computed from the stored test predictions for an older one."""
@@ -323,8 +359,8 @@ def our_comparison_row(classifier):
         "model": f"{card.training.architecture or 'this model'} (this model)",
         "kind": "single split",
         "protocol": f"the {test['n_images']}-photo test split (seed {seed}"
-        f"{': the contract split' if seed == classifier.CONTRACT_SPLIT_SEED else ''}), thresholds and checkpoint "
-        "from validation",
+        f"{': the contract split' if seed == classifier.CONTRACT_SPLIT_SEED and miml_split else ''}), thresholds "
+        "and checkpoint from validation",
         **{k: test[k] for k in ("hamming_loss", "exact_match", "one_error", "ranking_loss")},
         "coverage": extra["coverage_normalised"] or test["coverage"] / len(classifier.labels),
         "average_precision": extra["average_precision"],
@@ -348,18 +384,36 @@ def crossval_row(classifier):
     }
 
 
+def trained_on(classifier):
+    """What the model says of its own dataset: {"name": the folder's name (None if unrecorded), "photos": its
+    split's photos, "miml": whether it is MIML itself (its labels and 2000 photos)}."""
+    t, split = classifier.card.training, classifier.card.split
+    path = t.dataset or next((m.dataset for m in t.members or [] if m.dataset), None)
+    photos = sum(n or 0 for n in (split.train, split.validation, split.test))
+    return {
+        "name": Path(path).name if path else None,
+        "photos": photos,
+        "miml": classifier.labels == MIML_LABELS and photos == 2000,
+    }
+
+
 @bp.get("/model")
 def model_page():
     s = scenes()
-    ours = [our_comparison_row(s.classifier), crossval_row(s.classifier)]
+    own = trained_on(s.classifier)
+    ours = [our_comparison_row(s.classifier, own["miml"]), crossval_row(s.classifier)]
     ours = [row for row in ours if row]
+    backbone = s.classifier.card.training.backbone
     return render_template(
         "model.html",
         info=s.classifier,
         layers=s.classifier.layers(),
         size=s.classifier.size,
         dataset=s.dataset,
-        rows=ours + (PUBLISHED if s.labels == MIML_LABELS else []),
+        trained_on=own,
+        backbone=backbone and Path(backbone).name,  # a model id: older quick models recorded the folder's path
+        literature=s.labels == MIML_LABELS,
+        rows=ours + PUBLISHED,
         ours=len(ours),
         compared=COMPARED,
         curve=s.classifier.training_curve_png() is not None,

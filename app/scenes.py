@@ -12,8 +12,7 @@ import numpy as np
 from flask import current_app
 
 from app import render
-from app.feedback import Feedback
-from model.inference import Classifier
+from model.inference import Classifier, Feedback
 
 
 @dataclass
@@ -47,19 +46,41 @@ class Scenes:
         """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
         for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
         classifier = Classifier(model_dir, runtime=runtime, precision=precision, workers=workers)
-        self.dataset = classifier.dataset(data_dir) if data_dir else None
+        self.given_dataset = classifier.dataset(data_dir) if data_dir else None  # --data
         self.explore = explore
-        self.use(classifier)
-        self.feedback = Feedback(feedback_dir, self.labels) if feedback_dir else None
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.
         self.thumbnail = functools.lru_cache(maxsize=2000)(self._thumbnail)
+        self.use(classifier)
+        self.feedback = Feedback(feedback_dir) if feedback_dir else None
 
     def use(self, classifier):
-        """Serve `classifier` from now on (the model the pages use; /models switches it)."""
+        """Serve `classifier` from now on (the model the pages use; /models switches it). The gallery, photo
+        pages and map show the model's own dataset when it has one on disk with its labels, else --data's."""
         self.classifier, self.labels, self.thresholds = classifier, classifier.labels, classifier.thresholds
+        self.dataset = self._own_dataset(classifier) or self.given_dataset
+        self.thumbnail.cache_clear()  # photo ids belong to the dataset
         self.test_photos = self._test_photos() if self.dataset else []
+        if getattr(self, "atlas", None):
+            self.atlas.stop()  # the previous model's: background work only for the model in use
         # similar photos and the map belong to the model that embeds them (each model's own cache)
         self.atlas = classifier.atlas(self.dataset).start() if self.explore and self.dataset else None
+
+    def _own_dataset(self, classifier):
+        """The dataset the model was trained on (metrics.json's training "dataset"), when it is readable, has the
+        model's labels and is not --data's; else None."""
+        from pathlib import Path
+
+        from model.inference import DataError
+
+        path = classifier.card.training.dataset
+        given = self.given_dataset
+        if not path or (given is not None and Path(path).resolve() == Path(given.root).resolve()):
+            return None
+        try:
+            own = classifier.dataset(path)
+        except (DataError, OSError):
+            return None
+        return own if own.label_names == classifier.labels else None
 
     def _test_photos(self):
         """The stored test predictions (computed once, at training), joined to the dataset's photos."""

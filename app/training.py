@@ -1,15 +1,17 @@
 """Training from the browser and the model registry: datasets, jobs, models, switching and comparing.
 
     POST /api/datasets            a ZIP (multipart `file`; `labels`: a comma list, for photos without labels)
-                                  -> 201 {"dataset", "photos", "labels", "labelled", "skipped"} (workspace.Workspace)
+                                  -> 201 {"dataset", "photos", "labels", "labelled", "skipped"} (workspace.Workspace);
+                                  409 while another import runs; 507 past the runs quota
     GET  /api/datasets            the datasets (--data first)
+    DELETE /api/datasets/ID       delete an uploaded dataset (never --data or --feedback, nor one a job trains on)
     POST /api/jobs                {"dataset", "mode": "quick"|"full", "epochs"} -> 202 {"job"}; 409 while one runs
     GET  /api/jobs/ID             {"state", "progress", "message", "eta_s", "model", "curve", ...}
     DELETE /api/jobs/ID           cancel
     GET  /api/models              every model, the shipped one first
     POST /api/models/active       {"model": ID}: the model the pages use (kept in RUNS/active.json)
     DELETE /api/models/ID         delete a trained model (never the shipped one, nor the one in use)
-    /train, /models, /compare     the pages
+    /train, /models, /compare     the pages (their forms that change state carry a CSRF token)
 
 Everything model-side is `model.registry.Registry` (reached through model.inference). Loaded models are kept
 in memory, at most MODELS_IN_MEMORY, the least recently used going first.
@@ -21,7 +23,7 @@ from pathlib import Path
 from collections import OrderedDict
 
 from flask import Blueprint, Response, abort, current_app, jsonify, redirect, render_template, request, url_for
-from werkzeug.exceptions import BadRequest, default_exceptions
+from werkzeug.exceptions import BadRequest, HTTPException, default_exceptions
 
 from app import render
 from app.scenes import scenes
@@ -29,8 +31,19 @@ from model.inference import Classifier, ImageError, RegistryError
 
 bp = Blueprint("training", __name__)
 MODELS_IN_MEMORY = 3
+SHIPPED_ID = "shipped"
 MAX_DATASET_BYTES = 200 * 1024 * 1024  # one uploaded ZIP
 COMPARE_GALLERY = 60  # disagreements shown
+
+
+class InsufficientStorage(HTTPException):
+    """507: the runs folder's quota is used up (werkzeug has no class for it)."""
+
+    code = 507
+    name = "Insufficient Storage"
+
+
+STATUSES = {**default_exceptions, 507: InsufficientStorage}
 
 
 class LoadedModels:
@@ -41,6 +54,8 @@ class LoadedModels:
         self.registry, self.runtime, self.workers, self.bound = registry, runtime, workers, bound
         self._loaded = OrderedDict()
         self._lock = threading.Lock()  # loads one model at a time: a second request for it waits, then shares it
+        self._preparing = set()  # ids being loaded and warmed up in the background (prepare)
+        self._preparing_lock = threading.Lock()
 
     def put(self, model_id, classifier):
         with self._lock:
@@ -58,12 +73,35 @@ class LoadedModels:
             if model_id in self._loaded:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
+            path = self.registry.check_model(model_id)
             runtime, precision = self.runtime
-            classifier = Classifier(
-                self.registry.model_path(model_id), runtime=runtime, precision=precision, workers=self.workers
-            )
+            try:
+                classifier = Classifier(path, runtime=runtime, precision=precision, workers=self.workers)
+            except Exception as e:  # deleted or damaged while it loads: Keras, LiteRT and OpenVINO raise many types
+                message = str(e).replace(str(path), model_id)
+                raise RegistryError(f"model {model_id!r} cannot be loaded: {message}", 409) from None
             self._keep(model_id, classifier)
             return classifier
+
+    def prepare(self, model_id):
+        """True when `model_id` is loaded and warmed up; else start that in the background (once) and say False."""
+        with self._preparing_lock:
+            if model_id in self._preparing:
+                return False
+            if model_id in self._loaded:
+                return True
+            self._preparing.add(model_id)
+        threading.Thread(target=self._prepare, args=(model_id,), name=f"prepare {model_id}", daemon=True).start()
+        return False
+
+    def _prepare(self, model_id):
+        try:
+            self.get(model_id).warm_up()
+        except Exception:  # a request for the model will say what is wrong with it
+            pass
+        finally:
+            with self._preparing_lock:
+                self._preparing.discard(model_id)
 
     def forget(self, model_id):
         with self._lock:
@@ -87,7 +125,7 @@ def init(app, registry, served, runtime, workers):
 
     @app.errorhandler(RegistryError)
     def registry_error(e):
-        return app.handle_http_exception(default_exceptions[e.status](str(e)))
+        return app.handle_http_exception(STATUSES[e.status](str(e)))
 
 
 def registry():
@@ -120,7 +158,10 @@ def switch(model_id):
 
 
 def json_body():
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise BadRequest("the JSON is nested too deeply; send a flat JSON object") from None
     if not isinstance(body, dict):
         raise BadRequest("send a JSON object (Content-Type: application/json)")
     return body
@@ -144,6 +185,26 @@ def list_datasets():
     return jsonify(registry().datasets())
 
 
+@bp.delete("/api/datasets/<dataset_id>")
+def delete_dataset(dataset_id):
+    registry().delete_dataset(dataset_id)
+    return jsonify(deleted=dataset_id)
+
+
+def confirmed_form(what):
+    """The form's fields, once its CSRF token and its 'confirm' box are checked (400 otherwise)."""
+    current_app.extensions["csrf"].protect()
+    if request.form.get("confirm") != "yes":
+        raise BadRequest(f"deleting {what} cannot be undone: tick the box that confirms it")
+    return request.form
+
+
+@bp.post("/datasets/delete")
+def delete_dataset_form():
+    registry().delete_dataset(confirmed_form("a dataset").get("dataset", ""))
+    return redirect(url_for("training.train_page"), 303)
+
+
 @bp.post("/api/jobs")
 def start_job():
     body = json_body()
@@ -162,7 +223,12 @@ def start_job():
 
 @bp.get("/api/jobs/<job_id>")
 def job_status(job_id):
-    return jsonify(registry().job(job_id))
+    """The job's status; once it is done, "ready": whether its model is loaded here for serving (asking starts
+    that in the background, so the model's first use does not wait for it)."""
+    status = registry().job(job_id)
+    if status["state"] == "done" and status.get("model"):
+        status["ready"] = models().prepare(status["model"])
+    return jsonify(status)
 
 
 @bp.delete("/api/jobs/<job_id>")
@@ -203,16 +269,29 @@ def train_page():
     return render_template(
         "train.html",
         datasets=registry().datasets(),
+        uploads=[d for d in registry().datasets() if d["dataset"] not in registry().folders],
         job=live,
+        timing={mode: registry().timing(mode) for mode in ("quick", "full")},
         max_mb=current_app.config["MAX_DATASET_BYTES"] // (1024 * 1024),
     )
 
 
+def compatible_pairs(listed):
+    """[(a, b)] of model ids with the same labels, the ones the compare form offers: pairs of trained models
+    first, newest first (the list's order), then pairs with the shipped model."""
+    pairs = [(a["id"], b["id"]) for i, a in enumerate(listed) for b in listed[i + 1 :] if a["labels"] == b["labels"]]
+    return sorted(pairs, key=lambda pair: SHIPPED_ID in pair)
+
+
 @bp.get("/models")
 def models_page():
+    unreadable = []
+    listed = registry().models(unreadable)
     return render_template(
         "models.html",
-        models=registry().models(),
+        models=listed,
+        pairs=compatible_pairs(listed),
+        unreadable=unreadable,
         active=current_app.extensions["active_model"],
         loaded=models().ids(),
         bound=MODELS_IN_MEMORY,
@@ -221,15 +300,14 @@ def models_page():
 
 @bp.post("/models/use")
 def use_model_form():
+    current_app.extensions["csrf"].protect()
     switch(request.form.get("model", ""))
     return redirect(url_for("training.models_page"), 303)
 
 
 @bp.post("/models/delete")
 def delete_model_form():
-    if request.form.get("confirm") != "yes":
-        raise BadRequest("deleting a model cannot be undone: tick the box that confirms it")
-    delete(request.form.get("model", ""))
+    delete(confirmed_form("a model").get("model", ""))
     return redirect(url_for("training.models_page"), 303)
 
 
@@ -247,7 +325,7 @@ def shared_test_photos(a, b):
 
 @bp.get("/compare")
 def compare():
-    ids = [request.args.get("a", ""), request.args.get("b", "")]
+    ids = request.args.get("pair", "").split()[:2] or [request.args.get("a", ""), request.args.get("b", "")]
     if not all(ids):
         raise BadRequest("choose two models: /compare?a=ID&b=ID (ids from the Models page)")
     a, b = (models().get(i) for i in ids)
@@ -299,7 +377,9 @@ def compare_thumb(model_id, image):
     if image not in c.test_predictions()[0]:
         abort(404, description=f"{image!r} is not one of model {model_id!r}'s test photos")
     try:
-        jpeg = render.thumbnail(c, Path(c.card.training.dataset) / "original" / image)
-    except (ImageError, OSError) as e:
+        jpeg = render.thumbnail(c, Path(c.card.training.dataset or "") / "original" / image)
+    except ImageError as e:
         abort(404, description=f"{image}: cannot be read from the model's dataset ({e})")
+    except OSError as e:  # the message without the folder's path
+        abort(404, description=f"{image}: cannot be read from the model's dataset ({e.strerror or 'unreadable'})")
     return Response(jpeg, mimetype="image/jpeg", headers={"Cache-Control": "max-age=3600"})

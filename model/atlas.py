@@ -70,6 +70,11 @@ class Atlas:
             for i in indices:
                 self.splits[i] = name
         self._thread = None
+        self._stop = threading.Event()
+
+    def stop(self):
+        """Stop computing (the model is no longer served): the thread ends after its current batch."""
+        self._stop.set()
 
     def start(self):
         """Read the cache now (tens of milliseconds), else compute everything in a background thread."""
@@ -128,6 +133,8 @@ class Atlas:
         n = len(self.dataset.images)
         embeddings, probabilities = [], []
         for start in range(0, n, BATCH):
+            if self._stop.is_set():
+                raise RuntimeError("stopped: another model is in use")
             images = self.dataset.load_photos(range(start, min(n, start + BATCH)), self.classifier.size, workers=2)
             _, e, p = self.classifier.forward(images)
             embeddings.append(e)

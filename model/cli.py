@@ -1,4 +1,5 @@
-"""What the command-line tools share: TensorFlow's start-up log lines kept quiet unless --verbose."""
+"""What the command-line tools share: TensorFlow's start-up log lines kept quiet unless --verbose, and the
+rule for a model directory given as --out (`check_out`)."""
 
 import os
 import re
@@ -7,6 +8,7 @@ import tempfile
 import threading
 import traceback
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NoReturn
 
 # absl's INFO lines ("I0000 00:00:... port.cc:153] oneDNN custom operations are on ...") and its notice that
@@ -32,6 +34,26 @@ def add_runtime_flags(parser):
         default="auto",
         help="arithmetic (default auto: bf16 on OpenVINO where the CPU has it, else f32; litert and keras run f32)",
     )
+
+
+class OutError(ValueError):
+    """--out names something the tool must not replace; the message says why."""
+
+
+def check_out(out, force):
+    """The --out rule of every CLI that writes a model directory: `out` may be new or an empty directory; one that
+    holds a model directory (model.keras + thresholds.json) is replaced only with --force; anything else (a file,
+    a folder of other things) is refused, --force or not, so that nothing that is not a model is ever deleted."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out.is_dir() and (out / "model.keras").is_file() and (out / "thresholds.json").is_file()):
+        raise OutError(
+            f"{out}: exists and is not a model directory (model.keras + thresholds.json) nor empty; "
+            "it is never replaced, even with --force: choose another --out"
+        )
+    if not force:
+        raise OutError(f"{out}: already holds a model directory; pass --force to replace it")
 
 
 def add_verbose_flag(parser):

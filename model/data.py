@@ -23,6 +23,12 @@ CONTRACT_SPLIT_SEED = (
 )
 TEST_FRACTION = 0.2
 VAL_FRACTION = 0.2
+MAX_PHOTOS = 20_000  # rows of a labels file
+MAX_LABELS = 100
+MAX_LABEL_CHARS = 64
+MAX_NAME_BYTES = 200  # an image's file name, UTF-8 (file systems allow 255)
+MAX_CSV_BYTES = 4 << 20  # 20,000 rows of 100 labels and a long name fit
+MAX_MAT_BYTES = 8 << 20  # Kaggle's file, `bags` and all, is about 1 MB
 
 
 class DataError(Exception):
@@ -53,25 +59,58 @@ class Dataset:
 
 
 def _read_csv(path):
+    """(images, labels, label names) of a labels.csv, read a row at a time: refused (DataError naming the file
+    and line) at the first row past MAX_PHOTOS, a field over the csv module's limit, a repeated image or a label
+    name that cannot be shown as it is. A UTF-8 byte-order mark is allowed."""
+    path = Path(path)
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        size = path.stat().st_size
+        if size > MAX_CSV_BYTES:
+            raise DataError(f"{path}: {size:,} bytes, over the {MAX_CSV_BYTES:,}-byte limit for labels.csv")
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            try:
+                return _parse_csv(path, reader)
+            except csv.Error as e:
+                raise DataError(f"{path}: line {reader.line_num} is not valid CSV ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e})") from None
-    if not rows or len(rows[0]) < 2 or rows[0][0].strip() != "image":
+
+
+def _label_names(path, header):
+    if not header or len(header) < 2 or header[0].strip() != "image":
         raise DataError(f"{path}: the header must be 'image,<label>,<label>,...'")
-    label_names = [name.strip() for name in rows[0][1:]]
-    if len(set(label_names)) != len(label_names) or not all(label_names):
+    names = [name.strip() for name in header[1:]]
+    if len(names) > MAX_LABELS:
+        raise DataError(f"{path}: {len(names)} labels; at most {MAX_LABELS} are allowed")
+    if len(set(names)) != len(names) or not all(names):
         raise DataError(f"{path}: label names must be unique and non-empty")
-    images, labels = [], []
-    for line, row in enumerate(rows[1:], start=2):
+    for name in names:
+        if len(name) > MAX_LABEL_CHARS or not name.isprintable():
+            raise DataError(
+                f"{path}: the label {name[:40]!r} must be at most {MAX_LABEL_CHARS} printable characters "
+                "(no control characters, line breaks or direction overrides)"
+            )
+    return names
+
+
+def _parse_csv(path, reader):
+    label_names = _label_names(path, next(reader, None))
+    images, labels, seen = [], [], {}
+    for row in reader:
+        line = reader.line_num
         if not row:
             continue
-        if len(row) != len(rows[0]) or any(v.strip() not in ("0", "1") for v in row[1:]):
+        if len(images) == MAX_PHOTOS:
+            raise DataError(f"{path}: line {line}: more than {MAX_PHOTOS:,} photos; at most that many are allowed")
+        if len(row) != len(label_names) + 1 or any(v.strip() not in ("0", "1") for v in row[1:]):
             raise DataError(f"{path}: line {line} must have an image name and {len(label_names)} values of 0 or 1")
         name = row[0].strip()
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise DataError(f"{path}: line {line} has an invalid image name {name!r}")
+        if not name or "/" in name or "\\" in name or name.startswith(".") or len(name.encode()) > MAX_NAME_BYTES:
+            raise DataError(f"{path}: line {line} has an invalid image name {name[:40]!r}")
+        if name in seen:
+            raise DataError(f"{path}: line {line} lists {name[:40]!r} again (first on line {seen[name]})")
+        seen[name] = line
         images.append(name)
         labels.append([int(v) for v in row[1:]])
     if not images:
@@ -80,23 +119,51 @@ def _read_csv(path):
 
 
 def _read_mat(path):
-    from scipy.io import loadmat
+    """(images, labels, label names) of the Kaggle `.mat` file, its declared sizes checked before it is read."""
+    from model.matfile import MatError, read_kaggle_mat
 
+    path = Path(path)
     try:
-        mat = loadmat(path)
-    except Exception as e:  # scipy raises several types for damaged files
-        raise DataError(f"{path}: cannot read the .mat file ({e})") from None
+        size = path.stat().st_size
+        if size > MAX_MAT_BYTES:
+            raise DataError(f"{path}: {size:,} bytes, over the {MAX_MAT_BYTES:,}-byte limit for the .mat file")
+        mat = read_kaggle_mat(path.read_bytes())
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    except MatError as e:
+        raise DataError(f"{path}: {e}") from None
     targets = mat.get("targets")
     if targets is None or targets.ndim != 2 or not np.isin(targets, (-1, 1)).all():
         raise DataError(f"{path}: needs a 'targets' matrix (labels x photos) of -1/+1 values")
+    if not 1 <= targets.shape[0] <= MAX_LABELS or not 1 <= targets.shape[1] <= MAX_PHOTOS:
+        raise DataError(
+            f"{path}: 'targets' is {targets.shape[0]}x{targets.shape[1]}; at most {MAX_LABELS} labels "
+            f"x {MAX_PHOTOS:,} photos are allowed"
+        )
     names = mat.get("class_name")
     if names is None or names.size != targets.shape[0]:
         raise DataError(
             f"{path}: needs 'class_name' with one name for each of the {targets.shape[0]} rows of 'targets'"
         )
-    label_names = [str(np.asarray(n).ravel()[0]).strip() for n in names.ravel()]
+    try:
+        label_names = [str(np.asarray(n).ravel()[0]).strip() for n in names.ravel()]
+    except IndexError:
+        raise DataError(f"{path}: 'class_name' has an empty name") from None
+    _label_names(path, ["image", *label_names])
     images = [f"{i}.jpg" for i in range(1, targets.shape[1] + 1)]
     return images, (targets.T > 0).astype(np.uint8), label_names
+
+
+def check_labels_vary(labels, label_names):
+    """DataError for a label that every photo of the training split has, or none: quick and full training
+    refuse it alike (a classifier cannot learn it)."""
+    labels = np.asarray(labels)
+    for j, name in enumerate(label_names):
+        if labels[:, j].min() == labels[:, j].max():
+            have = "every" if labels[0, j] else "no"
+            raise DataError(
+                f"label {name!r}: {have} photo of the training split has it; a label needs photos with and without it"
+            )
 
 
 def load_dataset(directory=None):

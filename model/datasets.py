@@ -5,6 +5,11 @@ Kaggle layout (`processed/miml data.mat` + `original/N.jpg`), at its top or insi
 name is checked before anything is written (none may lead outside the dataset's folder), the number of
 members and their stated sizes are limited (zipfile never inflates a member past its stated size), and
 every listed photo is decoded once: photos that cannot be read are left out and listed by name.
+
+Limits: the labels file (labels.csv at most model.data.MAX_CSV_BYTES, the .mat at most MAX_MAT_BYTES), a
+photo at most MAX_PHOTO_BYTES, the photos' decoded pixels in all at most MAX_ZIP_PIXELS, and what the ZIP
+inflates to within the runs folder's quota (`limits["quota_bytes"]`, DiskQuotaError past it). Encrypted
+members, compression methods zipfile cannot read, repeated member names and damaged members are refused.
 """
 
 import csv
@@ -12,21 +17,30 @@ import re
 import secrets
 import stat
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-from model.data import DataError, _read_csv, _read_mat
+from model.data import MAX_CSV_BYTES, MAX_MAT_BYTES, DataError, _read_csv, _read_mat
 from model.modeldir import atomic_dir
-from model.preprocess import ImageError, load_image
+from model.preprocess import ImageError, decoded_pixels, load_image
 
 MAX_MEMBERS = 20_000
 MAX_MEMBER_BYTES = 64 << 20  # one member, uncompressed
 MAX_TOTAL_BYTES = 1 << 30  # all members, uncompressed
+MAX_PHOTO_BYTES = 16 << 20  # one photo: larger ones are left out (a 12 MP phone JPEG is about 4 MB)
+MAX_ZIP_PIXELS = 1_000_000_000  # decoded pixels of all the photos (a large JPEG counts at its reduced size)
+MAX_SKIPPED = 100  # photos left out that are listed by name (all are counted)
+METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 CHECK_SIZE = 224  # photos are decoded (and letterboxed) once at the model's input size to check them
 MAT = "processed/miml data.mat"
 
 
 class DatasetError(ValueError):
     """The upload is not a dataset we can use; the message says what is wrong, for a person."""
+
+
+class DiskQuotaError(DatasetError):
+    """The dataset would not fit in what is left of the runs folder's quota."""
 
 
 def member_parts(name):
@@ -55,6 +69,15 @@ def _check_members(zf, limits):
             raise DatasetError(f"the ZIP member {info.filename!r} is a symbolic link; nothing was extracted")
         if info.is_dir() or _hidden(parts):
             continue
+        if info.flag_bits & 0x1:
+            raise DatasetError(f"the ZIP member {info.filename!r} is encrypted; send a ZIP without a password")
+        if info.compress_type not in METHODS:
+            raise DatasetError(
+                f"the ZIP member {info.filename!r} uses compression method {info.compress_type}, which cannot be "
+                "read; use the usual one (deflate)"
+            )
+        if "/".join(parts) in files:
+            raise DatasetError(f"the ZIP holds {info.filename!r} twice; which one is meant is unclear")
         if info.file_size > limits["member_bytes"]:
             raise DatasetError(
                 f"the ZIP member {info.filename!r} inflates to {info.file_size:,} bytes, over the "
@@ -64,6 +87,11 @@ def _check_members(zf, limits):
         files["/".join(parts)] = info
     if total > limits["total_bytes"]:
         raise DatasetError(f"the ZIP inflates to {total:,} bytes, over the {limits['total_bytes']:,}-byte limit")
+    if total > limits["quota_bytes"]:
+        raise DiskQuotaError(
+            f"the ZIP inflates to {total:,} bytes, but the runs folder has {max(0, limits['quota_bytes']):,} "
+            "bytes left of its quota: delete datasets or models you no longer need"
+        )
     return files
 
 
@@ -76,6 +104,8 @@ def _find_labels(files):
             "row of 0/1 values a photo) at its top with the photos in original/ or beside it, "
             "or use the Kaggle layout (processed/miml data.mat + original/)"
         )
+    if len(found) > 1 and found[1][0] == found[0][0]:
+        raise DatasetError(f"the ZIP holds two labels files ({found[0][1]!r} and {found[1][1]!r}); keep one")
     path = found[0][1]
     if path.endswith(MAT):
         return path[: -len(MAT)], "mat"
@@ -86,13 +116,41 @@ def _read_labels(zf, files, prefix, kind, folder):
     """(images, labels, label names) from the ZIP's labels file, copied to `folder` to be read; DatasetError."""
     name = prefix + ("labels.csv" if kind == "csv" else MAT)
     target = folder / ("labels.csv" if kind == "csv" else "labels.mat")
-    target.write_bytes(zf.read(files[name]))
+    limit = MAX_CSV_BYTES if kind == "csv" else MAX_MAT_BYTES
+    if files[name].file_size > limit:
+        raise DatasetError(f"{name} inflates to {files[name].file_size:,} bytes, over its {limit:,}-byte limit")
+    target.write_bytes(_read_member(zf, files[name]))
     try:
         return (_read_csv if kind == "csv" else _read_mat)(target)
     except DataError as e:
         raise DatasetError(str(e).replace(str(target), name)) from None
     finally:
         target.unlink()
+
+
+def _read_member(zf, info):
+    """The member's bytes; DatasetError for a damaged one (a bad CRC, a truncated stream)."""
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError) as e:
+        raise DatasetError(f"the ZIP member {info.filename!r} is damaged ({e})") from None
+
+
+def _check_pixels(zf, infos):
+    """DatasetError when the photos' headers declare more than MAX_ZIP_PIXELS decoded pixels in all: checked
+    before any photo is decoded (a header is a few bytes of a member; unreadable ones are left out later)."""
+    total = 0
+    for info in infos:
+        try:
+            with zf.open(info) as f:
+                total += decoded_pixels(f, CHECK_SIZE)
+        except (ImageError, zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError):
+            continue
+        if total > MAX_ZIP_PIXELS:
+            raise DatasetError(
+                f"the photos decode to over {MAX_ZIP_PIXELS:,} pixels in all, the limit for one ZIP (a large JPEG "
+                "counts at its reduced size): send fewer or smaller photos"
+            )
 
 
 def slug(name):
@@ -104,39 +162,45 @@ def slug(name):
 def import_zip(source, out, limits=None, progress=None):
     """Extract the dataset in ZIP `source` (path or file object) into the new folder `out`.
 
-    Returns {"photos", "labels", "skipped": [{"image", "error"}]}; raises DatasetError (nothing left in `out`)."""
+    Returns {"photos", "labels", "skipped": the first MAX_SKIPPED [{"image", "error"}], "skipped_count"};
+    raises DatasetError (nothing left in `out`)."""
     limits = {
         "members": MAX_MEMBERS,
         "member_bytes": MAX_MEMBER_BYTES,
         "total_bytes": MAX_TOTAL_BYTES,
+        "quota_bytes": MAX_TOTAL_BYTES,
         **(limits or {}),
     }
     try:
         zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError):
+    except (zipfile.BadZipFile, OSError, EOFError):
         raise DatasetError("the file is not a ZIP archive (or it is damaged)") from None
+    except UnicodeDecodeError:
+        raise DatasetError("the ZIP has a member name marked UTF-8 that is not valid UTF-8") from None
     with zf:
         files = _check_members(zf, limits)
         prefix, kind = _find_labels(files)
         with atomic_dir(out) as tmp:
             images, labels, label_names = _read_labels(zf, files, prefix, kind, tmp)
             (tmp / "original").mkdir()
+            members = [files.get(f"{prefix}original/{image}") or files.get(f"{prefix}{image}") for image in images]
+            _check_pixels(zf, [m for m in members if m])
             kept, skipped = [], []
-            for i, (image, row) in enumerate(zip(images, labels)):
-                info = files.get(f"{prefix}original/{image}") or files.get(f"{prefix}{image}")
+            for i, (image, row, info) in enumerate(zip(images, labels, members)):
                 if progress and i % 50 == 0:
                     progress(i / len(images))
                 if info is None:
                     skipped.append({"image": image, "error": "listed in the labels but not in the ZIP"})
                     continue
+                if info.file_size > MAX_PHOTO_BYTES:
+                    skipped.append({"image": image, "error": f"over the {MAX_PHOTO_BYTES:,}-byte limit for a photo"})
+                    continue
+                data = _read_member(zf, info)
                 try:
-                    data = zf.read(info)
                     load_image(data, CHECK_SIZE)
                 except ImageError as e:
                     skipped.append({"image": image, "error": str(e)})
                     continue
-                except (zipfile.BadZipFile, OSError, EOFError) as e:
-                    raise DatasetError(f"the ZIP member {info.filename!r} is damaged ({e})") from None
                 (tmp / "original" / image).write_bytes(data)
                 kept.append((image, row))
             if not kept:
@@ -148,4 +212,9 @@ def import_zip(source, out, limits=None, progress=None):
                 writer = csv.writer(f)
                 writer.writerow(["image", *label_names])
                 writer.writerows([image, *map(int, row)] for image, row in kept)
-    return {"photos": len(kept), "labels": label_names, "skipped": skipped}
+    return {
+        "photos": len(kept),
+        "labels": label_names,
+        "skipped": skipped[:MAX_SKIPPED],
+        "skipped_count": len(skipped),
+    }

@@ -44,7 +44,8 @@ import numpy as np
 from model.atlas import Atlas
 from model.backbones.efficientnet_lite import cache_dir
 from model.cli import without_start_up_noise
-from model.data import CONTRACT_SPLIT_SEED, Dataset, load_dataset
+from model.data import CONTRACT_SPLIT_SEED, DataError, Dataset, load_dataset  # noqa: F401  (DataError: the app's door)
+from model.familiarity import Familiarity, TrainingPhotos
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import ModelCard, ModelDirError, read_model_dir, write_atomically
 from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
@@ -58,6 +59,7 @@ from model.preprocess import (  # the image error types are re-exported: the app
     load_image,
 )
 from model.registry import Registry, RegistryError  # noqa: F401  (the app's door to the runs folder)
+from model.feedback import Feedback, FeedbackLabelsError  # noqa: F401  (the app's door to the feedback folder)
 from model.thresholds import apply_thresholds
 
 RUNTIMES = ("auto", "openvino", "litert", "keras")
@@ -78,6 +80,7 @@ class Analysis:
     predicted: list[str]  # labels at or above their tuned thresholds
     cams: dict[str, np.ndarray]  # label -> class map (h, w) in 0..1 at the feature map's resolution
     embedding: np.ndarray  # pooled features, (d,) float32
+    familiarity: Familiarity | None = None  # None for a model directory without familiarity.npz
 
 
 def predict_arrays(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -104,22 +107,33 @@ def with_outputs(model: Any, tta: str = "none") -> Any:
     return flip_tta(three, spatial=(0,)) if tta == "flip" else three
 
 
-def litert_flatbuffer(three_outputs: Any, model_sha256: str, tta: str = "none") -> bytes:
-    """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached.
+def _cache_path(model_sha256: str, tta: str) -> Path:
+    return cache_dir() / "litert" / f"{model_sha256}{'' if tta == 'none' else '-' + tta}.tflite"
 
-    The cache is `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it; a file that
-    does not match is converted again (a half-written or damaged cache never reaches LiteRT)."""
-    import tensorflow as tf
 
-    folder = cache_dir() / "litert"
-    path = folder / f"{model_sha256}{'' if tta == 'none' else '-' + tta}.tflite"
-    check = path.with_suffix(".sha256")
+def cached_flatbuffer(model_sha256: str, tta: str = "none") -> bytes | None:
+    """The cached flatbuffer of model file `model_sha256` (and TTA mode), or None when there is none or it does
+    not match its sha256 (a half-written or damaged cache never reaches LiteRT)."""
+    path = _cache_path(model_sha256, tta)
     try:
         flatbuffer = path.read_bytes()
-        if hashlib.sha256(flatbuffer).hexdigest() == check.read_text().strip():
+        if hashlib.sha256(flatbuffer).hexdigest() == path.with_suffix(".sha256").read_text().strip():
             return flatbuffer
     except OSError:
         pass
+    return None
+
+
+def litert_flatbuffer(three_outputs: Any, model_sha256: str, tta: str = "none") -> bytes:
+    """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached as
+    `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it (see cached_flatbuffer)."""
+    import tensorflow as tf
+
+    flatbuffer = cached_flatbuffer(model_sha256, tta)
+    if flatbuffer is not None:
+        return flatbuffer
+    path = _cache_path(model_sha256, tta)
+    check = path.with_suffix(".sha256")
     # from_keras_model freezes the weights into the file (a concrete function would keep them as
     # uninitialised resource variables); Keras prints its intermediate export to stdout, hide it.
     with contextlib.redirect_stdout(io.StringIO()):
@@ -168,6 +182,22 @@ class LiteRuntime:
         finally:
             self._slots.put(slot)
         return [out[f"output_{i}"] for i in range(3)]
+
+
+class HeadRuntime:
+    """A quick model (model.quick): its backbone's flatbuffer gives the feature map and the embedding, and the
+    model's own head, one dense sigmoid on the embedding, runs in numpy (the backbone's probabilities are
+    dropped). So a quick model needs no conversion of its own: the backbone's is converted once and shared."""
+
+    def __init__(self, body: LiteRuntime, kernel: np.ndarray, bias: np.ndarray) -> None:
+        self.body, self.kernel, self.bias = body, np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        from scipy.special import expit  # the logistic function without overflow warnings
+
+        features, embeddings, _ = self.body(images)
+        logits = np.einsum("nd,dl->nl", embeddings, self.kernel) + self.bias  # einsum: no BLAS threads (atlas.py)
+        return [features, embeddings, expit(logits).astype(np.float32)]
 
 
 class KerasRuntime:
@@ -240,28 +270,40 @@ class Classifier:
             self.info.thresholds,
             self.info.at_least_one,
         )
-        self.thresholds = dict(zip(self.labels, thresholds.tolist()))  # the one form everyone reads
+        # the one form everyone reads, rounded as the probabilities are (float32 carries noise: 0.3700000047)
+        self.thresholds = {l: round(t, 4) for l, t in zip(self.labels, thresholds.tolist())}
         if self.model.output_shape[-1] != len(self.labels):
             raise ModelDirError(
                 f"{self.info.path / 'model.keras'}: has {self.model.output_shape[-1]} outputs "
                 f"but thresholds.json names {len(self.labels)} labels"
             )
         self.size = self.model.input_shape[1]
+        self._forward = self._runtime(workers)
+        # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
+        self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
+        self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
+        # "I don't know this photo": the training photos' embeddings and threshold, when the directory has them
+        self.training_photos = TrainingPhotos.read(self.info.path)
+        self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
+        self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
+
+    def _runtime(self, workers: int | None) -> Any:
+        """The forward pass of self.runtime: OpenVINO, LiteRT (a quick model's through its backbone's flatbuffer
+        when that is cached) or Keras."""
         three = with_outputs(self.model, self.tta)
+        if self.runtime == "keras":
+            return KerasRuntime(three)
         workers = workers or DEFAULT_WORKERS
         if self.runtime == "openvino":
             from model.openvino_runtime import load_openvino
 
-            self._forward = load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
-        elif self.runtime == "litert":
-            self._forward = LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
-        else:
-            self._forward = KerasRuntime(three)
-        # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
-        self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
-        self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
-        self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
-        self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
+            return load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
+        backbone = self.card.training.extra.get("backbone_sha256")
+        shared = backbone and self.tta == "none" and cached_flatbuffer(backbone)
+        if shared:
+            kernel, bias = (w.numpy() for w in self.model.get_layer("probabilities").weights)
+            return HeadRuntime(LiteRuntime(shared, workers), kernel, bias)
+        return LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
 
     # --- metadata the pages and the API show ---------------------------------------------
     @property
@@ -316,25 +358,54 @@ class Classifier:
         path = cache_dir() / "bundle" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.zip"
         return path if path.is_file() else bundle_zip(path, f"miml-scenes-{self.name}", *self._bundle_parts())
 
+    def warm_up(self) -> None:
+        """One forward pass and one layer of the layer browser on a grey photo, so that a first request does not
+        wait for LiteRT's planning or TensorFlow's tracing."""
+        grey = np.full((1, self.size, self.size, 3), 128, np.uint8)
+        self.forward(grey)
+        spatial = [name for name, _, is_spatial in self.layers() if is_spatial]
+        if spatial:
+            self.activations(grey[0], spatial[-1])
+
     # --- decisions ---------------------------------------------------------------------
-    def decide(self, probs: np.ndarray) -> np.ndarray:
-        """0/1 predictions under the model's tuned thresholds."""
-        return apply_thresholds(np.atleast_2d(probs), [self.thresholds[l] for l in self.labels], self.at_least_one)
+    def decide(self, probs: np.ndarray, unfamiliar: Sequence[bool] | None = None) -> np.ndarray:
+        """0/1 predictions under the model's tuned thresholds; the at-least-one rule forces no label on a photo
+        flagged in `unfamiliar` (a bool per row)."""
+        probs = np.atleast_2d(probs)
+        thresholds = [self.thresholds[l] for l in self.labels]
+        decided = apply_thresholds(probs, thresholds, self.at_least_one)
+        if self.at_least_one and unfamiliar is not None and np.any(unfamiliar):
+            decided[np.asarray(unfamiliar)] = apply_thresholds(probs[np.asarray(unfamiliar)], thresholds)
+        return decided
+
+    def familiarity(self, embeddings: np.ndarray) -> list[Familiarity | None]:
+        """[model.familiarity.Familiarity] for (n, d) embeddings, or [None] * n when the model has no training
+        photos' embeddings (a model directory without familiarity.npz)."""
+        if self.training_photos is None:
+            return [None] * len(np.atleast_2d(embeddings))
+        return self.training_photos.judge(embeddings)
 
     def evaluate(self, truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
         """model.metrics.evaluate under this model's thresholds."""
         return evaluate(truth, probs, [self.thresholds[l] for l in self.labels], self.labels, self.at_least_one)
 
-    def results(self, probs: np.ndarray) -> list[dict[str, Any]]:
-        """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo."""
+    def results(self, probs: np.ndarray, embeddings: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """(n, labels) probabilities -> [{'probabilities': {label: p}, 'predicted': [labels]}], one a photo;
+        with the photos' (n, d) `embeddings`, each also has 'familiarity': {'score', 'unfamiliar'} (None when
+        the model directory has no familiarity.npz)."""
         probs = np.atleast_2d(probs)
-        return [
+        known = None if embeddings is None else self.familiarity(embeddings)
+        unfamiliar = None if known is None else [bool(f and f.unfamiliar) for f in known]
+        out = [
             {
                 "probabilities": {l: round(float(p), 4) for l, p in zip(self.labels, row)},
                 "predicted": [l for l, on in zip(self.labels, flags) if on],
             }
-            for row, flags in zip(probs, self.decide(probs))
+            for row, flags in zip(probs, self.decide(probs, unfamiliar))
         ]
+        for result, f in zip(out, known or []):
+            result["familiarity"] = f and f.as_dict()
+        return out
 
     # --- photos --------------------------------------------------------------------------
     def load(self, source: ImageSource) -> np.ndarray:
@@ -354,26 +425,34 @@ class Classifier:
         """(n, size, size, 3) uint8 -> (feature maps, embeddings, probabilities), one pass."""
         return self._forward(np.asarray(images, dtype=np.float32))
 
-    def _batched(self, images, batch_size, output):
-        """One of the forward's outputs for any number of images, `batch_size` photos a pass."""
+    def _batched(
+        self, images: np.ndarray | Sequence[np.ndarray], batch_size: int, outputs: Sequence[int]
+    ) -> list[np.ndarray]:
+        """The forward's outputs numbered in `outputs` for any number of images, `batch_size` photos a pass."""
         images = np.asarray(images)  # a list of arrays would be converted once per pass otherwise
         if len(images) == 0:
-            return self.forward(np.zeros((1, self.size, self.size, 3), np.uint8))[output][:0]
-        return np.concatenate(
-            [self.forward(images[i : i + batch_size])[output] for i in range(0, len(images), batch_size)]
-        )
+            empty = self.forward(np.zeros((1, self.size, self.size, 3), np.uint8))
+            return [empty[o][:0] for o in outputs]
+        passes = [self.forward(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        return [np.concatenate([p[o] for p in passes]) for o in outputs]
 
     def probabilities(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(n, size, size, 3) uint8, or a list of n images -> (n, labels) probabilities."""
-        return self._batched(images, batch_size, 2)
+        return self._batched(images, batch_size, (2,))[0]
 
     def embeddings(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """(n, size, size, 3) uint8, or a list of n images -> (n, d) pooled embeddings."""
-        return self._batched(images, batch_size, 1)
+        return self._batched(images, batch_size, (1,))[0]
+
+    def probabilities_and_embeddings(
+        self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32
+    ) -> list[np.ndarray]:
+        """((n, labels) probabilities, (n, d) embeddings) from one pass over the images."""
+        return self._batched(images, batch_size, (2, 1))
 
     def classify(self, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 32) -> list[dict[str, Any]]:
-        """results() for each image (model-input arrays)."""
-        return self.results(self.probabilities(images, batch_size))
+        """results() for each image (model-input arrays), with its familiarity."""
+        return self.results(*self.probabilities_and_embeddings(images, batch_size))
 
     def class_maps(self, pixels: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """(labels, h, w) maps in 0..1 for one model input; `features` from its forward pass when known."""
@@ -393,7 +472,7 @@ class Classifier:
         upright = decode(source, self.size)
         pixels = np.asarray(letterbox(upright, self.size), dtype=np.uint8)
         features, embedding, probs = self.forward(pixels[None])
-        result = self.results(probs)[0]
+        result = self.results(probs, embedding)[0]
         return Analysis(
             image=letterbox(upright, min(display_size, max(upright.size))),
             size=upright.size,
@@ -402,6 +481,7 @@ class Classifier:
             predicted=result["predicted"],
             cams=dict(zip(self.labels, self.class_maps(pixels, features))),
             embedding=embedding[0],
+            familiarity=self.familiarity(embedding)[0],
         )
 
     def _gradcam_function(self, three):

@@ -5,6 +5,7 @@
     metrics.json           architecture, training protocol, validation and test metrics }  (ModelCard)
     test_predictions.csv   image, true labels, probabilities for every test photo
     training_curve.png     loss and mAP per epoch
+    familiarity.npz        the training photos' embeddings and the "unfamiliar photo" threshold (model.familiarity)
 
 `ModelCard` is the only code that reads and writes thresholds.json and metrics.json: everything else uses its
 attributes (`card.training.architecture`, `card.split.seed`, `card.tuning.criterion`, ...). Keys it does not know
@@ -467,10 +468,14 @@ def write_model_dir(
     test_truth: Sequence[Sequence[int]],
     test_probs: Sequence[Sequence[float]],
     draw_curve: Callable[[Path], None],
+    extra_files: dict[str, bytes] | None = None,
 ) -> None:
     """Write every file of the model directory `out` (the Keras `model`, its `card`, the test predictions and
-    `draw_curve(path)`'s training curve), atomically (see atomic_dir)."""
+    `draw_curve(path)`'s training curve), atomically (see atomic_dir); `extra_files`: {name: bytes} written beside
+    them (familiarity.npz)."""
     with atomic_dir(out) as tmp:
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
         model.save(tmp / "model.keras")
         card.write(tmp)
         labels = card.labels

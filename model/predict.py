@@ -44,18 +44,27 @@ class JsonList:
 
 
 class CsvRows:
-    """path, one probability column a label, predicted (labels separated by spaces), error."""
+    """path, one probability column a label, predicted (labels separated by spaces), familiarity (cosine
+    similarity to the nearest training photo), unfamiliar (1 when below the model's threshold), error."""
 
     def __init__(self, f, labels):
         self.writer, self.labels = csv.writer(f), labels
-        self.writer.writerow(["path", *labels, "predicted", "error"])
+        self.writer.writerow(["path", *labels, "predicted", "familiarity", "unfamiliar", "error"])
 
     def write(self, r):
         if "error" in r:
-            self.writer.writerow([r["path"], *[""] * len(self.labels), "", r["error"]])
+            self.writer.writerow([r["path"], *[""] * len(self.labels), "", "", "", r["error"]])
         else:
+            known = r.get("familiarity")
             self.writer.writerow(
-                [r["path"], *(r["probabilities"][l] for l in self.labels), " ".join(r["predicted"]), ""]
+                [
+                    r["path"],
+                    *(r["probabilities"][l] for l in self.labels),
+                    " ".join(r["predicted"]),
+                    "" if known is None else known["score"],
+                    "" if known is None else int(known["unfamiliar"]),
+                    "",
+                ]
             )
 
     def close(self):
@@ -70,7 +79,10 @@ class Lines:
             print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
         else:
             probs = " ".join(f"{l} {p:.2f}" for l, p in r["probabilities"].items())
-            print(f"{r['path']}: {', '.join(r['predicted']) or '(no label)'}  ({probs})", flush=True)
+            odd = (
+                "  [unlike anything the model was trained on]" if (r.get("familiarity") or {}).get("unfamiliar") else ""
+            )
+            print(f"{r['path']}: {', '.join(r['predicted']) or '(no label)'}  ({probs}){odd}", flush=True)
 
     def close(self):
         pass

@@ -20,6 +20,7 @@ Training, evaluation, the CLIs and the app all call `load_image` (or `decode` an
 """
 
 import io
+import os
 import warnings
 
 import numpy as np
@@ -29,6 +30,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 pillow_heif.register_heif_opener()  # HEIC/HEIF from phones; Pillow reads AVIF itself
 
 MAX_PIXELS = 40_000_000  # about 7000 x 5700; larger files are refused as possible decompression bombs
+# A file larger than MAX_PIXELS stored uncompressed at 8 bytes a pixel (16-bit RGBA) holds more than pixels:
+# a PNG chunk that declares gigabytes would be read whole by Pillow before any pixel count is seen.
+MAX_FILE_BYTES = 8 * MAX_PIXELS + (1 << 20)
 GREY = (127, 127, 127)
 # The only formats a photo is opened as (a multi-picture MPO from a phone opens through JPEG).
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF")
@@ -48,9 +52,24 @@ class UnsupportedImageError(ImageError):
     pass
 
 
+def _file_size(fp):
+    """Bytes in a path or an open file on disk, else 0 (bytes in memory, a stream: nothing sparse to fear)."""
+    try:
+        return os.stat(fp).st_size if isinstance(fp, (str, os.PathLike)) else os.fstat(fp.fileno()).st_size
+    except (OSError, AttributeError, ValueError):
+        return 0  # an unreadable path is reported when it is opened
+
+
 def open_image(source):
-    """Open bytes, a path or a file object lazily (header only): checks the format and the pixel count."""
+    """Open bytes, a path or a file object lazily (header only): checks the file size, the format and the
+    pixel count."""
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source
+    size = _file_size(fp)
+    if size > MAX_FILE_BYTES:
+        raise ImageTooLargeError(
+            f"the file is {size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit for a photo of at most "
+            f"{MAX_PIXELS:,} pixels"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
+from model.data import CONTRACT_SPLIT_SEED, DataError, check_labels_vary, load_dataset, split
+from model.familiarity import FILE as FAMILIARITY_FILE
+from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
 from model.modeldir import SHIPPED_MODEL_DIR, ModelCard, ModelDirError, Split, Training, Tuning, write_model_dir
 from model.thresholds import choose_thresholds
@@ -46,22 +48,19 @@ def cached_embeddings(classifier, paths, cache, progress=None, batch_size=32):
     return np.stack([np.load(folder / f"{k}.npy") for k in keys])
 
 
-def fit_head(x_train, y_train, x_val, y_val, labels):
+def fit_head(x_train, y_train, x_val, y_val, labels, progress=None):
     """Per label, a logistic regression on standardised embeddings, C chosen by validation log loss.
+    `progress(labels done, seconds left)` after each label.
 
     Returns (kernel (d, labels), bias (labels,), the C of each label) on the raw embeddings."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
 
-    for j, label in enumerate(labels):
-        if len(set(y_train[:, j])) < 2:
-            have = "every" if y_train[0, j] else "no"
-            raise DataError(
-                f"label {label!r}: {have} photo of the training split has it; a label needs photos with and without it"
-            )
+    check_labels_vary(y_train, labels)
     mean, std = x_train.mean(0), x_train.std(0) + 1e-6
     zt, zv = (x_train - mean) / std, (x_val - mean) / std
     kernel, bias, chosen = np.zeros((x_train.shape[1], len(labels)), np.float32), np.zeros(len(labels), np.float32), []
+    started = time.time()
     for j in range(len(labels)):
         fits = [LogisticRegression(C=c, max_iter=2000).fit(zt, y_train[:, j]) for c in C_GRID]
         losses = [log_loss(y_val[:, j], f.predict_proba(zv)[:, 1], labels=[0, 1]) for f in fits]
@@ -69,6 +68,8 @@ def fit_head(x_train, y_train, x_val, y_val, labels):
         kernel[:, j] = best.coef_[0] / std  # fold the standardisation into the weights
         bias[j] = best.intercept_[0] - float((best.coef_[0] * mean / std).sum())
         chosen.append(C_GRID[int(np.argmin(losses))])
+        if progress:
+            progress(j + 1, (time.time() - started) / (j + 1) * (len(labels) - j - 1))
     return kernel, bias, chosen
 
 
@@ -108,31 +109,49 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
     """Train on the dataset in `data` and write the model directory `out`; returns its card.
     `backbone`: "shipped" (fine-tuned on MIML), "imagenet", or a model directory.
     `progress(fraction, message, seconds left or None)` reports as it goes."""
-    from model.inference import Classifier
+    from model.inference import Classifier, cached_flatbuffer, read_model_dir
 
     report = progress or (lambda *a: None)
     started = time.time()
-    report(0.02, "reading the dataset and the backbone", None)
     dataset = load_dataset(data)
     labels = dataset.label_names
-    # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
-    backbone = Classifier(
-        {"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone) or imagenet_backbone(cache), tta="none"
+    folder = {"shipped": SHIPPED_MODEL_DIR, "imagenet": None}.get(backbone, backbone) or imagenet_backbone(cache)
+    converted = cached_flatbuffer(read_model_dir(folder).sha256) is not None
+    report(
+        0.02,
+        "step 1 of 4: loading the backbone"
+        + ("" if converted else " and converting it for LiteRT (once per backbone, about a minute)"),
+        None,
     )
+    # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
+    backbone = Classifier(folder, tta="none")
     train_idx, val_idx, test_idx = split(len(dataset.images), split_seed)
     paths = [dataset.path(i) for i in range(len(dataset.images))]
     x = cached_embeddings(
         backbone,
         paths,
         cache,
-        lambda f, left: report(0.05 + 0.7 * f, f"embeddings: {round(f * 100)}% of the photos not seen before", left),
+        lambda f, left: report(
+            0.1 + 0.7 * f, f"step 2 of 4: embeddings, {round(f * 100)}% of the photos not seen before", left
+        ),
     )
-    report(0.76, "fitting the logistic head (C chosen on validation)", None)
     y = dataset.labels
-    kernel, bias, chosen = fit_head(x[train_idx], y[train_idx], x[val_idx], y[val_idx], labels)
+    report(0.8, f"step 3 of 4: fitting the logistic head, 0 of {len(labels)} labels (C chosen on validation)", None)
+    kernel, bias, chosen = fit_head(
+        x[train_idx],
+        y[train_idx],
+        x[val_idx],
+        y[val_idx],
+        labels,
+        lambda done, left: report(
+            0.8 + 0.15 * done / len(labels),
+            f"step 3 of 4: fitting the logistic head, {done} of {len(labels)} labels",
+            left,
+        ),
+    )
     val_probs, test_probs = (head_probabilities(x[idx], kernel, bias) for idx in (val_idx, test_idx))
     thresholds, at_least_one, tuning = choose_thresholds(labels, y[val_idx], val_probs, split_seed=split_seed)
-    report(0.82, "writing the model directory", None)
+    report(0.95, "step 4 of 4: writing the model directory", None)
     model = build_quick_model(backbone, labels, kernel, bias)
     test_images = [dataset.images[i] for i in test_idx]
     training = Training(
@@ -140,7 +159,7 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
         architecture=backbone.card.training.architecture,
         input_size=backbone.size,
         parameters=int(model.count_params()),
-        backbone=str(backbone.info.path),
+        backbone=backbone.name,  # a model id: the shipped model, imagenet-ARCH, or a runs folder's model
         head="logistic regression per label on the frozen pooled embedding",
         regularisation=dict(zip(labels, chosen)),
         epochs_run=0,
@@ -151,6 +170,7 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
         dataset=str(dataset.root),
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         history=[],
+        extra={"backbone_sha256": backbone.info.sha256},  # whose LiteRT flatbuffer the quick model runs (HeadRuntime)
     )
     card = ModelCard(
         tuning,
@@ -161,14 +181,16 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
         validation=evaluate(y[val_idx], val_probs, thresholds, labels, at_least_one),
         test=evaluate(y[test_idx], test_probs, thresholds, labels, at_least_one),
     )
-    write_model_dir(out, model, card, test_images, y[test_idx], test_probs, lambda path: None)
-    report(0.9, "preparing the model for serving (LiteRT conversion)", None)
-    Classifier(out)  # converts and caches the flatbuffer, so the app's first use of the model is fast
-    return card
+    # the quick model's embedding is the backbone's, so the training photos' are already here
+    familiar = TrainingPhotos.fit(x[train_idx], x[val_idx]).to_bytes()
+    write_model_dir(
+        out, model, card, test_images, y[test_idx], test_probs, lambda path: None, {FAMILIARITY_FILE: familiar}
+    )
+    return card  # no conversion: the backbone's flatbuffer is cached, and the quick model runs through it
 
 
 def main(argv=None):
-    from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
+    from model.cli import OutError, add_verbose_flag, check_out, exit_with, quiet_tensorflow
 
     p = argparse.ArgumentParser(prog="python -m model.quick", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", help="dataset directory (default: $MIML_DATA)")
@@ -180,11 +202,13 @@ def main(argv=None):
     )
     p.add_argument("--cache", default="runs/embeddings", help="embedding cache folder (default runs/embeddings)")
     p.add_argument("--split-seed", type=int, default=CONTRACT_SPLIT_SEED)
+    p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
     add_verbose_flag(p)
     args = p.parse_args(argv)
     quiet_tensorflow(args.verbose)
     started = time.time()
     try:
+        check_out(args.out, args.force)
         card = train_quick(
             args.data,
             args.out,
@@ -193,7 +217,7 @@ def main(argv=None):
             args.split_seed,
             lambda f, message, left: print(f"{f:4.0%} {message}", flush=True),
         )
-    except (DataError, ModelDirError) as e:
+    except (DataError, ModelDirError, OutError) as e:
         exit_with(e, args.verbose)
     print(format_table(card.test))
     print(f"wrote {args.out} in {time.time() - started:.1f} s")

@@ -119,13 +119,20 @@ class Predictor:
         ok = batch["error"] == ""
         probs = np.full((len(ok), len(clf.labels)), np.nan, np.float32)
         predicted = np.full(len(ok), "", dtype=object)
+        score, unfamiliar = np.full(len(ok), np.nan, np.float32), np.zeros(len(ok), bool)
         if ok.any():
-            probs[ok] = clf.probabilities(batch["image"][ok], self.batch_size)
-            predicted[ok] = [" ".join(l for l, on in zip(clf.labels, row) if on) for row in clf.decide(probs[ok])]
+            probs[ok], embeddings = clf.probabilities_and_embeddings(batch["image"][ok], self.batch_size)
+            known = clf.familiarity(embeddings)
+            if known[0] is not None:
+                score[ok], unfamiliar[ok] = [f.score for f in known], [f.unfamiliar for f in known]
+            decided = clf.decide(probs[ok], unfamiliar[ok])
+            predicted[ok] = [" ".join(l for l, on in zip(clf.labels, row) if on) for row in decided]
         return {
             "path": batch["path"],
             **{l: probs[:, i] for i, l in enumerate(clf.labels)},
             "predicted": predicted,
+            "familiarity": score,
+            "unfamiliar": unfamiliar,
             "error": batch["error"],
         }
 
@@ -188,6 +195,12 @@ def results(dataset, labels):
                     "path": path,
                     "probabilities": {l: round(float(batch[l][i]), 4) for l in labels},
                     "predicted": batch["predicted"][i].split(),
+                    "familiarity": None
+                    if np.isnan(batch["familiarity"][i])
+                    else {
+                        "score": round(float(batch["familiarity"][i]), 4),
+                        "unfamiliar": bool(batch["unfamiliar"][i]),
+                    },
                 }
 
 

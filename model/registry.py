@@ -6,6 +6,9 @@
     RUNS/embeddings/       quick mode's embedding cache
     RUNS/active.json       {"model": ID}: the model the pages use, kept across restarts
 
+Nothing is written outside RUNS, and RUNS holds at most `quota_bytes` (a dataset that would not fit is
+refused before anything is written). One dataset import runs at a time, in a worker thread at the lowest
+CPU priority so that predictions keep the cores; folders half-written by a killed run are removed at start.
 Nothing is written outside RUNS. A job runs in its own process (multiprocessing "spawn": TensorFlow and
 fork do not mix), the leader of its own process group, so cancelling ends it and anything it started.
 One job runs at a time.
@@ -22,7 +25,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any, BinaryIO
@@ -35,7 +40,9 @@ FEEDBACK = "feedback"  # the --feedback folder, once it holds corrected photos
 MODES = ("quick", "full")
 BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
-ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # matched whole (fullmatch): no trailing newline
+DEFAULT_QUOTA_BYTES = 10 << 30
+LEFTOVERS = ("*.partial-write", "*.training", "*.old")  # what a run killed halfway leaves in models/ or datasets/
 LIVE = ("queued", "running")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,21 +69,39 @@ def write_json(path: Path, value: Any) -> None:
 def read_json(path: Path, default: Any = None) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return default
 
 
 def checked_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not ID.match(value):
-        raise RegistryError(f"{what} must be an id of lowercase letters, digits and dashes, not {value!r}", 404)
+    if not isinstance(value, str) or not ID.fullmatch(value):
+        shown = repr(value[:70]) if isinstance(value, str) else f"a JSON {type(value).__name__}"
+        raise RegistryError(f"{what} must be an id of lowercase letters, digits and dashes, not {shown}", 404)
     return value
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _lower_priority() -> None:
+    """The import worker thread runs at nice 19 (Linux: priorities are per thread): requests come first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
 
 
 class Registry:
     """The runs folder (see the module's docstring): datasets, models, jobs and the active model."""
 
     def __init__(
-        self, runs: Path | str, data_dir: Path | str | None = None, feedback_dir: Path | str | None = None
+        self,
+        runs: Path | str,
+        data_dir: Path | str | None = None,
+        feedback_dir: Path | str | None = None,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self.root = Path(runs)
         self.data_dir = Path(data_dir) if data_dir else None
@@ -88,19 +113,38 @@ class Registry:
         }
         for sub in ("datasets", "models", "jobs", "embeddings"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.quota_bytes = quota_bytes
         self._lock = threading.Lock()
         self._running = None  # (job id, Process) of the job this server started
+        self._importing = threading.Lock()  # one dataset import at a time
+        self._importer = ThreadPoolExecutor(1, thread_name_prefix="import", initializer=_lower_priority)
+        self.remove_leftovers()
+
+    def remove_leftovers(self) -> None:
+        """Remove the folders that runs killed halfway left behind (OUT.partial-write, OUT.training, OUT.old)."""
+        for sub in ("models", "datasets"):
+            for pattern in LEFTOVERS:
+                for leftover in (self.root / sub).glob(pattern):
+                    shutil.rmtree(leftover, ignore_errors=True)
 
     # --- datasets ------------------------------------------------------------------------------
     def import_zip(self, source: BinaryIO | Path | str, filename: str | None) -> dict[str, Any]:
         """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
-        from model.datasets import DatasetError, import_zip, slug
+        from model.datasets import DatasetError, DiskQuotaError, import_zip, slug
 
-        dataset_id = slug(filename)
+        if not self._importing.acquire(blocking=False):
+            raise RegistryError("another dataset is being imported; one import runs at a time: try again shortly", 409)
         try:
-            result = import_zip(source, self.root / "datasets" / dataset_id)
+            dataset_id = slug(filename)
+            limits = {"quota_bytes": self.quota_bytes - folder_bytes(self.root)}
+            out = self.root / "datasets" / dataset_id
+            result = self._importer.submit(import_zip, source, out, limits).result()
+        except DiskQuotaError as e:
+            raise RegistryError(str(e), 507) from None
         except DatasetError as e:
             raise RegistryError(str(e)) from None
+        finally:
+            self._importing.release()
         info = {"dataset": dataset_id, "name": Path(filename or "").name, "created": now(), **result}
         write_json(self.root / "datasets" / dataset_id / "dataset.json", info)
         return info
@@ -122,8 +166,18 @@ class Registry:
         infos = sorted((i for i in infos if i), key=lambda i: i["created"], reverse=True)
         return out + [{k: i[k] for k in ("dataset", "name", "photos", "labels", "created")} for i in infos]
 
+    def delete_dataset(self, dataset_id: str) -> None:
+        """Delete an uploaded dataset (not --data or --feedback, nor the one a live job trains on)."""
+        if isinstance(dataset_id, str) and dataset_id in self.folders:
+            raise RegistryError(f"{self.folders[dataset_id][1]} is not an upload: it is not deleted from here", 403)
+        path = self.dataset_path(dataset_id)
+        live = self.live_job()
+        if live and live["dataset"] == dataset_id:
+            raise RegistryError(f"job {live['job']!r} is training on dataset {dataset_id!r}; cancel it first", 409)
+        shutil.rmtree(path)
+
     def dataset_path(self, dataset_id: str) -> Path:
-        if dataset_id in self.folders:
+        if isinstance(dataset_id, str) and dataset_id in self.folders:  # a JSON object is no id (404 below)
             return self.folders[dataset_id][0]
         path = self.root / "datasets" / checked_id(dataset_id, "dataset")
         if not (path / "dataset.json").is_file():
@@ -140,16 +194,20 @@ class Registry:
         return path
 
     def _describe(self, model_id: str, path: Path) -> dict[str, Any]:
+        """What the model list shows of a model; ModelDirError when its files say something of the wrong type."""
         info = read_model_dir(path)
         training = info.card.training
-        dataset = Path(training.dataset or "")
-        dataset_id = (
-            dataset.name
-            if dataset.parent == self.root / "datasets"
-            else DATA
-            if self.data_dir and dataset == self.data_dir
-            else str(dataset)
-        )
+        for key in ("dataset", "created", "architecture", "mode"):
+            if not isinstance(getattr(training, key), (str, type(None))):
+                raise ModelDirError(f"metrics.json: training.{key} must be text, not {getattr(training, key)!r:.40}")
+        for key in ("hamming_loss", "exact_match", "map", "n_images"):
+            value = info.card.test.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ModelDirError(f"metrics.json: test.{key} must be a number, not {value!r:.40}")
+        # an ensemble (the shipped model) records its members' dataset; a folder elsewhere is named, not its path
+        recorded = training.dataset or next((m.dataset for m in training.members or [] if m.dataset), None)
+        dataset = Path(recorded) if recorded else None
+        dataset_id = None if dataset is None else DATA if self.data_dir and dataset == self.data_dir else dataset.name
         created = training.created or (
             None
             if model_id == SHIPPED
@@ -167,15 +225,17 @@ class Registry:
             "metrics": {k: info.card.test.get(k) for k in ("hamming_loss", "exact_match", "map", "n_images")},
         }
 
-    def models(self) -> list[dict[str, Any]]:
-        """Every model: the shipped one first, then the trained ones, newest first."""
+    def models(self, unreadable: list[dict[str, str]] | None = None) -> list[dict[str, Any]]:
+        """Every model: the shipped one first, then the trained ones, newest first. A model whose files are
+        damaged or malformed is left out; given a list `unreadable`, {"id", "error"} is added to it for each."""
         trained = []
         for path in (self.root / "models").iterdir():
-            if ID.match(path.name):
+            if ID.fullmatch(path.name):
                 try:
                     trained.append(self._describe(path.name, path))
-                except ModelDirError:
-                    continue  # half-written or damaged: not offered
+                except ModelDirError as e:  # half-written or damaged: not offered, and the reason is shown
+                    if unreadable is not None:
+                        unreadable.append({"id": path.name, "error": str(e).replace(str(path) + "/", "")})
         return [self._describe(SHIPPED, SHIPPED_MODEL_DIR)] + sorted(
             trained, key=lambda m: (m["created"], m["id"]), reverse=True
         )
@@ -191,16 +251,29 @@ class Registry:
         shutil.rmtree(path)
 
     def active(self) -> str:
-        """The id of the model the pages use (the shipped one unless switched); a deleted choice falls back."""
+        """The id of the model the pages use (the shipped one unless switched); a deleted or damaged choice
+        falls back to the shipped one."""
         chosen = (read_json(self.root / "active.json") or {}).get("model", SHIPPED)
         try:
-            self.model_path(chosen)
+            self.check_model(chosen)
             return chosen
         except RegistryError:
             return SHIPPED
 
+    def check_model(self, model_id: str) -> Path:
+        """The model's directory, after reading and checking its files; RegistryError (404 or 409) if it cannot serve."""
+        path = self.model_path(model_id)
+        try:
+            read_model_dir(path)
+        except ModelDirError as e:
+            raise RegistryError(
+                f"model {model_id!r} cannot be used: {str(e).replace(str(path) + '/', '')}", 409
+            ) from None
+        return path
+
     def set_active(self, model_id: str) -> None:
-        self.model_path(model_id)
+        """Remember `model_id` as the one in use, once its files have been checked."""
+        self.check_model(model_id)
         write_json(self.root / "active.json", {"model": model_id})
 
     # --- jobs ----------------------------------------------------------------------------------
@@ -264,6 +337,13 @@ class Registry:
             self._running = (job_id, process)
         return job_id
 
+    def timing(self, mode: str) -> dict[str, Any] | None:
+        """{"seconds", "photos", "created"} of the newest finished job of `mode` here, or None before the first."""
+        done = [read_json(p / "status.json") for p in (self.root / "jobs").iterdir()]
+        done = [j for j in done if j and j.get("mode") == mode and j.get("state") == "done" and j.get("seconds")]
+        newest = max(done, key=lambda j: j["created"], default=None)
+        return newest and {k: newest[k] for k in ("seconds", "photos", "created")}
+
     def live_job(self) -> dict[str, Any] | None:
         """The status of the job this server started, while it is queued or running; else None."""
         status = self._running and self.job(self._running[0])
@@ -298,6 +378,7 @@ class Registry:
                 os.killpg(process.pid, signal.SIGTERM)  # the job and `python -m model.train` under it
             except ProcessLookupError:
                 pass
+            process.terminate()  # a job cancelled before its setsid() has no group yet: its PID ends it
             process.join(10)
             if process.is_alive():
                 os.killpg(process.pid, signal.SIGKILL)
@@ -327,6 +408,7 @@ def run_job(spec: dict[str, Any]) -> None:
         )
         write_json(folder / "status.json", status)
 
+    started = time.time()
     try:
         report(0.01, "starting")
         if spec["mode"] == "quick":
@@ -338,7 +420,16 @@ def run_job(spec: dict[str, Any]) -> None:
             train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
         else:
             run_full(spec, report)
-        status.update(state="done", progress=1.0, message="done", eta_s=None, model=Path(spec["out"]).name)
+        split = read_model_dir(spec["out"]).card.split
+        status.update(
+            state="done",
+            progress=1.0,
+            message="done",
+            eta_s=None,
+            model=Path(spec["out"]).name,
+            seconds=round(time.time() - started, 1),  # what the training page's promise is made of (timing)
+            photos=sum(n or 0 for n in (split.train, split.validation, split.test)),
+        )
     except Exception as e:  # anything: the page must say why the job failed
         status.update(state="failed", eta_s=None, message=str(e) or type(e).__name__)
     write_json(folder / "status.json", status)

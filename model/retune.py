@@ -13,11 +13,12 @@ the thresholds belong to, and every later load of the directory runs that way.
 import argparse
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
-from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
+from model.cli import OutError, add_verbose_flag, check_out, exit_with, quiet_tensorflow
 from model.data import DataError, load_dataset, split
+from model.familiarity import FILE as FAMILIARITY_FILE
+from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
 from model.modeldir import TTA_MODES, ModelCard, ModelDirError, OperatingPoint, Retuned, write_model_dir
 from model.thresholds import choose_thresholds
@@ -33,7 +34,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
     if dataset.label_names != classifier.labels:
         raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
     seed = classifier.card.split.seed
-    _, val_idx, test_idx = split(len(dataset.images), seed)
+    train_idx, val_idx, test_idx = split(len(dataset.images), seed)
     val_photos = dataset.load_photos(val_idx, classifier.size)  # decoded once, for both modes
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
 
@@ -58,6 +59,9 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
         test=scores(y_test, test_probs),
         retuned=Retuned(from_model=Path(model_dir).name, tta=tta, criterion=criterion),
     )
+    familiar = TrainingPhotos.fit(  # under `tta`: the embeddings the retuned model computes
+        classifier.embeddings(dataset.load_photos(train_idx, classifier.size)), classifier.embeddings(val_photos)
+    )
     curve = Path(model_dir) / "training_curve.png"
     write_model_dir(
         out,
@@ -67,6 +71,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
         y_test,
         test_probs,
         lambda path: shutil.copyfile(curve, path) if curve.exists() else None,
+        {FAMILIARITY_FILE: familiar.to_bytes()},
     )
     return card
 
@@ -81,14 +86,13 @@ def add_output_args(p):
 
 
 def write_or_exit(out, force, verbose, write):
-    """`write()` unless `out` exists without `force`; a bad model directory or dataset is one line, not a trace
-    (`verbose`: with the traceback before it)."""
+    """`write()` after `out` passes model.cli.check_out (the --out rule, with `force`); a bad --out, model
+    directory or dataset is one line, not a trace (`verbose`: with the traceback before it)."""
     quiet_tensorflow(verbose)
-    if Path(out).exists() and not force:
-        sys.exit(f"error: {out}: already exists; pass --force to replace it")
     try:
+        check_out(out, force)
         return write()
-    except (DataError, ModelDirError) as e:
+    except (DataError, ModelDirError, OutError) as e:
         exit_with(e, verbose)
 
 

@@ -35,8 +35,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from model.backbones.torch_legacy import WeightsFileError
-from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
-from model.data import CONTRACT_SPLIT_SEED, DataError, fold_split, load_dataset, split
+from model.cli import OutError, add_verbose_flag, check_out, exit_with, quiet_tensorflow
+from model.data import CONTRACT_SPLIT_SEED, DataError, check_labels_vary, fold_split, load_dataset, split
+from model.familiarity import FILE as FAMILIARITY_FILE
+from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
 from model.modeldir import ModelCard, ModelDirError, Split, Training, write_model_dir
 from model.preprocess import content_box
@@ -421,12 +423,6 @@ def draw_curve(histories, path):
     plt.close(fig)
 
 
-def refuse_to_overwrite(out, force):
-    """Stop before any work if `out` already holds something, unless --force."""
-    if not force and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise TrainError(f"{out}: already exists and is not empty; pass --force to replace it")
-
-
 def make_strategy(tf, distribute):
     """The default strategy (a no-op); MirroredStrategy, a copy of the model on every GPU (one replica on a
     CPU); or MultiWorkerMirroredStrategy, one process a machine, each started with TF_CONFIG naming all the
@@ -578,6 +574,18 @@ def make_split(dataset, split_seed=CONTRACT_SPLIT_SEED, fold=None):
     return fold_split(dataset.labels, folds, k - 1, seed=split_seed)
 
 
+def familiarity(model, train_photos, val_photos):
+    """model.familiarity.TrainingPhotos of the trained model: its pooled embeddings of the training photos, the
+    threshold from the validation photos'."""
+    import keras
+
+    from model.inference import predict_arrays
+    from model.network import embedding_layer
+
+    embed = keras.Model(model.inputs, model.get_layer(embedding_layer(model)).output)
+    return TrainingPhotos.fit(predict_arrays(embed, train_photos), predict_arrays(embed, val_photos))
+
+
 def train(recipe, data, out, force=False, progress=None):
     """Train `recipe` on the dataset in `data` and write the model directory `out` (an `out` that holds something
     is replaced only with `force`); `progress` (a Progress) hears how it goes. Returns the model's card."""
@@ -586,13 +594,14 @@ def train(recipe, data, out, force=False, progress=None):
     started = time.time()
     progress = progress or Progress()
     out = Path(out)
-    refuse_to_overwrite(out, force)
+    check_out(out, force)  # the --out rule: only a model directory (with --force) or an empty folder is replaced
     if recipe.arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture {recipe.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     progress("setup", 0.03, "reading the dataset")
     dataset = load_dataset(data)
     labels = dataset.label_names
     train_idx, val_idx, test_idx = make_split(dataset, recipe.split_seed, recipe.fold)
+    check_labels_vary(dataset.labels[train_idx], labels)
     work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
     work.mkdir(parents=True, exist_ok=True)
     model, photos, replicas, batch_size = fit_model(recipe, dataset, (train_idx, val_idx, test_idx), work, progress)
@@ -606,6 +615,7 @@ def train(recipe, data, out, force=False, progress=None):
     export = build_model(recipe.arch, labels, pretrained=False, size=model.input_shape[1])
     export.set_weights(model.get_weights())
     val_probs, test_probs = predict_arrays(export, photos[val_idx]), predict_arrays(export, photos[test_idx])
+    familiar = familiarity(export, photos[train_idx], photos[val_idx])
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
     thresholds, at_least_one, tuning = choose_thresholds(
         labels, y_val, val_probs, recipe.criterion, recipe.split_seed, recipe.fold
@@ -628,7 +638,16 @@ def train(recipe, data, out, force=False, progress=None):
         test=evaluate(y_test, test_probs, thresholds, labels, at_least_one),
     )
     progress("writing", 0.98, f"writing {out}")
-    write_model_dir(out, export, card, test_images, y_test, test_probs, lambda path: draw_curve(training.history, path))
+    write_model_dir(
+        out,
+        export,
+        card,
+        test_images,
+        y_test,
+        test_probs,
+        lambda path: draw_curve(training.history, path),
+        {FAMILIARITY_FILE: familiar.to_bytes()},
+    )
     shutil.rmtree(work, ignore_errors=True)
     test = card.test
     print(format_table(test))
@@ -662,7 +681,14 @@ def main(argv=None):
     with progress_channel(args.progress_json) as progress:
         try:
             train(Recipe.from_args(args), args.data, args.out, args.force, progress)
-        except (DataError, WeightsFileError, ModelDirError, TrainError, OSError) as e:  # OSError: a file, named
+        except (
+            DataError,
+            WeightsFileError,
+            ModelDirError,
+            TrainError,
+            OutError,
+            OSError,
+        ) as e:  # OSError: a file, named
             message = f"{e.filename or ''}: {e.strerror or e}" if isinstance(e, OSError) else str(e)
             progress("failed", 0.0, f"error: {message}")
             exit_with(e, args.verbose, message)

@@ -53,7 +53,8 @@ async function predict(ready) {
   }
   if (response.ok) {
     return data.results.map((r, k) => ({ index: ready[k].item.index, name: ready[k].item.name,
-                                         probabilities: r.probabilities, predicted: r.predicted, error: "" }));
+                                         probabilities: r.probabilities, predicted: r.predicted,
+                                         familiarity: r.familiarity ?? null, error: "" }));
   }
   if (response.status < 500 && ready.length > 1) {
     const out = [];
@@ -148,11 +149,12 @@ const csvField = (v) => (/[",\n\r]/.test(String(v)) ? `"${String(v).replace(/"/g
 function exported(kind) {
   const list = sortedRows();
   if (kind === "json") {
-    return JSON.stringify(list.map(({ name, probabilities, predicted, error }) =>
-      ({ path: name, probabilities, predicted, error: error || null })), null, 1);
+    return JSON.stringify(list.map(({ name, probabilities, predicted, familiarity, error }) =>
+      ({ path: name, probabilities, predicted, familiarity: familiarity ?? null, error: error || null })), null, 1);
   }
-  const lines = [["path", ...labels, "predicted", "error"],
-    ...list.map((r) => [r.name, ...labels.map((l) => (r.error ? "" : r.probabilities[l])), r.predicted.join(" "), r.error])];
+  const known = (r) => (r.error || !r.familiarity ? ["", ""] : [r.familiarity.score, r.familiarity.unfamiliar ? 1 : 0]);
+  const lines = [["path", ...labels, "predicted", "familiarity", "unfamiliar", "error"],
+    ...list.map((r) => [r.name, ...labels.map((l) => (r.error ? "" : r.probabilities[l])), r.predicted.join(" "), ...known(r), r.error])];
   return lines.map((line) => line.map(csvField).join(",")).join("\n") + "\n";
 }
 

@@ -32,7 +32,8 @@ uploadForm.addEventListener("submit", async (event) => {
   say(uploadStatus, "Uploading and checking every photo…");
   try {
     const d = await send(uploadForm.action, { method: "POST", body: new FormData(uploadForm) });
-    const skipped = d.skipped.length ? ` Left out: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}.` : "";
+    const more = d.skipped_count > d.skipped.length ? `; and ${d.skipped_count - d.skipped.length} more` : "";
+    const skipped = d.skipped_count ? ` Left out ${d.skipped_count}: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}${more}.` : "";
     say(uploadStatus, `Dataset ${d.dataset}: ${d.photos} photos, labels ${d.labels.join(", ")}.${skipped}`);
     datasets.prepend(new Option(`${d.dataset} · ${d.photos} photos · ${d.labels.join(", ")}`, d.dataset, true, true));
     trainForm.querySelector("button[type=submit]").disabled = false;
@@ -86,13 +87,15 @@ function show(status) {
   text.textContent = `${status.state}: ${Math.round(status.progress * 100)}% · ${status.message}${eta}`;
   drawCurve(status.curve || []);
   const live = status.state === "queued" || status.state === "running";
+  const loading = status.state === "done" && status.ready === false;  // the server loads the new model
   cancel.hidden = !live;
-  if (status.state === "done") {
+  if (loading) text.textContent = `done: 100% · loading the model for serving, a few seconds`;
+  if (status.state === "done" && !loading) {
     done.querySelector("[data-job-model]").textContent = status.model;
     done.hidden = false;
   }
-  panel.dataset.state = status.state;
-  return live;
+  panel.dataset.state = loading ? "loading" : status.state;
+  return live || loading;
 }
 
 async function follow(job) {

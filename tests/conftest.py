@@ -9,6 +9,7 @@ import ctypes
 import gc
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ def _hand_back_memory():
     TensorFlow freed (models, exports, datasets) in its arenas, so the next module would start that much higher."""
     yield
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if sys.platform == "linux":  # glibc
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # --- data -------------------------------------------------------------------------------------------------

@@ -123,3 +123,56 @@ def dataset_zip(miml_data, labels, prefix="mine/", extra=()):
     members.update({f"{prefix}original/{image}": (miml_data / "original" / image).read_bytes() for image in labels})
     members.update(dict(extra))
     return zip_bytes(members)
+
+
+# --- photos that are not scenes -------------------------------------------------------------------------
+
+NON_SCENE_KINDS = ("test pattern", "text", "flat colour", "noise")
+
+
+def make_non_scenes(n_each=10, size=256, seed=0):
+    """[(kind, PIL image)]: `n_each` of each NON_SCENE_KINDS, made here: colour bars, checkerboards, gradients
+    and rings; words rendered with Pillow's font; one flat colour; uniform, Gaussian and salt-and-pepper noise."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    out = []
+    for i in range(n_each):
+        kind = i % 4
+        if kind == 0:  # colour bars
+            bars = rng.permutation(
+                [(192, 192, 192), (192, 192, 0), (0, 192, 192), (0, 192, 0), (192, 0, 192), (192, 0, 0), (0, 0, 192)]
+            )
+            pixels = np.repeat(bars[(xx * 7).astype(int)][:, :, :], 1, axis=0)
+        elif kind == 1:  # checkerboard
+            cells = rng.integers(4, 24)
+            pixels = (((xx * cells).astype(int) + (yy * cells).astype(int)) % 2)[..., None] * rng.integers(0, 256, 3)
+        elif kind == 2:  # gradient
+            pixels = np.stack([xx, yy, 1 - xx], axis=-1) * 255
+        else:  # rings (a zone plate)
+            pixels = (np.sin(rng.integers(20, 80) * ((xx - 0.5) ** 2 + (yy - 0.5) ** 2)) * 0.5 + 0.5)[
+                ..., None
+            ] * np.full(3, 255)
+        out.append(("test pattern", Image.fromarray(pixels.astype(np.uint8))))
+    words = "invoice total amount due please remit payment within thirty days of receipt quarterly report".split()
+    for _ in range(n_each):
+        ink, paper = (0, 0, 0), tuple(int(v) for v in rng.integers(200, 256, 3))
+        image = Image.new("RGB", (size, size), paper)
+        draw = ImageDraw.Draw(image)
+        font = ImageFont.load_default(size=int(rng.integers(12, 28)))
+        for line in range(0, size, font.size + 6):
+            draw.text((8, line), " ".join(rng.choice(words, 4)), fill=ink, font=font)
+        out.append(("text", image))
+    for _ in range(n_each):
+        out.append(("flat colour", Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(0, 256, 3)))))
+    for i in range(n_each):
+        kind = i % 3
+        if kind == 0:
+            pixels = rng.integers(0, 256, (size, size, 3))
+        elif kind == 1:
+            pixels = np.clip(rng.normal(128, 40, (size, size, 3)), 0, 255)
+        else:
+            pixels = np.where(rng.random((size, size, 1)) < 0.5, 0, 255) * np.ones(3)
+        out.append(("noise", Image.fromarray(pixels.astype(np.uint8))))
+    return out

@@ -190,7 +190,7 @@ def test_evaluation_page_embeds_test_probabilities(client, scenes):
     html = client.get("/evaluation").get_data(as_text=True)
     data = json.loads(re.search(r'<script type="application/json" id="eval-data">(.*?)</script>', html, re.S).group(1))
     assert data["labels"] == scenes.labels and len(data["probs"]) == len(data["truth"]) == 400
-    assert html.count("data-threshold") == 5 and "hamming loss" in html
+    assert html.count("data-threshold") == 5 and "Hamming loss" in html and "mAP" in html
 
 
 @pytest.mark.needs_data

@@ -57,7 +57,7 @@ def test_results_in_order_and_identical_to_classify(classifier, nested, tmp_path
     assert errors[broken].startswith("not an image format")
     want = expected(classifier, paths[:-1], batch_size)  # the same photos in the same batches
     assert {
-        r["path"]: {"probabilities": r["probabilities"], "predicted": r["predicted"]}
+        r["path"]: {"probabilities": r["probabilities"], "predicted": r["predicted"], "familiarity": r["familiarity"]}
         for r in results
         if "error" not in r
     } == want

@@ -144,14 +144,16 @@ def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path)
     download = info.value
     assert download.suggested_filename == "predictions.csv"
     lines = list(csv.reader(io.StringIO(open(download.path()).read())))
-    assert lines[0] == ["path", *scenes.labels, "predicted", "error"]
+    assert lines[0] == ["path", *scenes.labels, "predicted", "familiarity", "unfamiliar", "error"]
     assert [line[0] for line in lines[1:]] == [name for name, _, _ in table_rows(page)]
-    for path, *probs, predicted, error in lines[1:]:
+    for path, *probs, predicted, score, unfamiliar, error in lines[1:]:
         if path in bad:
-            assert probs == [""] * 5 and predicted == "" and bad[path] in error
+            assert probs == [""] * 5 and predicted == "" and bad[path] in error and score == unfamiliar == ""
         else:
             assert [float(p) for p in probs] == [expected[path]["probabilities"][l] for l in scenes.labels]
             assert predicted.split() == expected[path]["predicted"] and error == ""
+            assert float(score) == pytest.approx(expected[path]["familiarity"]["score"], abs=2e-4)
+            assert unfamiliar == str(int(expected[path]["familiarity"]["unfamiliar"]))
     with page.expect_download() as info:
         page.click("[data-download=json]")
     listed = json.loads(open(info.value.path()).read())
@@ -160,7 +162,13 @@ def test_folder_through_the_batch_page(page, base_url, photos, scenes, tmp_path)
         if r["path"] in bad:
             assert r["probabilities"] is None and r["predicted"] == [] and bad[r["path"]] in r["error"]
         else:
-            assert {k: r[k] for k in ("probabilities", "predicted")} == expected[r["path"]] and r["error"] is None
+            assert {k: r[k] for k in ("probabilities", "predicted")} == {
+                k: expected[r["path"]][k] for k in ("probabilities", "predicted")
+            }
+            known = expected[r["path"]]["familiarity"]
+            assert r["familiarity"]["unfamiliar"] is known["unfamiliar"]
+            assert r["familiarity"]["score"] == pytest.approx(known["score"], abs=2e-4)
+            assert r["error"] is None
     page.set_viewport_size({"width": 390, "height": 844})
     assert page.evaluate("document.documentElement.scrollWidth") <= 390  # the table scrolls inside its box
     page.screenshot(path=str(SHOTS / "batch-phone.png"))

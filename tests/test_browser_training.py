@@ -43,23 +43,48 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
     page.wait_for_function("() => document.querySelector('[data-job-bar]').value > 0.04", timeout=60000)
     seen = {float(bar.get_attribute("value") or bar.evaluate("e => e.value"))}
     page.screenshot(path=str(SHOTS / "train-progress.png"), full_page=True)
-    while page.locator("[data-job]").get_attribute("data-state") in ("queued", "running"):
+    messages = set()
+    while page.locator("[data-job]").get_attribute("data-state") in ("queued", "running", "loading"):
         seen.add(bar.evaluate("e => e.value"))
+        messages.add(page.locator("[data-job-text]").inner_text())
         page.wait_for_timeout(300)
     assert page.locator("[data-job]").get_attribute("data-state") == "done", page.locator(
         "[data-job-text]"
     ).inner_text()
-    assert len({v for v in seen if 0 < v < 1}) >= 2  # the bar moved while it ran (its last step, the LiteRT
-    # conversion, takes seconds; the embeddings of 120 photos may pass between two polls)
+    assert len({v for v in seen if 0 < v < 1}) >= 2  # the bar moved while it ran
+    assert any("step 3 of 4: fitting the logistic head" in m for m in messages)  # each step says which it is
+    assert not any("LiteRT conversion" in m for m in messages)  # none: the backbone's flatbuffer is reused
     assert bar.evaluate("e => e.value") == 1 and page.locator("[data-job-cancel]").is_hidden()
     model = page.locator("[data-job-model]").inner_text()
     page.screenshot(path=str(SHOTS / "train-done.png"), full_page=True)
 
     page.click("[data-job-done] a")
-    page.locator(f"tr[data-model='{model}'] [data-use]").click()
+    row = page.locator(f"tr[data-model='{model}']")
+    assert row.locator("td").nth(2).inner_text() == dataset  # the model's dataset, by id
+    assert page.locator("tr[data-model='shipped'] td").nth(2).inner_text() == "miml"  # not "."
+    assert page.locator("[data-no-pairs]").is_visible()  # different labels: nothing to compare yet
+    row.locator("[data-use]").click()
     page.locator(f"tr[data-model='{model}'] .chip", has_text="in use").wait_for()
     assert "labels: water, golden, green" in page.locator("footer").inner_text()
     assert page.locator("tr[data-model='shipped'] [data-delete]").count() == 0  # never offered
+
+    page.goto(base_url + "/model")  # the trained model's own facts
+    trained_on = page.locator("[data-trained-on]").inner_text()
+    assert f"dataset {dataset} (120 photos)" in trained_on and "76 training" in trained_on
+    assert "original project" not in trained_on and "miml" not in trained_on
+    assert page.locator("[data-backbone]").inner_text() == "shipped"  # a model id, never a path
+    assert str(runs) not in page.content() and "/model/shipped" not in page.content()
+    assert page.locator("table[data-compare]").count() == 0  # the MIML literature only for MIML's labels
+    page.screenshot(path=str(SHOTS / "model-trained.png"), full_page=True)
+
+    page.goto(base_url + "/gallery")  # its own dataset's test photos, without a warning
+    assert page.locator("[data-label-mismatch]").count() == 0 and page.locator("[data-no-dataset]").count() == 0
+    assert page.locator("[data-count]").inner_text() == "24 of 24 test photos"
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.gallery img')].every(i => i.complete && i.naturalWidth > 0)"
+    )
+    page.screenshot(path=str(SHOTS / "gallery-trained.png"), full_page=True)
+    page.goto(base_url + "/models")
 
     strict = runs / "models" / "strict-copy"  # the same model at other thresholds, to compare against
     shutil.copytree(runs / "models" / model, strict)
@@ -72,12 +97,14 @@ def test_upload_train_switch_and_compare(page, base_url, runs, miml_data, tmp_pa
     page.screenshot(path=str(SHOTS / "models-phone.png"), full_page=True)
     page.set_viewport_size({"width": 1280, "height": 900})
 
-    page.select_option("[data-compare-form] select[name=a]", model)
-    page.select_option("[data-compare-form] select[name=b]", "strict-copy")
+    pairs = page.locator("[data-compare-form] select[name=pair] option").all_inner_texts()
+    assert pairs == [f"{model} and strict-copy"] or pairs == [f"strict-copy and {model}"]  # the one compatible pair
     page.click("[data-compare-form] button[type=submit]")
     photos = page.locator("[data-disagreements] figure")
     photos.first.wait_for()
     assert photos.count() > 0 and page.locator("[data-compare-metrics] td.better").count() > 0
+    names = page.locator("[data-compare-metrics] tbody th").all_inner_texts()
+    assert "mAP ↑" in names and "one-error ↓" in names and not any(n.startswith("map") for n in names)
     page.wait_for_function(
         "() => [...document.querySelectorAll('[data-disagreements] img')].every(i => i.complete && i.naturalWidth > 0)"
     )
@@ -122,3 +149,17 @@ def test_full_mode_progress_draws_the_learning_curve(page, base_url, runs):
     )
     page.locator("[data-job-curve]").screenshot(path=str(SHOTS / "train-curve.png"))
     page.screenshot(path=str(SHOTS / "train-full-progress.png"), full_page=True)
+
+
+@pytest.mark.needs_data
+def test_an_unfamiliar_photo_says_so_on_its_card(page, base_url, tmp_path):
+    from tests.helpers import make_non_scenes
+
+    text = tmp_path / "an invoice.png"
+    make_non_scenes(n_each=4)[5][1].save(text)  # Pillow-rendered text
+    page.goto(base_url + "/")
+    page.set_input_files("input[type=file]", str(text))
+    card = page.locator("[data-card]")
+    card.wait_for(timeout=30000)
+    assert "unlike anything the model was trained on" in card.locator("[data-unfamiliar]").inner_text()
+    page.screenshot(path=str(SHOTS / "upload-unfamiliar.png"), full_page=True)

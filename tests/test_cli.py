@@ -112,7 +112,7 @@ def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model,
     from model.train import main
 
     before = (tiny_model / "metrics.json").read_bytes()
-    with pytest.raises(SystemExit, match=f"^error: {tiny_model}: already exists and is not empty; pass --force"):
+    with pytest.raises(SystemExit, match=f"^error: {tiny_model}: already holds a model directory; pass --force"):
         main(["--data", str(tiny_dataset), "--out", str(tiny_model), *TINY_TRAINING])
     assert (tiny_model / "metrics.json").read_bytes() == before
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
@@ -126,7 +126,8 @@ def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, 
 
     again = tmp_path / "again"
     again.mkdir()
-    (again / "old.txt").write_text("replaced with --force")
+    for name in ("model.keras", "thresholds.json", "old.txt"):  # an earlier model directory: --force replaces it
+        (again / name).write_text("replaced with --force")
     argv = ["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--force"]
 
     def killed(*args):

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from app.feedback import Feedback
+from model.feedback import Feedback
 from model.atlas import dataset_key
 from model.data import load_dataset, split
-from tests.helpers import ROOT, SHOTS, free_port, get, serve, start
+from tests.helpers import ROOT, SHOTS, free_port, get, serve
 
 LABELS = ["desert", "mountains", "sea", "sunset", "trees"]
 
@@ -64,7 +64,7 @@ def reference(explore_scenes):
 
 @pytest.fixture()
 def feedback_dir(explore_scenes, tmp_path, monkeypatch):
-    monkeypatch.setattr(explore_scenes, "feedback", Feedback(tmp_path / "feedback", explore_scenes.labels))
+    monkeypatch.setattr(explore_scenes, "feedback", Feedback(tmp_path / "feedback"))
     return tmp_path / "feedback"
 
 
@@ -295,15 +295,23 @@ def test_the_readme_merge_gives_one_dataset_of_both(explore_client, explore_scen
     assert len(dataset.images) == 62 and dataset.labels[-1].tolist() == [0, 0, 0, 1, 0]
 
 
-def test_feedback_folder_of_other_labels_stops_the_app(tmp_path):
-    (tmp_path / "labels.csv").write_text("image,cats,dogs\n")
-    proc = start("--port", str(free_port()), "--feedback", str(tmp_path))
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2
-    assert err.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'labels.csv'}: its header is 'image,cats,dogs', "
-        "not the model's 'image,desert,mountains,sea,sunset,trees'"
-    )
+@pytest.mark.needs_data
+def test_feedback_folder_of_other_labels_is_a_409_not_a_wrong_row(
+    explore_client, explore_scenes, tmp_path, monkeypatch
+):
+    """A folder started under another model's labels (a switch, then a restart): the app starts, and feedback
+    is refused with the reason instead of being written under the folder's header."""
+    folder = tmp_path / "other"
+    folder.mkdir()
+    (folder / "labels.csv").write_text("image,water,golden,green\nold.jpg,1,0,0\n")
+    monkeypatch.setattr(explore_scenes, "feedback", Feedback(folder))  # what Scenes(feedback_dir=...) builds
+    photo = explore_scenes.dataset.path(0).read_bytes()
+    r = post(explore_client, "/api/feedback", photo, labels="sea")
+    assert r.status_code == 409
+    assert "collects the labels water, golden, green" in r.get_json()["error"]
+    assert "desert, mountains, sea, sunset, trees" in r.get_json()["error"]
+    assert (folder / "labels.csv").read_text() == "image,water,golden,green\nold.jpg,1,0,0\n"
+    assert list((folder / "original").iterdir()) == []
 
 
 @pytest.mark.needs_data

@@ -72,10 +72,13 @@ def test_ray_csv_is_byte_for_byte_the_in_process_csv(local_ray, photos, tmp_path
         "sunset",
         "trees",
         "predicted",
+        "familiarity",
+        "unfamiliar",
         "error",
     ]
     broken = [r for r in rows if r[0].endswith("broken.jpg")]
-    assert broken[0][-1].startswith("not an image format") and broken[0][1:-1] == [""] * 6
+    assert broken[0][-1].startswith("not an image format") and broken[0][1:-1] == [""] * 8
+    assert all(r[8] in ("0", "1") and 0 < float(r[7]) <= 1 for r in rows[1:] if not r[-1])  # MIML photos: scored
 
 
 @pytest.mark.needs_data

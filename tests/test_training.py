@@ -37,6 +37,11 @@ def upload(client, data, name="photos.zip"):
     return client.post("/api/datasets", data={"file": (io.BytesIO(data), name)}, content_type="multipart/form-data")
 
 
+def csrf_token(client, page):
+    """The CSRF token the page's forms carry (the client keeps the session cookie it belongs to)."""
+    return client.get(page).get_data(as_text=True).split('name="csrf_token" value="')[1].split('"')[0]
+
+
 def wait(client, job, timeout=180):
     started = time.time()
     while time.time() - started < timeout:
@@ -95,6 +100,12 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
     assert "validation" in classifier.card.tuning.chosen_on
+    # its backbone named by model id, whose converted graph it runs (no conversion of its own); its training
+    # photos' embeddings kept for the familiarity flag
+    training = classifier.card.training
+    assert training.backbone == "shipped" and training.extra["backbone_sha256"] == Classifier().info.sha256
+    assert type(classifier._forward).__name__ == "HeadRuntime"
+    assert classifier.training_photos is not None and len(classifier.training_photos.train) == 76
 
     labels = own_dataset[1]
     sea = next(i for i, f in labels.items() if f == (1, 0, 0) and i in names)
@@ -113,6 +124,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
     results = r.get_json()["results"]
     assert [sorted(x["probabilities"]) for x in results] == [sorted(OWN_LABELS)] * 2
     assert results[0]["predicted"] == ["water"] and results[1]["predicted"] == ["golden"]
+    assert [x["familiarity"]["unfamiliar"] for x in results] == [False, False]
     assert set(r.get_json()["thresholds"]) == set(OWN_LABELS)
     default = client.post(
         "/api/predict",
@@ -367,10 +379,16 @@ def test_models_switch_survives_a_restart_and_deleting_asks_or_refuses(client, q
     assert not any(m["active"] for m in given.get("/api/models").get_json())
     assert "given with <code>--model</code>" in given.get("/models").get_data(as_text=True)
 
-    r = client.post("/models/delete", data={"model": model_id})
+    r = client.post("/models/delete", data={"model": model_id, "confirm": "yes"})
+    assert r.status_code == 400 and "did not come from this app" in r.get_data(as_text=True)  # no CSRF token
+    token = csrf_token(client, "/models")
+    r = client.post("/models/delete", data={"model": model_id, "csrf_token": token})
     assert r.status_code == 400 and "tick the box" in r.get_data(as_text=True)
     assert client.post("/api/models/active", json={"model": "shipped"}).status_code == 200
-    assert client.post("/models/delete", data={"model": model_id, "confirm": "yes"}).status_code == 303
+    assert (
+        client.post("/models/delete", data={"model": model_id, "confirm": "yes", "csrf_token": token}).status_code
+        == 303
+    )
     assert not (runs / "models" / model_id).exists()
     assert [m["id"] for m in client.get("/api/models").get_json()] == ["shipped"]
 
@@ -382,7 +400,7 @@ def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
     monkeypatch.setattr(app.training, "Classifier", lambda path, **kw: loads.append(path) or object())
 
     class Paths:
-        def model_path(self, model_id):
+        def check_model(self, model_id):
             return f"/models/{model_id}"
 
     models = app.training.LoadedModels(Paths(), ("litert", "f32"), 1)

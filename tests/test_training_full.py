@@ -54,6 +54,7 @@ def test_full_mode_reports_epochs_eta_and_the_curve(registry):
     assert final["model"] == job and final["progress"] == 1.0
     messages = [s["message"] for s in seen]
     assert "warm-up (head only): epoch 1/1" in messages and "fine-tuning (whole network): epoch 1/1" in messages
+    assert not any(m.startswith("Epoch ") for m in messages)  # never Keras's raw "Epoch 1/1"
     after_warmup = next(s for s in seen if s["message"] == "warm-up (head only): epoch 1/1")
     assert after_warmup["eta_s"] is not None and after_warmup["eta_s"] >= 0 and 0 < after_warmup["progress"] < 1
     assert [p["epoch"] for p in final["curve"]] == [1, 2]
@@ -64,6 +65,8 @@ def test_full_mode_reports_epochs_eta_and_the_curve(registry):
     assert listed[job]["mode"] == "full" and listed[job]["labels"] == TINY_LABELS and listed[job]["dataset"] == "data"
     c = Classifier(registry.model_path(job))
     assert c.size == 96 and c.labels == TINY_LABELS
+    assert c.training_photos is not None  # full training keeps its training photos' embeddings for familiarity
+    assert final["seconds"] > 0 and final["photos"] == 36  # the training page's times are made of these
     history = c.card.training.history
     assert [round(float(r["val_loss"]), 4) for r in history] == [round(p["val_loss"], 4) for p in final["curve"]]
 
