@@ -185,11 +185,11 @@ class LiteRuntime:
 
 
 class HeadRuntime:
-    """A quick model (model.quick): its backbone's flatbuffer gives the feature map and the embedding, and the
-    model's own head, one dense sigmoid on the embedding, runs in numpy (the backbone's probabilities are
-    dropped). So a quick model needs no conversion of its own: the backbone's is converted once and shared."""
+    """A quick model (model.quick): its backbone's flatbuffer (or OpenVINO IR) gives the feature map and the
+    embedding, and the model's own head, one dense sigmoid on the embedding, runs in numpy (the backbone's
+    probabilities are dropped). So a quick model needs no conversion of its own: the backbone's is converted once and shared."""
 
-    def __init__(self, body: LiteRuntime, kernel: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(self, body: Any, kernel: np.ndarray, bias: np.ndarray) -> None:
         self.body, self.kernel, self.bias = body, np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
@@ -294,15 +294,18 @@ class Classifier:
         if self.runtime == "keras":
             return KerasRuntime(three)
         workers = workers or DEFAULT_WORKERS
-        if self.runtime == "openvino":
-            from model.openvino_runtime import load_openvino
-
-            return load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
         backbone = self.card.training.extra.get("backbone_sha256")
+        head = [w.numpy() for w in self.model.get_layer("probabilities").weights] if backbone else None
+        if self.runtime == "openvino":
+            from model.openvino_runtime import OpenVinoRuntime, cached_ir, ir_path, load_openvino
+
+            shared = backbone and self.tta == "none" and self.precision != "int8" and cached_ir(ir_path(backbone))
+            if shared:  # a quick model runs its backbone's IR, as it runs its flatbuffer on LiteRT
+                return HeadRuntime(OpenVinoRuntime(shared, self.precision, workers), *head)
+            return load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
         shared = backbone and self.tta == "none" and cached_flatbuffer(backbone)
         if shared:
-            kernel, bias = (w.numpy() for w in self.model.get_layer("probabilities").weights)
-            return HeadRuntime(LiteRuntime(shared, workers), kernel, bias)
+            return HeadRuntime(LiteRuntime(shared, workers), *head)
         return LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
 
     # --- metadata the pages and the API show ---------------------------------------------

@@ -95,7 +95,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
 
     # An ordinary model directory: Classifier reproduces the stored test probabilities (the Dense head is the
     # logistic regression), and the thresholds came from validation.
-    classifier = Classifier(runs / "models" / model_id, runtime="openvino", precision="f32")
+    classifier = Classifier(runs / "models" / model_id, runtime="litert")  # float32, exact
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
