@@ -1,7 +1,8 @@
 """Start the MIML Scenes web app.
 
     python visualization.py [--host 127.0.0.1] [--port 5000] [--model DIR] [--data DIR] [--server waitress|flask]
-                            [--runtime litert|keras] [--workers N] [--feedback DIR] [--no-explore]
+                            [--runtime auto|openvino|litert|keras]
+                            [--precision auto|f32|bf16|int8] [--workers N] [--feedback DIR] [--no-explore]
                             [--runs DIR] [--max-runs-gb 10] [--allowed-host NAME ...]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
@@ -16,7 +17,7 @@ import socket
 import sys
 from pathlib import Path
 
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import add_runtime_flags, add_verbose_flag, quiet_tensorflow
 
 # waitress, set deliberately (see docs/security.md); a public deployment goes behind a reverse proxy.
 WAITRESS = {
@@ -50,13 +51,8 @@ def main(argv=None):
         help="waitress (default: production WSGI server, 8 threads) or flask's development server",
     )
     p.add_argument("--threads", type=int, default=8, help="waitress worker threads")
-    p.add_argument(
-        "--runtime",
-        choices=["litert", "keras"],
-        default="litert",
-        help="forward passes through LiteRT (default, about 3x faster) or Keras (for comparison)",
-    )
-    p.add_argument("--workers", type=int, help="LiteRT interpreters that run at once (default 2)")
+    add_runtime_flags(p)
+    p.add_argument("--workers", type=int, help="forward passes that run at once (default 2)")
     p.add_argument(
         "--no-explore",
         action="store_true",
@@ -106,6 +102,7 @@ def main(argv=None):
             data,
             allowed_hosts=[args.host, *args.allowed_host],
             runtime=args.runtime,
+            precision=args.precision,
             workers=args.workers,
             explore=not args.no_explore,
             feedback_dir=args.feedback,

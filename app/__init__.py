@@ -63,7 +63,8 @@ def create_app(
     data_dir=None,
     scenes=None,
     allowed_hosts=(),
-    runtime="litert",
+    runtime="auto",
+    precision="auto",
     workers=None,
     explore=False,
     feedback_dir=None,
@@ -71,7 +72,8 @@ def create_app(
     runs_quota_bytes=None,
 ):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
-    `runtime`: "litert" (default) or "keras" for every forward pass; `workers`: LiteRT interpreters in the pool;
+    `runtime`, `precision`: what runs every forward pass (model.inference.choose_runtime; default: the fastest that
+    passes the parity gate on this CPU); `workers`: forward passes that run at once;
     `explore`: similar photos and the map (the dataset's embeddings, computed in the background);
     `feedback_dir`: collect corrected labels there (model/feedback.py);
     `runs_dir`: where uploaded datasets and trained models live (training, /models and /compare need it; without
@@ -102,19 +104,26 @@ def create_app(
     if served and scenes is None:
         model_dir = registry.model_path(served)
     app.extensions["scenes"] = scenes or Scenes(
-        model_dir, data_dir, runtime=runtime, workers=workers, explore=explore, feedback_dir=feedback_dir
+        model_dir,
+        data_dir,
+        runtime=runtime,
+        precision=precision,
+        workers=workers,
+        explore=explore,
+        feedback_dir=feedback_dir,
     )
     app.config["LABEL_MISMATCH"] = label_mismatch(app.extensions["scenes"])
 
-    from app import api, explore, pages
+    from app import api, download, explore, pages
 
     app.register_blueprint(pages.bp)
+    app.register_blueprint(download.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(explore.bp)
     if registry:
         from app import labelling, training
 
-        training.init(app, registry, served, runtime, workers)
+        training.init(app, registry, served, (runtime, precision), workers)
         labelling.init(app, runs_dir)
 
     @app.context_processor

@@ -56,6 +56,7 @@ def model_info():
         at_least_one=c.at_least_one,
         input_size=c.size,
         runtime=c.runtime,
+        precision=c.precision,
         architecture=card.training.architecture,
         parameters=card.training.parameters,
         metrics={

@@ -33,10 +33,19 @@ def scenes():
 
 
 class Scenes:
-    def __init__(self, model_dir=None, data_dir=None, runtime="litert", workers=None, explore=False, feedback_dir=None):
+    def __init__(
+        self,
+        model_dir=None,
+        data_dir=None,
+        runtime="auto",
+        workers=None,
+        explore=False,
+        feedback_dir=None,
+        precision="auto",
+    ):
         """`explore`: compute (or read from the cache) the dataset's embeddings and map in the background,
         for similar photos and /map; `feedback_dir`: where corrected labels are stored (None: feedback is off)."""
-        classifier = Classifier(model_dir, runtime=runtime, workers=workers)
+        classifier = Classifier(model_dir, runtime=runtime, precision=precision, workers=workers)
         self.given_dataset = classifier.dataset(data_dir) if data_dir else None  # --data
         self.explore = explore
         # Bounded and thread-safe (functools' lock): a thumbnail is decoded once, the 2000 latest are kept.

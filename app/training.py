@@ -50,6 +50,7 @@ class LoadedModels:
     """Classifiers by model id, at most `bound` in memory; the least recently used goes first."""
 
     def __init__(self, registry, runtime, workers, bound=MODELS_IN_MEMORY):
+        """`runtime`: (runtime, precision) as model.inference.choose_runtime takes them."""
         self.registry, self.runtime, self.workers, self.bound = registry, runtime, workers, bound
         self._loaded = OrderedDict()
         self._lock = threading.Lock()  # loads one model at a time: a second request for it waits, then shares it
@@ -73,9 +74,10 @@ class LoadedModels:
                 self._loaded.move_to_end(model_id)
                 return self._loaded[model_id]
             path = self.registry.check_model(model_id)
+            runtime, precision = self.runtime
             try:
-                classifier = Classifier(path, runtime=self.runtime, workers=self.workers)
-            except Exception as e:  # deleted or damaged while it loads: Keras and LiteRT raise many types
+                classifier = Classifier(path, runtime=runtime, precision=precision, workers=self.workers)
+            except Exception as e:  # deleted or damaged while it loads: Keras, LiteRT and OpenVINO raise many types
                 message = str(e).replace(str(path), model_id)
                 raise RegistryError(f"model {model_id!r} cannot be loaded: {message}", 409) from None
             self._keep(model_id, classifier)

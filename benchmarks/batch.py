@@ -32,14 +32,14 @@ def status_mib(field):
             return int(line.split()[1]) / 1024
 
 
-def measure(folder, model_dir, batch_size, workers, bound_batches):
+def measure(folder, model_dir, batch_size, workers, bound_batches, runtime="auto", precision="auto"):
     """One configuration, in this process: a dict of the numbers."""
     import numpy as np
     from model.batch import expand, predict_paths
     from model.inference import Classifier
     from model.predict import CsvRows
 
-    clf = Classifier(model_dir)
+    clf = Classifier(model_dir, runtime=runtime, precision=precision)
     paths = [p for _, p in zip(range(4 * batch_size), expand([folder]))]
     start = time.perf_counter()
     preloaded = np.stack([clf.load(p) for p in paths])
@@ -80,7 +80,7 @@ def measure(folder, model_dir, batch_size, workers, bound_batches):
     }
 
 
-def run_child(folder, args, batch_size, workers):
+def run_child(folder, args, batch_size, workers, runtime="auto", precision="auto"):
     cmd = [
         sys.executable,
         __file__,
@@ -94,12 +94,16 @@ def run_child(folder, args, batch_size, workers):
         str(workers),
         "--bound-batches",
         str(args.bound_batches),
+        "--runtime",
+        runtime,
+        "--precision",
+        precision,
     ]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
         sys.exit(r.stderr)
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    print(f"  {folder}: batch {batch_size}, {workers} workers: {result}", file=sys.stderr)
+    print(f"  {folder}: batch {batch_size}, {workers} workers, {runtime} {precision}: {result}", file=sys.stderr)
     return result
 
 
@@ -127,24 +131,49 @@ def main():
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     p.add_argument("--big", type=int, default=20000, help="photos in the generated folder (0: skip)")
     p.add_argument("--bound-batches", type=int, default=15, help="forward passes timed for the bound, each side")
+    p.add_argument("--runtime", default="auto", help="as model.predict's --runtime (default auto)")
+    p.add_argument("--precision", default="auto", help="as model.predict's --precision (default auto)")
     p.add_argument("--measure", help=argparse.SUPPRESS)
     p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.model, args.batch_size, args.workers[0], args.bound_batches)))
+        print(
+            json.dumps(
+                measure(
+                    args.measure,
+                    args.model,
+                    args.batch_size,
+                    args.workers[0],
+                    args.bound_batches,
+                    args.runtime,
+                    args.precision,
+                )
+            )
+        )
         return
     if not args.data:
         p.error("--data is required")
 
     original = Path(args.data) / "original"
     load = os.getloadavg()[0]
-    rows = [(original, b, w, run_child(original, args, b, w)) for b in args.batch_sizes for w in args.workers]
+    rows = [
+        (original, b, w, run_child(original, args, b, w, args.runtime, args.precision))
+        for b in args.batch_sizes
+        for w in args.workers
+    ]
     if args.big:
         if (32, WORKERS) not in [(b, w) for _, b, w, _ in rows]:
-            rows.append((original, 32, WORKERS, run_child(original, args, 32, WORKERS)))
+            rows.append((original, 32, WORKERS, run_child(original, args, 32, WORKERS, args.runtime, args.precision)))
         with tempfile.TemporaryDirectory(prefix="miml-big-") as tmp:
             big = linked_folder(original, args.big, Path(tmp))
-            rows.append((f"{args.big} links to them", 32, WORKERS, run_child(big, args, 32, WORKERS)))
+            rows.append(
+                (
+                    f"{args.big} links to them",
+                    32,
+                    WORKERS,
+                    run_child(big, args, 32, WORKERS, args.runtime, args.precision),
+                )
+            )
 
     print(f"\nLoad average when started: {load:.2f} on {os.cpu_count()} cores.\n")
     print(

@@ -20,6 +20,22 @@ START_UP_NOISE = re.compile(
 )
 
 
+def add_runtime_flags(parser):
+    """--runtime and --precision, as model.inference.choose_runtime takes them."""
+    parser.add_argument(
+        "--runtime",
+        choices=["auto", "openvino", "litert", "keras"],
+        default="auto",
+        help="forward passes (default auto: the fastest that passes the parity gate here, see docs/runtime.md)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "f32", "bf16", "int8"],
+        default="auto",
+        help="arithmetic (default auto: bf16 on OpenVINO where the CPU has it, else f32; litert and keras run f32)",
+    )
+
+
 class OutError(ValueError):
     """--out names something the tool must not replace; the message says why."""
 

@@ -1,13 +1,14 @@
 """Evaluate a model directory on a split of the dataset.
 
-python -m model.evaluate --data DIR [--model DIR] [--split-seed N] [--json FILE] [--runtime litert|keras]
+python -m model.evaluate --data DIR [--model DIR] [--split-seed N] [--json FILE]
+    [--runtime auto|openvino|litert|keras] [--precision auto|f32|bf16|int8]
 """
 
 import argparse
 import json
 import sys
 
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import add_runtime_flags, add_verbose_flag, quiet_tensorflow
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import format_table
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
@@ -24,7 +25,7 @@ def main(argv=None):
         help=f"random_state of the split ({CONTRACT_SPLIT_SEED} = the contract split)",
     )
     p.add_argument("--json", help="also write the metrics to this JSON file")
-    p.add_argument("--runtime", choices=["litert", "keras"], default="litert", help="forward passes (default litert)")
+    add_runtime_flags(p)
     add_verbose_flag(p)
     args = p.parse_args(argv)
     quiet_tensorflow(args.verbose)
@@ -32,7 +33,7 @@ def main(argv=None):
         from model.inference import Classifier
 
         dataset = load_dataset(args.data)
-        classifier = Classifier(args.model, runtime=args.runtime)
+        classifier = Classifier(args.model, runtime=args.runtime, precision=args.precision)
         if dataset.label_names != classifier.labels:
             raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
         trained_on = classifier.card.split.seed
@@ -49,7 +50,7 @@ def main(argv=None):
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(metrics, f, indent=2)
-    except (DataError, ModelDirError) as e:
+    except (DataError, ModelDirError, ValueError) as e:  # ValueError: a precision this CPU lacks
         sys.exit(f"error: {e}")
     except OSError as e:
         sys.exit(f"error: {e.filename or args.json}: {e.strerror or e}")

@@ -1,6 +1,6 @@
 """Export a model directory for serving without this project's Python code.
 
-    python -m model.export [--model DIR] --format saved_model|tflite --out DIR [--data DIR] [--calibration N]
+    python -m model.export [--model DIR] --format saved_model|tflite|bundle --out DIR [--data DIR] [--calibration N]
 
 saved_model
     A TensorFlow SavedModel for TF Serving (or `tf.saved_model.load`). Its `serving_default`
@@ -59,7 +59,14 @@ tflite
                             0..255 (they do on MIML), i.e. the pixels go in as they are.
     Apply thresholds.json to the probabilities to get labels.
 
-Both formats get a copy of thresholds.json (label names, thresholds, at_least_one). The export is
+bundle
+    The model as the app's Download button gives it (model/bundle.py), unzipped: OpenVINO IR (model.xml,
+    model.bin) and a TFLite float32 flatbuffer (model.tflite), each with three outputs (last feature map,
+    pooled embedding, probabilities) and float32 [batch, size, size, 3] 0..255 pixels in; labels.json;
+    README.md; predict.py, which needs only openvino (or ai-edge-litert), numpy and pillow and prints the
+    labels the app shows.
+
+saved_model and tflite get a copy of thresholds.json (label names, thresholds, at_least_one). The export is
 written to a temporary sibling `OUT.partial-write` and renamed into place, so a failed run leaves
 an earlier export intact; an existing OUT is replaced only if it holds an earlier export.
 """
@@ -77,7 +84,7 @@ from model.cli import add_verbose_flag, quiet_tensorflow
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, atomic_dir, read_model_dir
 from model.graph_preprocess import preprocess_graph
 
-FORMATS = ["saved_model", "tflite"]
+FORMATS = ["saved_model", "tflite", "bundle"]
 TFLITE_FILES = {"float16": "model_float16.tflite", "int8": "model_int8.tflite"}
 CALIBRATION_PHOTOS = 100
 
@@ -188,6 +195,8 @@ def calibration_photos(dataset, size, n=CALIBRATION_PHOTOS):
 
 
 def _looks_like_export(path):
+    if (path / "labels.json").is_file() and (path / "predict.py").is_file():  # a bundle
+        return True
     return (path / "thresholds.json").is_file() and (
         (path / "saved_model.pb").is_file() or any((path / f).is_file() for f in TFLITE_FILES.values())
     )
@@ -199,6 +208,25 @@ def check_output(out):
         raise ExportError(f"{out}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not _looks_like_export(out):
         raise ExportError(f"{out}: exists, is not empty and is not an earlier export; choose another --out")
+
+
+def export_tensorflow(info, fmt, out, dataset, calibration):
+    """The saved_model or tflite export of model directory `info` into the folder `out`, with thresholds.json."""
+    model = info.load_keras()
+    if model.output_shape[-1] != len(info.labels):
+        raise ModelDirError(
+            f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
+            f"but thresholds.json names {len(info.labels)} labels"
+        )
+    if info.tta == "flip":  # the thresholds were tuned on the mean with the mirror
+        from model.network import flip_tta
+
+        model = flip_tta(model)
+    if fmt == "saved_model":
+        export_saved_model(model, info.labels, info.thresholds, info.at_least_one, out)
+    else:
+        export_tflite(model, calibration_photos(dataset, int(model.input_shape[1]), calibration), out)
+    shutil.copyfile(info.path / "thresholds.json", out / "thresholds.json")
 
 
 def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
@@ -218,21 +246,12 @@ def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
     check_output(out)
     try:
         with atomic_dir(out) as tmp:
-            model = info.load_keras()
-            if model.output_shape[-1] != len(info.labels):
-                raise ModelDirError(
-                    f"{info.path / 'model.keras'}: has {model.output_shape[-1]} outputs "
-                    f"but thresholds.json names {len(info.labels)} labels"
-                )
-            if info.tta == "flip":  # the thresholds were tuned on the mean with the mirror
-                from model.network import flip_tta
+            if fmt == "bundle":
+                from model.inference import Classifier
 
-                model = flip_tta(model)
-            if fmt == "saved_model":
-                export_saved_model(model, info.labels, info.thresholds, info.at_least_one, tmp)
+                Classifier(model_dir, runtime="litert").write_bundle(tmp)
             else:
-                export_tflite(model, calibration_photos(dataset, int(model.input_shape[1]), calibration), tmp)
-            shutil.copyfile(info.path / "thresholds.json", tmp / "thresholds.json")
+                export_tensorflow(info, fmt, tmp, dataset, calibration)
     except OSError as e:
         where = f" at {e.filename}" if e.filename else ""
         raise ExportError(f"{out}: cannot write the export there ({e.strerror or e}{where})") from None
@@ -254,7 +273,8 @@ def main(argv=None):
         "--format",
         required=True,
         choices=FORMATS,
-        help="saved_model: bytes in, labels out; tflite: float16 and int8 files taking preprocessed pixels",
+        help="saved_model: bytes in, labels out; tflite: float16 and int8 files taking preprocessed pixels; "
+        "bundle: OpenVINO IR + TFLite float32 + labels.json + predict.py, the app's download",
     )
     p.add_argument("--out", required=True, help="directory to write (replaced if it holds an earlier export)")
     p.add_argument("--data", help="dataset for the int8 calibration photos (tflite only; default: $MIML_DATA)")

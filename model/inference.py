@@ -1,13 +1,15 @@
 """Running a trained model: one forward pass gives probabilities, class maps and the embedding.
 
 `Classifier` is the one door into a model directory for the CLIs and the web app.
-Every pass that needs no gradient runs a TensorFlow Lite float32 flatbuffer with
-XNNPACK through LiteRT (`ai-edge-litert`): the same probabilities as Keras within
-1e-5 in about a third of the time here. The flatbuffer is converted from
-`model.keras` once and cached, keyed by the model file's sha256. It has three
-outputs: the last convolutional feature map, the pooled embedding and the
-probabilities. `runtime="keras"` runs the same three outputs through a traced
-`tf.function` instead, for comparison and tests.
+Every pass that needs no gradient runs one of three runtimes over the same three outputs (the last
+convolutional feature map, the pooled embedding and the probabilities), converted from `model.keras`
+once and cached, keyed by the model file's sha256:
+- "openvino" (model/openvino_runtime.py): bf16 on CPUs with AVX-512 bf16 / AMX, else float32;
+- "litert": a TensorFlow Lite float32 flatbuffer with XNNPACK (`ai-edge-litert`), within 1e-5 of Keras;
+- "keras": a traced `tf.function`, for comparison and tests.
+`runtime="auto"` (the default) is the fastest that passes the parity gate (tests/test_parity.py) on this
+CPU, as measured in docs/runtime.md: OpenVINO bf16 where the CPU has AMX / AVX-512 bf16, else LiteRT float32
+(OpenVINO float32 was no faster than LiteRT here).
 
 Test-time augmentation: a model directory whose thresholds.json says `"tta": "flip"` (its
 thresholds tuned on validation that way) is run on each photo and its mirror image in one pass,
@@ -27,6 +29,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import os
 import queue
 import threading
@@ -59,8 +62,9 @@ from model.registry import Registry, RegistryError  # noqa: F401  (the app's doo
 from model.feedback import Feedback, FeedbackLabelsError  # noqa: F401  (the app's door to the feedback folder)
 from model.thresholds import apply_thresholds
 
-RUNTIMES = ("litert", "keras")
-DEFAULT_WORKERS = 2  # LiteRT interpreters that run at once, each on every core (benchmarks/fast_path.py: pool layouts)
+RUNTIMES = ("auto", "openvino", "litert", "keras")
+PRECISIONS = ("auto", "f32", "bf16", "int8")
+DEFAULT_WORKERS = 2  # forward passes that may run at once (benchmarks/fast_path.py: pool layouts)
 ImageSource = bytes | str | Path | IO[bytes]  # what `load`, `analyse` and the like accept
 DISPLAY_SIZE = 480  # the longest side of the photo a page shows
 
@@ -181,11 +185,11 @@ class LiteRuntime:
 
 
 class HeadRuntime:
-    """A quick model (model.quick): its backbone's flatbuffer gives the feature map and the embedding, and the
-    model's own head, one dense sigmoid on the embedding, runs in numpy (the backbone's probabilities are
-    dropped). So a quick model needs no conversion of its own: the backbone's is converted once and shared."""
+    """A quick model (model.quick): its backbone's flatbuffer (or OpenVINO IR) gives the feature map and the
+    embedding, and the model's own head, one dense sigmoid on the embedding, runs in numpy (the backbone's
+    probabilities are dropped). So a quick model needs no conversion of its own: the backbone's is converted once and shared."""
 
-    def __init__(self, body: LiteRuntime, kernel: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(self, body: Any, kernel: np.ndarray, bias: np.ndarray) -> None:
         self.body, self.kernel, self.bias = body, np.asarray(kernel, np.float32), np.asarray(bias, np.float32)
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
@@ -211,6 +215,32 @@ class KerasRuntime:
             return [o.numpy() for o in self._fn(self._tf.constant(images, self._tf.float32))]
 
 
+def choose_runtime(runtime="auto", precision="auto"):
+    """(runtime, precision) that will serve: "auto" resolved as measured in docs/runtime.md; ValueError for a
+    pair that cannot run (LiteRT and Keras run float32 only; bf16 and int8 need a CPU that has them)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if runtime == "auto":  # int8 misses the parity gate (docs/runtime.md): never chosen by itself
+        from model.openvino_runtime import cpu_precisions
+
+        if precision == "auto":
+            return ("openvino", "bf16") if "bf16" in cpu_precisions() else ("litert", "f32")
+        runtime = "litert" if precision == "f32" else "openvino"
+    if runtime != "openvino":
+        if precision not in ("auto", "f32"):
+            raise ValueError(f"runtime {runtime} runs f32 only; --precision {precision} needs --runtime openvino")
+        return runtime, "f32"
+    from model.openvino_runtime import cpu_precisions
+
+    if precision == "auto":
+        return runtime, "bf16" if "bf16" in cpu_precisions() else "f32"
+    if precision not in cpu_precisions():
+        raise ValueError(f"this CPU has no {precision} instructions; use --precision f32")
+    return runtime, precision
+
+
 class Classifier:
     """A model directory loaded for use: `classify`, `analyse`, `activations` and what the pages describe."""
 
@@ -220,15 +250,17 @@ class Classifier:
     def __init__(
         self,
         model_dir: Path | str | None = None,
-        runtime: str = "litert",
+        runtime: str = "auto",
         workers: int | None = None,
         tta: str | None = None,
+        precision: str = "auto",
     ) -> None:
-        """`workers`: LiteRT interpreters that may run at once (default DEFAULT_WORKERS; each is made when first
-        needed). `tta`: None for the model directory's own setting, or "none" / "flip": with the thresholds tuned
-        on validation for that mode when thresholds.json has them ("other_tta"), else with its own."""
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+        """`workers`: forward passes that may run at once (default DEFAULT_WORKERS; LiteRT interpreters or
+        OpenVINO infer requests, each made when first needed). `tta`: None for the model directory's own setting,
+        or "none" / "flip": with the thresholds tuned on validation for that mode when thresholds.json has them
+        ("other_tta"), else with its own. `runtime`, `precision`: see choose_runtime; `self.runtime` and
+        `self.precision` say what serves."""
+        self.runtime, self.precision = choose_runtime(runtime, precision)
         self.info = read_model_dir(model_dir)
         self.model = self.info.load_keras()
         self.labels = list(self.info.labels)
@@ -246,8 +278,7 @@ class Classifier:
                 f"but thresholds.json names {len(self.labels)} labels"
             )
         self.size = self.model.input_shape[1]
-        self.runtime = runtime
-        self._forward = self._runtime(runtime, workers)
+        self._forward = self._runtime(workers)
         # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
         self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
         self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
@@ -256,18 +287,25 @@ class Classifier:
         self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
         self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
 
-    def _runtime(self, runtime: str, workers: int | None) -> Any:
-        """The forward pass: LiteRT (a quick model's through its backbone's flatbuffer when that is cached) or
-        Keras."""
+    def _runtime(self, workers: int | None) -> Any:
+        """The forward pass of self.runtime: OpenVINO, LiteRT (a quick model's through its backbone's flatbuffer
+        when that is cached) or Keras."""
         three = with_outputs(self.model, self.tta)
-        if runtime == "keras":
+        if self.runtime == "keras":
             return KerasRuntime(three)
         workers = workers or DEFAULT_WORKERS
         backbone = self.card.training.extra.get("backbone_sha256")
+        head = [w.numpy() for w in self.model.get_layer("probabilities").weights] if backbone else None
+        if self.runtime == "openvino":
+            from model.openvino_runtime import OpenVinoRuntime, cached_ir, ir_path, load_openvino
+
+            shared = backbone and self.tta == "none" and self.precision != "int8" and cached_ir(ir_path(backbone))
+            if shared:  # a quick model runs its backbone's IR, as it runs its flatbuffer on LiteRT
+                return HeadRuntime(OpenVinoRuntime(shared, self.precision, workers), *head)
+            return load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
         shared = backbone and self.tta == "none" and cached_flatbuffer(backbone)
         if shared:
-            kernel, bias = (w.numpy() for w in self.model.get_layer("probabilities").weights)
-            return HeadRuntime(LiteRuntime(shared, workers), kernel, bias)
+            return HeadRuntime(LiteRuntime(shared, workers), *head)
         return LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
 
     # --- metadata the pages and the API show ---------------------------------------------
@@ -297,6 +335,31 @@ class Classifier:
         """model.atlas.Atlas of `dataset` (a Dataset) under this model, not started: embeddings,
         probabilities and map of every photo, cached in `folder` (default: <cache dir>/atlas)."""
         return Atlas(self, dataset, folder)
+
+    # --- the model as a download (model/bundle.py) ---------------------------------------------
+    def _bundle_parts(self):
+        """(IR path, flatbuffer, labels.json contents): this model in the TTA mode and thresholds it serves with."""
+        from model.bundle import labels_json
+        from model.openvino_runtime import openvino_ir
+
+        three = with_outputs(self.model, self.tta)
+        meta = labels_json(self.labels, self.thresholds, self.at_least_one, self.size, self.tta)
+        sha, tta = self.info.sha256, self.tta
+        return openvino_ir(three, sha, tta), litert_flatbuffer(three, sha, tta), meta
+
+    def write_bundle(self, folder):
+        """The download's files (OpenVINO IR, TFLite, labels.json, README.md, predict.py) into `folder`."""
+        from model.bundle import write_bundle
+
+        return write_bundle(folder, self.name, *self._bundle_parts())
+
+    def bundle_zip(self):
+        """Path of the download as a ZIP, built once per model file, TTA mode and thresholds, then cached."""
+        from model.bundle import VERSION, bundle_zip
+
+        key = json.dumps([VERSION, self.name, self.info.sha256, self.tta, self.thresholds, self.at_least_one])
+        path = cache_dir() / "bundle" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.zip"
+        return path if path.is_file() else bundle_zip(path, f"miml-scenes-{self.name}", *self._bundle_parts())
 
     def warm_up(self) -> None:
         """One forward pass and one layer of the layer browser on a grey photo, so that a first request does not

@@ -1,6 +1,7 @@
 """Predict the labels of photos.
 
     python -m model.predict PATH [PATH ...] [--model DIR] [--json] [--csv FILE] [--json-file FILE] [--batch-size 32] [--tta none|flip]
+        [--runtime auto|openvino|litert|keras] [--precision auto|f32|bf16|int8]
     python -m model.predict SOURCE [SOURCE ...] --engine ray [--address ADDRESS] [--actors N] --csv FILE | --parquet DIR
 
 Folders are searched recursively for images. A file that cannot be read (not an image,
@@ -22,7 +23,7 @@ import sys
 from tqdm import tqdm
 
 from model.batch import IMAGE_SUFFIXES, expand, predict_paths
-from model.cli import add_verbose_flag, quiet_tensorflow
+from model.cli import add_runtime_flags, add_verbose_flag, quiet_tensorflow
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, read_model_dir
 
 
@@ -130,6 +131,7 @@ def main(argv=None):
     )
     p.add_argument("--actors", type=int, default=1, help="with --engine ray: model copies, one a Ray actor (default 1)")
     p.add_argument("--parquet", metavar="DIR", help="with --engine ray: write the rows as Parquet files into DIR")
+    add_runtime_flags(p)
     add_verbose_flag(p)
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.actors < 1:
@@ -140,14 +142,17 @@ def main(argv=None):
         p.error("--parquet and --address go with --engine ray")
     quiet_tensorflow(args.verbose)
     try:
+        from model.inference import choose_runtime
+
+        choose_runtime(args.runtime, args.precision)  # a pair this CPU cannot run: one line, before any actor starts
         if args.engine == "ray":
             labels = list(read_model_dir(args.model).labels)  # the model itself loads in the Ray actors
         else:
             from model.inference import Classifier
 
-            classifier = Classifier(args.model, tta=args.tta)
+            classifier = Classifier(args.model, tta=args.tta, runtime=args.runtime, precision=args.precision)
             labels = classifier.labels
-    except ModelDirError as e:
+    except (ModelDirError, ValueError) as e:
         sys.exit(f"error: {e}")
 
     # A file name that is not UTF-8 is written as its original bytes, as the file system has it.
@@ -177,6 +182,8 @@ def main(argv=None):
             tta=args.tta,
             address=args.address,
             parquet=args.parquet,
+            runtime=args.runtime,
+            precision=args.precision,
         )
     else:
         predicted, failed = predict_locally(args.paths, classifier, writers, bool(files), args.batch_size)

@@ -8,7 +8,7 @@ The pipeline (`predictions`):
 2. `read_and_decode`, in parallel Ray tasks: each reads its files' bytes and letterboxes them with
    `model.preprocess.load_image` (the code training and the app use); a file that cannot be read or
    decoded becomes an error row, with the in-process path's message, and never fails the job;
-3. `Predictor`, an actor pool (one model per actor, the LiteRT `Classifier`): probabilities and
+3. `Predictor`, an actor pool (one model per actor, a `Classifier` on --runtime / --precision): probabilities and
    the labels at the model's tuned thresholds, `batch_size` photos a forward pass.
 The order of the paths is kept (Ray Data's `preserve_order`), so the rows come out in the in-process
 order and `--csv` is byte for byte what `python -m model.predict --csv` writes. `--parquet` writes Ray
@@ -105,13 +105,14 @@ def read_and_decode(batch, size):
 class Predictor:
     """One Classifier an actor; a batch of decoded rows -> result rows (error rows pass through)."""
 
-    def __init__(self, model_dir, batch_size, tta=None):
+    def __init__(self, model_dir, batch_size, tta=None, runtime="auto", precision="auto"):
         from model.cli import quiet_tensorflow
 
         quiet_tensorflow()
         from model.inference import Classifier
 
-        self.classifier, self.batch_size = Classifier(model_dir, tta=tta), batch_size
+        self.classifier = Classifier(model_dir, tta=tta, runtime=runtime, precision=precision)
+        self.batch_size = batch_size
 
     def __call__(self, batch):
         clf = self.classifier
@@ -150,7 +151,7 @@ def input_size(info):
     return int(size) if size else info.load_keras().input_shape[1]
 
 
-def predictions(paths, model_dir, batch_size=32, actors=1, tta=None):
+def predictions(paths, model_dir, batch_size=32, actors=1, tta=None, runtime="auto", precision="auto"):
     """The Ray Dataset of result rows for `paths` (a list of strings), in their order; Ray must be started."""
     import ray
 
@@ -168,7 +169,13 @@ def predictions(paths, model_dir, batch_size=32, actors=1, tta=None):
         )
         .map_batches(
             Predictor,
-            fn_constructor_kwargs={"model_dir": str(Path(model_dir).resolve()), "batch_size": batch_size, "tta": tta},
+            fn_constructor_kwargs={
+                "model_dir": str(Path(model_dir).resolve()),
+                "batch_size": batch_size,
+                "tta": tta,
+                "runtime": runtime,
+                "precision": precision,
+            },
             compute=ray.data.ActorPoolStrategy(size=actors),
             num_cpus=1,
             batch_size=batch_size,
@@ -197,14 +204,27 @@ def results(dataset, labels):
                 }
 
 
-def run(sources, model_dir, writers, labels, batch_size=32, actors=1, tta=None, address=None, parquet=None):
+def run(
+    sources,
+    model_dir,
+    writers,
+    labels,
+    batch_size=32,
+    actors=1,
+    tta=None,
+    address=None,
+    parquet=None,
+    runtime="auto",
+    precision="auto",
+):
     """The CLI's --engine ray over the photo files and folders `sources`: start Ray (the cluster at `address`, or
-    a local one), predict, write (to the `parquet` folder with Ray, else through `writers`); (predicted, failed)."""
+    a local one), predict, write (to the `parquet` folder with Ray, else through `writers`); (predicted, failed).
+    `runtime`, `precision`: what each actor's Classifier runs (model.inference.choose_runtime)."""
     paths = list(list_paths(sources))
     if not paths:
         return 0, 0
     start(address)
-    dataset = predictions(paths, model_dir, batch_size, actors, tta)
+    dataset = predictions(paths, model_dir, batch_size, actors, tta, runtime, precision)
     if parquet:
         dataset.write_parquet(parquet)
         failed = dataset_errors(parquet)

@@ -30,7 +30,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
     from model.inference import Classifier
 
     dataset = load_dataset(data_dir)
-    classifier = Classifier(model_dir, tta=tta)
+    classifier = Classifier(model_dir, tta=tta, precision="f32")  # float32: thresholds and stored probabilities exact
     if dataset.label_names != classifier.labels:
         raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")
     seed = classifier.card.split.seed
@@ -45,7 +45,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
         return val_probs, thresholds, at_least_one, dataclasses.replace(tuning, tta=c.tta)
 
     val_probs, thresholds, at_least_one, tuning = tune(classifier)
-    *_, other = tune(Classifier(model_dir, tta=next(mode for mode in TTA_MODES if mode != tta)))
+    *_, other = tune(Classifier(model_dir, tta=next(mode for mode in TTA_MODES if mode != tta), precision="f32"))
     tuning.other_tta = OperatingPoint(other.tta, other.thresholds, other.at_least_one, other.at_least_one_check)
     test_probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
 

@@ -32,8 +32,8 @@ def joined(tiny_model, second_member, tiny_dataset, tmp_path_factory):
 @pytest.mark.slow  # the session's tiny model trains
 def test_the_ensemble_is_the_mean_of_its_members_logits_in_one_network(joined, tiny_model, second_member, tiny_dataset):
     photos = sorted((tiny_dataset / "original").iterdir())[:6]
-    members = [Classifier(m, tta="none") for m in (tiny_model, second_member)]
-    both = Classifier(joined)
+    members = [Classifier(m, tta="none", runtime="openvino", precision="f32") for m in (tiny_model, second_member)]
+    both = Classifier(joined, runtime="openvino", precision="f32")  # float32: exact sums
     pixels = np.stack([both.load(p) for p in photos])
     expected = expit(np.mean([logit(m.probabilities(pixels)) for m in members], axis=0))
     assert np.abs(both.probabilities(pixels) - expected).max() < 1e-5

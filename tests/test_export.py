@@ -56,7 +56,7 @@ def reference(miml_data):
 
     dataset = load_dataset(miml_data)
     test_idx = split(len(dataset.images))[2]
-    classifier = Classifier()
+    classifier = Classifier(runtime="litert")  # float32, as exact as Keras
     raw = [dataset.path(i).read_bytes() for i in test_idx]
     pixels = dataset.load_photos(test_idx, classifier.size)
     return classifier, raw, pixels, classifier.probabilities(pixels), dataset.labels[test_idx]

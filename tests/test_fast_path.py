@@ -20,8 +20,8 @@ from tests.helpers import ROOT, run
 
 
 @pytest.fixture(scope="module")
-def lite(scenes):
-    return scenes.classifier  # the app's classifier: LiteRT, a pool of two interpreters
+def lite():
+    return Classifier(runtime="litert", workers=2)  # a pool of two interpreters (OpenVINO: tests/test_parity.py)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def keras_classifier():
 @pytest.fixture(scope="module")
 def plain():
     """The shipped model without test-time augmentation: one pass on the photo as it is."""
-    return Classifier(tta="none")
+    return Classifier(tta="none", runtime="litert")
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
 def test_flip_tta_averages_the_photo_and_its_mirror(plain, sea_photo, test_split):
     """In one pass: probabilities and embeddings are the two means, the feature map the mean with the mirror's
     flipped back, so the class maps of a mirrored photo are the mirror of its class maps."""
-    flip = Classifier(tta="flip")
+    flip = Classifier(tta="flip", runtime="litert")
     dataset, test_idx = test_split
     x = dataset.load_photos(test_idx[:8], plain.size)
     f, e, p = plain.forward(x)
@@ -138,7 +138,8 @@ def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
     model = build_seed_cnn(labels)
     shutil.copytree(ROOT / "model" / "shipped", tmp_path / "seed")
     model.save(tmp_path / "seed" / "model.keras")
-    lite_seed, keras_seed = Classifier(tmp_path / "seed"), Classifier(tmp_path / "seed", runtime="keras")
+    lite_seed = Classifier(tmp_path / "seed", runtime="litert")
+    keras_seed = Classifier(tmp_path / "seed", runtime="keras")
     a = lite_seed.analyse(sea_photo)
     assert a.pixels.shape == (100, 100, 3) and a.embedding.shape == (512,)
     assert a.cams["sea"].shape == (47, 47) and 0 <= a.cams["sea"].min() and a.cams["sea"].max() <= 1
@@ -273,16 +274,16 @@ def test_the_app_reaches_user_data_only_through_the_workspace_api():
 @pytest.mark.needs_data
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
     monkeypatch.setenv("MIML_CACHE", str(tmp_path))
-    first = Classifier()
+    first = Classifier(runtime="litert")
     (cached,) = (tmp_path / "litert").glob("*.tflite")
     from model.backbones.torch_legacy import sha256_of
 
     assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
     cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
-    second = Classifier()
+    second = Classifier(runtime="litert")
     assert cached.stat().st_size > 10_000_000
     assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
-    Classifier(tta="flip")  # the TTA mode is in the key: another flatbuffer
+    Classifier(tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
     assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
@@ -329,7 +330,7 @@ def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, 
     """thresholds.json keeps the operating point tuned on validation for the other mode ("other_tta"), so
     a caller who wants flip TTA (twice the cost) gets thresholds made for it."""
     info = lite.card.tuning
-    flip = Classifier(tta="flip")
+    flip = Classifier(tta="flip", runtime="litert")
     assert lite.tta == plain.tta == "none"  # the shipped ensemble's own mode: one pass
     assert lite.thresholds == pytest.approx(info.thresholds) and lite.at_least_one == info.at_least_one
     assert flip.thresholds == pytest.approx(info.other_tta.thresholds)
@@ -338,7 +339,7 @@ def test_each_tta_mode_has_its_own_validated_thresholds(plain, lite, sea_photo, 
 
     (tmp_path / "sea.jpg").write_bytes(sea_photo)
     for mode, classifier in (("none", lite), ("flip", flip)):
-        r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode)
+        r = run("model.predict", str(tmp_path / "sea.jpg"), "--json", "--tta", mode, "--runtime", "litert")
         (result,) = json.loads(r.stdout)
         want = classifier.classify(classifier.load(sea_photo)[None])[0]  # familiarity under its mode too
         assert {k: result[k] for k in ("probabilities", "predicted", "familiarity")} == want

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.needs_data, pytest.mark.slow]  # slow: the 400 test ph
 @pytest.fixture(scope="module")
 def test_results(miml_data):
     dataset = load_dataset(miml_data)
-    classifier = Classifier()
+    classifier = Classifier(runtime="litert")  # float32: the stored probabilities within 1e-4
     _, _, test_idx = split(len(dataset.images))
     probs = classifier.probabilities(dataset.load_photos(test_idx, classifier.size))
     metrics = classifier.evaluate(dataset.labels[test_idx], probs)

@@ -95,7 +95,7 @@ def test_quick_mode_trains_through_the_api_and_predicts_our_labels(client, quick
 
     # An ordinary model directory: Classifier reproduces the stored test probabilities (the Dense head is the
     # logistic regression), and the thresholds came from validation.
-    classifier = Classifier(runs / "models" / model_id)
+    classifier = Classifier(runs / "models" / model_id, runtime="litert")  # float32, exact
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
@@ -144,7 +144,7 @@ def test_quick_mode_on_the_imagenet_backbone(own_dataset, runs, miml_data):
     card = train_quick(runs / "datasets" / own_dataset[0]["dataset"], out, runs / "embeddings", "imagenet")
     assert card.training.backbone.endswith("imagenet-efficientnet-lite0")
     assert (runs / "embeddings" / "imagenet-efficientnet-lite0" / "model.keras").is_file()  # written once, in runs/
-    classifier = Classifier(out)
+    classifier = Classifier(out, runtime="openvino", precision="f32")
     names, truth, stored = classifier.test_predictions()
     pixels = np.stack([classifier.load(miml_data / "original" / n) for n in names])
     np.testing.assert_allclose(classifier.probabilities(pixels), stored, atol=2e-4)
@@ -403,7 +403,7 @@ def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
         def check_model(self, model_id):
             return f"/models/{model_id}"
 
-    models = app.training.LoadedModels(Paths(), "litert", 1)
+    models = app.training.LoadedModels(Paths(), ("litert", "f32"), 1)
     for model_id in ["a", "b", "c", "a", "d", "a", "b"]:
         models.get(model_id)
     assert loads == ["/models/a", "/models/b", "/models/c", "/models/d", "/models/b"]

@@ -1,0 +1,92 @@
+"""The parity gate (model/parity.py): OpenVINO in each precision this CPU has, against Keras float32 on the
+400 contract test photos (decoded once for the module); the gate itself; the OpenVINO caches."""
+
+import numpy as np
+import pytest
+
+from model.data import load_dataset, split
+from model.inference import Classifier, choose_runtime
+from model.openvino_runtime import cpu_precisions
+from model.parity import Outputs, compare, outputs
+
+SERVABLE = [p for p in cpu_precisions() if p != "int8"]  # int8 needs its own quantized IR (model.quantize)
+
+
+@pytest.fixture(scope="module")
+def photos(miml_data):
+    dataset = load_dataset(miml_data)
+    test_idx = split(len(dataset.images))[2]
+    return dataset.load_photos(test_idx, 224), dataset.labels[test_idx]
+
+
+@pytest.fixture(scope="module")
+def reference(photos):
+    keras = Classifier(runtime="keras")
+    return keras, outputs(keras, photos[0])
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+@pytest.mark.parametrize("precision", SERVABLE)
+def test_openvino_passes_the_parity_gate(photos, reference, precision):
+    pixels, truth = photos
+    keras, ref = reference
+    candidate = Classifier(runtime="openvino", precision=precision)
+    assert candidate.precision == precision and len(pixels) == 400
+    parity = compare(keras, truth, ref, outputs(candidate, pixels))
+    assert parity.decisions == 2000
+    assert parity.passes, parity
+    if precision == "f32":  # exact: the same decisions, probabilities within float32 rounding
+        assert parity.decisions_changed == 0 and parity.max_probability_diff < 1e-4, parity
+    else:  # bf16 really runs in bf16: not bit-identical to Keras
+        assert parity.max_probability_diff > 1e-4, parity
+
+
+def test_auto_serves_openvino_in_the_cpus_best_precision_that_passes():
+    """docs/runtime.md: OpenVINO bf16 beat LiteRT float32 on batches and passes the gate; OpenVINO float32 did not
+    beat LiteRT, so a CPU without bf16 keeps LiteRT."""
+    assert choose_runtime() == (("openvino", "bf16") if "bf16" in cpu_precisions() else ("litert", "f32"))
+    assert choose_runtime("auto", "f32") == ("litert", "f32")  # what auto serves on a CPU without bf16
+    assert choose_runtime("openvino") == ("openvino", "bf16" if "bf16" in cpu_precisions() else "f32")
+    assert choose_runtime("litert") == ("litert", "f32")
+    with pytest.raises(ValueError, match="f32 only"):
+        choose_runtime("litert", "bf16")
+    with pytest.raises(ValueError, match="unknown runtime"):
+        choose_runtime("onnx")
+
+
+def test_the_gate_fails_a_candidate_that_changes_three_decisions():
+    """The gate is not vacuous: three flipped decisions, a moved embedding or a changed class map each fail it."""
+    clf = Classifier(runtime="litert")  # the shipped model's thresholds
+    rng = np.random.default_rng(0)
+    n, labels = 40, len(clf.labels)
+    truth = rng.integers(0, 2, (n, labels))
+    ref = Outputs(rng.random((n, labels)).astype(np.float32), rng.random((n, 16)), rng.random((n, labels, 7, 7)))
+    assert compare(clf, truth, ref, ref).passes
+    thresholds = np.array([clf.thresholds[l] for l in clf.labels])
+    flipped = ref.probabilities.copy()
+    flipped[:3, 0] = np.where(flipped[:3, 0] >= thresholds[0], 0.0, 1.0)  # three decisions cross the threshold
+    parity = compare(clf, truth, ref, Outputs(flipped, ref.embeddings, ref.cams))
+    assert parity.decisions_changed >= 3 and not parity.passes
+    moved = Outputs(ref.probabilities, rng.random((n, 16)), ref.cams)
+    assert compare(clf, truth, ref, moved).similar_overlap < 0.95
+    assert not compare(clf, truth, ref, Outputs(ref.probabilities, ref.embeddings, rng.random(ref.cams.shape))).passes
+
+
+@pytest.mark.slow
+@pytest.mark.needs_data
+def test_openvino_caches_are_keyed_and_a_corrupt_ir_rebuilt(tmp_path, monkeypatch, sea_photo):
+    monkeypatch.setenv("MIML_CACHE", str(tmp_path))
+    first = Classifier(runtime="openvino", precision="f32")
+    (xml,) = (tmp_path / "openvino").glob("*.xml")
+    from model.backbones.torch_legacy import sha256_of
+    from model.modeldir import SHIPPED_MODEL_DIR
+
+    assert xml.stem == sha256_of(SHIPPED_MODEL_DIR / "model.keras")
+    expected = first.classify(first.load(sea_photo)[None])
+    assert list((tmp_path / "openvino" / f"{xml.stem}-compiled").iterdir())  # OpenVINO's compile cache
+    bin_ = xml.with_suffix(".bin")
+    bin_.write_bytes(bin_.read_bytes()[:1000])  # a half-written cache file
+    second = Classifier(runtime="openvino", precision="f32")
+    assert bin_.stat().st_size > 10_000_000
+    assert second.classify(second.load(sea_photo)[None]) == expected
