@@ -78,7 +78,7 @@ def create_app(
     `feedback_dir`: collect corrected labels there (model/feedback.py);
     `runs_dir`: where uploaded datasets and trained models live (training, /models and /compare need it; without
     `model_dir` the model chosen there is served, and a given `scenes` must hold that one), at most
-    `runs_quota_bytes` (default: model.registry's 10 GB).
+    `runs_quota_bytes` (default: model.datasets' 10 GB; workspace.Workspace checks uploads against it).
 
     Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400; state-changing requests
     from another site a 403 (`refuse_cross_site`); the HTML forms that change state carry a CSRF token."""
@@ -98,8 +98,7 @@ def create_app(
     )
     CSRFProtect(app)
     app.before_request(refuse_cross_site)
-    quota = {"quota_bytes": runs_quota_bytes} if runs_quota_bytes else {}
-    registry = Registry(runs_dir, data_dir, feedback_dir, **quota) if runs_dir else None
+    registry = Registry(runs_dir, data_dir, feedback_dir) if runs_dir else None
     served = registry.active() if registry and model_dir is None else None  # None: --model serves a directory
     if served and scenes is None:
         model_dir = registry.model_path(served)
@@ -124,7 +123,7 @@ def create_app(
         from app import labelling, training
 
         training.init(app, registry, served, (runtime, precision), workers)
-        labelling.init(app, runs_dir)
+        labelling.init(app, runs_dir, runs_quota_bytes)
 
     @app.context_processor
     def labels():

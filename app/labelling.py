@@ -15,20 +15,22 @@ import dataclasses
 import tempfile
 
 from flask import Blueprint, current_app, jsonify, render_template, request, send_file
-from werkzeug.exceptions import BadRequest, default_exceptions
+from werkzeug.exceptions import BadRequest
 
+from app.training import STATUSES
 from workspace import Workspace, WorkspaceError
 
 bp = Blueprint("labelling", __name__)
 
 
-def init(app, runs_dir):
-    app.extensions["workspace"] = Workspace(runs_dir)
+def init(app, runs_dir, quota_bytes=None):
+    """The workspace of `runs_dir`, which takes every dataset upload within `quota_bytes` (None: its default)."""
+    app.extensions["workspace"] = Workspace(runs_dir, **({"quota_bytes": quota_bytes} if quota_bytes else {}))
     app.register_blueprint(bp)
 
     @app.errorhandler(WorkspaceError)
-    def workspace_error(e):
-        return app.handle_http_exception(default_exceptions[e.status](str(e)))
+    def workspace_error(e):  # 507 too (the runs quota): werkzeug has no class for it
+        return app.handle_http_exception(STATUSES[e.status](str(e)))
 
 
 def workspace():

@@ -58,10 +58,13 @@ class Dataset:
             return np.stack(list(pool.map(load, indices)))
 
 
-def _read_csv(path):
+def _read_csv(path, unlabelled=False):
     """(images, labels, label names) of a labels.csv, read a row at a time: refused (DataError naming the file
     and line) at the first row past MAX_PHOTOS, a field over the csv module's limit, a repeated image or a label
-    name that cannot be shown as it is. A UTF-8 byte-order mark is allowed."""
+    name that cannot be shown as it is. A UTF-8 byte-order mark is allowed.
+
+    `labels` is a uint8 array (photos x labels); with `unlabelled` (the labeller's uploads), a row whose values
+    are all empty means "not labelled yet", and `labels` is a list of 0/1 lists with None for those rows."""
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -70,7 +73,7 @@ def _read_csv(path):
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             try:
-                return _parse_csv(path, reader)
+                return _parse_csv(path, reader, unlabelled)
             except csv.Error as e:
                 raise DataError(f"{path}: line {reader.line_num} is not valid CSV ({e})") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -94,8 +97,9 @@ def _label_names(path, header):
     return names
 
 
-def _parse_csv(path, reader):
+def _parse_csv(path, reader, unlabelled=False):
     label_names = _label_names(path, next(reader, None))
+    empty = ", or leave them all empty (not labelled yet)" if unlabelled else ""
     images, labels, seen = [], [], {}
     for row in reader:
         line = reader.line_num
@@ -103,8 +107,12 @@ def _parse_csv(path, reader):
             continue
         if len(images) == MAX_PHOTOS:
             raise DataError(f"{path}: line {line}: more than {MAX_PHOTOS:,} photos; at most that many are allowed")
-        if len(row) != len(label_names) + 1 or any(v.strip() not in ("0", "1") for v in row[1:]):
-            raise DataError(f"{path}: line {line} must have an image name and {len(label_names)} values of 0 or 1")
+        values = [v.strip() for v in row[1:]]
+        blank = unlabelled and not any(values)
+        if len(row) != len(label_names) + 1 or not (blank or all(v in ("0", "1") for v in values)):
+            raise DataError(
+                f"{path}: line {line} must have an image name and {len(label_names)} values of 0 or 1{empty}"
+            )
         name = row[0].strip()
         if not name or "/" in name or "\\" in name or name.startswith(".") or len(name.encode()) > MAX_NAME_BYTES:
             raise DataError(f"{path}: line {line} has an invalid image name {name[:40]!r}")
@@ -112,10 +120,10 @@ def _parse_csv(path, reader):
             raise DataError(f"{path}: line {line} lists {name[:40]!r} again (first on line {seen[name]})")
         seen[name] = line
         images.append(name)
-        labels.append([int(v) for v in row[1:]])
+        labels.append(None if blank else [int(v) for v in values])
     if not images:
         raise DataError(f"{path}: no photos listed")
-    return images, np.array(labels, dtype=np.uint8), label_names
+    return images, labels if unlabelled else np.array(labels, dtype=np.uint8), label_names
 
 
 def _read_mat(path):

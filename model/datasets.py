@@ -1,18 +1,18 @@
-"""Datasets from ZIP files, extracted safely into a folder of the runs directory.
+"""The guarded steps of every dataset import from a ZIP (workspace.imports puts them together, for each layout).
 
-A ZIP holds `labels.csv` (`image,<label>,...`, 0/1) with the photos in `original/` or beside it, or the
-Kaggle layout (`processed/miml data.mat` + `original/N.jpg`), at its top or inside one folder. Every member
-name is checked before anything is written (none may lead outside the dataset's folder), the number of
-members and their stated sizes are limited (zipfile never inflates a member past its stated size), and
-every listed photo is decoded once: photos that cannot be read are left out and listed by name.
+Every member name is checked before anything is written (none may lead outside the dataset's folder), the
+number of members and their stated sizes are limited (zipfile never inflates a member past its stated size;
+`import_limits` builds the limits, the runs folder's quota among them), the labels file is read with bounded
+memory (model.data's readers), and every photo is decoded once: photos that cannot be read are left out and
+listed by name (`skipped_summary`: the first MAX_SKIPPED, and their count).
 
 Limits: the labels file (labels.csv at most model.data.MAX_CSV_BYTES, the .mat at most MAX_MAT_BYTES), a
 photo at most MAX_PHOTO_BYTES, the photos' decoded pixels in all at most MAX_ZIP_PIXELS, and what the ZIP
 inflates to within the runs folder's quota (`limits["quota_bytes"]`, DiskQuotaError past it). Encrypted
-members, compression methods zipfile cannot read, repeated member names and damaged members are refused.
+members, compression methods zipfile cannot read, repeated member names, two labels files and damaged
+members are refused.
 """
 
-import csv
 import re
 import secrets
 import stat
@@ -21,7 +21,6 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from model.data import MAX_CSV_BYTES, MAX_MAT_BYTES, DataError, _read_csv, _read_mat
-from model.modeldir import atomic_dir
 from model.preprocess import ImageError, decoded_pixels, load_image
 
 MAX_MEMBERS = 20_000
@@ -30,6 +29,7 @@ MAX_TOTAL_BYTES = 1 << 30  # all members, uncompressed
 MAX_PHOTO_BYTES = 16 << 20  # one photo: larger ones are left out (a 12 MP phone JPEG is about 4 MB)
 MAX_ZIP_PIXELS = 1_000_000_000  # decoded pixels of all the photos (a large JPEG counts at its reduced size)
 MAX_SKIPPED = 100  # photos left out that are listed by name (all are counted)
+DEFAULT_QUOTA_BYTES = 10 << 30  # the runs folder's (--max-runs-gb)
 METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 CHECK_SIZE = 224  # photos are decoded (and letterboxed) once at the model's input size to check them
 MAT = "processed/miml data.mat"
@@ -95,15 +95,12 @@ def _check_members(zf, limits):
     return files
 
 
-def _find_labels(files):
-    """(folder prefix, 'csv' or 'mat') of the shallowest labels.csv or Kaggle .mat file."""
+def find_labels(files):
+    """(folder prefix, 'csv' or 'mat') of the shallowest labels.csv or Kaggle .mat file; None without one.
+    Two labels files at that depth are refused (which one is meant is unclear)."""
     found = sorted((p.count("/"), p) for p in files if p.split("/")[-1] == "labels.csv" or p.endswith(MAT))
     if not found:
-        raise DatasetError(
-            "no labels.csv in the ZIP: put labels.csv (header 'image,<label>,<label>,...', one "
-            "row of 0/1 values a photo) at its top with the photos in original/ or beside it, "
-            "or use the Kaggle layout (processed/miml data.mat + original/)"
-        )
+        return None
     if len(found) > 1 and found[1][0] == found[0][0]:
         raise DatasetError(f"the ZIP holds two labels files ({found[0][1]!r} and {found[1][1]!r}); keep one")
     path = found[0][1]
@@ -112,8 +109,10 @@ def _find_labels(files):
     return path[: -len("labels.csv")], "csv"
 
 
-def _read_labels(zf, files, prefix, kind, folder):
-    """(images, labels, label names) from the ZIP's labels file, copied to `folder` to be read; DatasetError."""
+def read_labels(zf, files, prefix, kind, folder, unlabelled=False):
+    """(images, labels, label names) from the ZIP's labels file (model.data's bounded readers: its size, rows, fields
+    and shapes are checked before they are kept), copied to `folder` to be read; DatasetError. `unlabelled`: see
+    model.data._read_csv (empty cells in labels.csv: not labelled yet)."""
     name = prefix + ("labels.csv" if kind == "csv" else MAT)
     target = folder / ("labels.csv" if kind == "csv" else "labels.mat")
     limit = MAX_CSV_BYTES if kind == "csv" else MAX_MAT_BYTES
@@ -121,7 +120,7 @@ def _read_labels(zf, files, prefix, kind, folder):
         raise DatasetError(f"{name} inflates to {files[name].file_size:,} bytes, over its {limit:,}-byte limit")
     target.write_bytes(_read_member(zf, files[name]))
     try:
-        return (_read_csv if kind == "csv" else _read_mat)(target)
+        return _read_csv(target, unlabelled) if kind == "csv" else _read_mat(target)
     except DataError as e:
         raise DatasetError(str(e).replace(str(target), name)) from None
     finally:
@@ -153,68 +152,56 @@ def _check_pixels(zf, infos):
             )
 
 
+def checked_photos(zf, items, skipped):
+    """Yield (index, bytes) of each photo in `items` ([(image name, ZipInfo)]) that can be used: first the
+    decoded-pixel cap over them all (DatasetError), then each photo over MAX_PHOTO_BYTES or that cannot be
+    decoded is left out, appended to `skipped` as {"image", "error"}."""
+    _check_pixels(zf, [info for _, info in items])
+    for i, (image, info) in enumerate(items):
+        if info.file_size > MAX_PHOTO_BYTES:
+            skipped.append({"image": image, "error": f"over the {MAX_PHOTO_BYTES:,}-byte limit for a photo"})
+            continue
+        data = _read_member(zf, info)
+        try:
+            load_image(data, CHECK_SIZE)
+        except ImageError as e:
+            skipped.append({"image": image, "error": str(e)})
+            continue
+        yield i, data
+
+
+def skipped_summary(skipped):
+    """(the first MAX_SKIPPED of `skipped`, how many there are): what an answer lists and counts."""
+    return skipped[:MAX_SKIPPED], len(skipped)
+
+
 def slug(name):
     """A dataset id from an upload's file name: lowercase letters, digits and dashes, and 6 random hex digits."""
     stem = re.sub(r"[^a-z0-9]+", "-", Path(name or "dataset").stem.lower()).strip("-")[:24] or "dataset"
     return f"{stem}-{secrets.token_hex(3)}"
 
 
-def import_zip(source, out, limits=None, progress=None):
-    """Extract the dataset in ZIP `source` (path or file object) into the new folder `out`.
+def folder_bytes(folder):
+    """Bytes of the files under `folder`."""
+    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and not f.is_symlink())
 
-    Returns {"photos", "labels", "skipped": the first MAX_SKIPPED [{"image", "error"}], "skipped_count"};
-    raises DatasetError (nothing left in `out`)."""
-    limits = {
+
+def import_limits(quota_bytes=MAX_TOTAL_BYTES):
+    """The limits every import is checked against (_check_members): members, bytes of one member and of all,
+    and `quota_bytes`, what is left of the runs folder's quota."""
+    return {
         "members": MAX_MEMBERS,
         "member_bytes": MAX_MEMBER_BYTES,
         "total_bytes": MAX_TOTAL_BYTES,
-        "quota_bytes": MAX_TOTAL_BYTES,
-        **(limits or {}),
+        "quota_bytes": quota_bytes,
     }
+
+
+def open_zip(source):
+    """zipfile.ZipFile of `source` (a path or file object); DatasetError for a file that is not a readable ZIP."""
     try:
-        zf = zipfile.ZipFile(source)
+        return zipfile.ZipFile(source)
     except (zipfile.BadZipFile, OSError, EOFError):
         raise DatasetError("the file is not a ZIP archive (or it is damaged)") from None
     except UnicodeDecodeError:
         raise DatasetError("the ZIP has a member name marked UTF-8 that is not valid UTF-8") from None
-    with zf:
-        files = _check_members(zf, limits)
-        prefix, kind = _find_labels(files)
-        with atomic_dir(out) as tmp:
-            images, labels, label_names = _read_labels(zf, files, prefix, kind, tmp)
-            (tmp / "original").mkdir()
-            members = [files.get(f"{prefix}original/{image}") or files.get(f"{prefix}{image}") for image in images]
-            _check_pixels(zf, [m for m in members if m])
-            kept, skipped = [], []
-            for i, (image, row, info) in enumerate(zip(images, labels, members)):
-                if progress and i % 50 == 0:
-                    progress(i / len(images))
-                if info is None:
-                    skipped.append({"image": image, "error": "listed in the labels but not in the ZIP"})
-                    continue
-                if info.file_size > MAX_PHOTO_BYTES:
-                    skipped.append({"image": image, "error": f"over the {MAX_PHOTO_BYTES:,}-byte limit for a photo"})
-                    continue
-                data = _read_member(zf, info)
-                try:
-                    load_image(data, CHECK_SIZE)
-                except ImageError as e:
-                    skipped.append({"image": image, "error": str(e)})
-                    continue
-                (tmp / "original" / image).write_bytes(data)
-                kept.append((image, row))
-            if not kept:
-                raise DatasetError(
-                    "none of the photos listed in the labels could be read: "
-                    + "; ".join(f"{s['image']}: {s['error']}" for s in skipped[:5])
-                )
-            with open(tmp / "labels.csv", "w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["image", *label_names])
-                writer.writerows([image, *map(int, row)] for image, row in kept)
-    return {
-        "photos": len(kept),
-        "labels": label_names,
-        "skipped": skipped[:MAX_SKIPPED],
-        "skipped_count": len(skipped),
-    }

@@ -1,17 +1,15 @@
 """The runs folder: uploaded datasets, trained models, training jobs and the model the app serves.
 
-    RUNS/datasets/ID/      labels.csv + original/ (model.datasets.import_zip), dataset.json
+    RUNS/datasets/ID/      labels.csv + original/, dataset.json (uploads come through workspace.Workspace)
     RUNS/models/ID/        model directories (model.modeldir), written by quick or full training
     RUNS/jobs/ID/          status.json (written atomically by the job's process), log.txt
     RUNS/embeddings/       quick mode's embedding cache
     RUNS/active.json       {"model": ID}: the model the pages use, kept across restarts
 
-Nothing is written outside RUNS, and RUNS holds at most `quota_bytes` (a dataset that would not fit is
-refused before anything is written). One dataset import runs at a time, in a worker thread at the lowest
-CPU priority so that predictions keep the cores; folders half-written by a killed run are removed at start.
-Nothing is written outside RUNS. A job runs in its own process (multiprocessing "spawn": TensorFlow and
-fork do not mix), the leader of its own process group, so cancelling ends it and anything it started.
-One job runs at a time.
+Nothing is written outside RUNS; folders half-written by a killed run are removed at start. Dataset uploads
+(one at a time, within the runs folder's quota) are workspace.Workspace.create_dataset's. A job runs in its
+own process (multiprocessing "spawn": TensorFlow and fork do not mix), the leader of its own process group, so
+cancelling ends it and anything it started. One job runs at a time.
 """
 
 from __future__ import annotations
@@ -27,10 +25,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, Any
 
 from model.modeldir import SHIPPED_MODEL_DIR, ModelDirError, read_model_dir, write_atomically
 
@@ -41,7 +38,6 @@ MODES = ("quick", "full")
 BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # matched whole (fullmatch): no trailing newline
-DEFAULT_QUOTA_BYTES = 10 << 30
 LEFTOVERS = ("*.partial-write", "*.training", "*.old")  # what a run killed halfway leaves in models/ or datasets/
 LIVE = ("queued", "running")
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,19 +76,6 @@ def checked_id(value: Any, what: str) -> str:
     return value
 
 
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under `folder`."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file() and not f.is_symlink())
-
-
-def _lower_priority() -> None:
-    """The import worker thread runs at nice 19 (Linux: priorities are per thread): requests come first."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-    except (AttributeError, OSError):
-        pass
-
-
 class Registry:
     """The runs folder (see the module's docstring): datasets, models, jobs and the active model."""
 
@@ -101,7 +84,6 @@ class Registry:
         runs: Path | str,
         data_dir: Path | str | None = None,
         feedback_dir: Path | str | None = None,
-        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self.root = Path(runs)
         self.data_dir = Path(data_dir) if data_dir else None
@@ -113,11 +95,8 @@ class Registry:
         }
         for sub in ("datasets", "models", "jobs", "embeddings"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.quota_bytes = quota_bytes
         self._lock = threading.Lock()
         self._running = None  # (job id, Process) of the job this server started
-        self._importing = threading.Lock()  # one dataset import at a time
-        self._importer = ThreadPoolExecutor(1, thread_name_prefix="import", initializer=_lower_priority)
         self.remove_leftovers()
 
     def remove_leftovers(self) -> None:
@@ -128,27 +107,6 @@ class Registry:
                     shutil.rmtree(leftover, ignore_errors=True)
 
     # --- datasets ------------------------------------------------------------------------------
-    def import_zip(self, source: BinaryIO | Path | str, filename: str | None) -> dict[str, Any]:
-        """A new dataset from ZIP `source` -> {"dataset", "photos", "labels", "skipped"}; RegistryError (400)."""
-        from model.datasets import DatasetError, DiskQuotaError, import_zip, slug
-
-        if not self._importing.acquire(blocking=False):
-            raise RegistryError("another dataset is being imported; one import runs at a time: try again shortly", 409)
-        try:
-            dataset_id = slug(filename)
-            limits = {"quota_bytes": self.quota_bytes - folder_bytes(self.root)}
-            out = self.root / "datasets" / dataset_id
-            result = self._importer.submit(import_zip, source, out, limits).result()
-        except DiskQuotaError as e:
-            raise RegistryError(str(e), 507) from None
-        except DatasetError as e:
-            raise RegistryError(str(e)) from None
-        finally:
-            self._importing.release()
-        info = {"dataset": dataset_id, "name": Path(filename or "").name, "created": now(), **result}
-        write_json(self.root / "datasets" / dataset_id / "dataset.json", info)
-        return info
-
     def datasets(self) -> list[dict[str, Any]]:
         """[{"dataset", "name", "photos", "labels", "created"}], --data and --feedback first, then the newest uploads."""
         from model.data import DataError, load_dataset

@@ -61,7 +61,7 @@ form.addEventListener("submit", async (event) => {
     const response = await fetch(form.action, { method: "POST", body });
     const d = await response.json().catch(() => ({ error: `the server answered ${response.status}` }));
     if (!response.ok) throw new Error(d.error || `the server answered ${response.status}`);
-    const skipped = d.skipped.length ? ` Left out: ${d.skipped.map((s) => `${s.image} (${s.error})`).join("; ")}.` : "";
+    const skipped = d.skipped_count ? ` Left out ${d.skipped_count}, the first: ${d.skipped[0].image} (${d.skipped[0].error}).` : "";
     status.textContent = `Dataset ${d.dataset}: ${d.photos} photos, ${d.labelled} labelled, labels ${d.labels.join(", ")}.${skipped} Opening the labeller…`;
     window.location.assign(`/label/${encodeURIComponent(d.dataset)}`);
   } catch (e) {

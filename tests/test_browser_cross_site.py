@@ -1,8 +1,10 @@
 """Cross-site requests in headless Chromium: a page served from a second loopback port (another origin, the
-same site) tries what the attack of issue 21 did: delete a model, switch the model, upload a dataset. Every one
-is refused and nothing changes; the app's own pages still do the same things."""
+same site) tries what the attack of issue 21 did: delete a model, switch the model, upload a dataset, and
+change a photo's labels in the labeller. Every one is refused and nothing changes; the app's own pages still do
+the same things."""
 
 import http.server
+import io
 import shutil
 import threading
 
@@ -12,6 +14,7 @@ from werkzeug.serving import make_server
 from model.modeldir import SHIPPED_MODEL_DIR
 from tests.hostile import good_members, zip_bytes
 from tests.helpers import SHOTS
+from workspace import Workspace
 
 pytestmark = pytest.mark.browser
 
@@ -21,6 +24,14 @@ def runs(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     shutil.copytree(SHIPPED_MODEL_DIR, runs / "models" / "victim")
     return runs
+
+
+@pytest.fixture(scope="module")
+def labelled(runs):
+    """A dataset in the labeller (photo 1.jpg labelled a), whose labels the attacker tries to change."""
+    from workspace import Workspace
+
+    return Workspace(runs).create_dataset(io.BytesIO(zip_bytes(good_members())), "victim.zip").dataset
 
 
 def serve(server):
@@ -38,8 +49,9 @@ def app_url(runs):
     server.shutdown()
 
 
-def attack_pages(app_url):
-    """The attacker's pages: {path: HTML}. Forms submit themselves; fetches are "no-cors" (no preflight)."""
+def attack_pages(app_url, dataset):
+    """The attacker's pages: {path: HTML}. Forms submit themselves; fetches are "no-cors" (no preflight), but
+    for the labeller's PUT, which a browser sends only after a CORS preflight."""
     form = (
         '<form id="f" method="post" action="{url}">{fields}</form><script>document.getElementById("f").submit()'
         "</script>"
@@ -57,12 +69,18 @@ def attack_pages(app_url):
             fetch("{app_url}/api/datasets", {{method: "POST", mode: "no-cors", body}})
               .then(() => document.title = "sent", () => document.title = "sent");
             </script>""",
+        "/label.html": f"""<script>
+            const done = () => document.title = "sent";
+            fetch("{app_url}/api/datasets/{dataset}/labels/1.jpg", {{method: "PUT", mode: "cors",
+              headers: {{"Content-Type": "application/json"}}, body: JSON.stringify({{labels: ["b"]}})}})
+              .then(done, done);
+            </script>""",
     }
 
 
 @pytest.fixture(scope="module")
-def attacker_url(app_url):
-    pages = attack_pages(app_url)
+def attacker_url(app_url, labelled):
+    pages = attack_pages(app_url, labelled)
 
     class Attacker(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -80,7 +98,7 @@ def attacker_url(app_url):
     server.shutdown()
 
 
-def test_another_origin_changes_nothing_and_the_app_still_does(browser, app_url, attacker_url, runs):  # noqa: F811
+def test_another_origin_changes_nothing_and_the_app_still_does(browser, app_url, attacker_url, runs, labelled):  # noqa: F811
     page = browser.new_page()  # not tests.test_browser's `page`: the refusals are 403s it would count as errors
     page.goto(app_url + "/models")  # the user's session with the app exists (its cookie would be sent)
     for attack in ("delete", "use"):
@@ -91,9 +109,13 @@ def test_another_origin_changes_nothing_and_the_app_still_does(browser, app_url,
     page.goto(f"{attacker_url}/upload.html")
     page.wait_for_function("document.title === 'sent'")
     page.wait_for_timeout(500)
+    page.goto(f"{attacker_url}/label.html")
+    page.wait_for_function("document.title === 'sent'")
+    page.wait_for_timeout(500)
     assert (runs / "models" / "victim" / "model.keras").is_file()
-    assert list((runs / "datasets").iterdir()) == []
+    assert [p.name for p in (runs / "datasets").iterdir()] == [labelled]
     assert not (runs / "active.json").exists()
+    assert [d.labels for d in Workspace(runs).history(labelled, "1.jpg")] == [["a"]]  # the import's decision only
 
     page.goto(app_url + "/models")  # the app's own forms, with their CSRF tokens
     page.locator("tr[data-model='victim'] [data-use]").click()

@@ -378,12 +378,29 @@ def scenes_without_data(app):
 
 
 def test_one_import_at_a_time_at_the_lowest_priority(app, client):
-    registry = app.extensions["registry"]
-    with registry._importing:  # an import is running
+    workspace = app.extensions["workspace"]  # every upload comes through it
+    with workspace._importing:  # an import is running
         r = client.post("/api/datasets", **dataset_zip(zip_bytes(good_members())))
     assert r.status_code == 409 and "one import runs at a time" in r.get_json()["error"]
-    niceness = registry._importer.submit(lambda: os.getpriority(os.PRIO_PROCESS, 0)).result()
+    niceness = workspace._importer.submit(lambda: os.getpriority(os.PRIO_PROCESS, 0)).result()
     assert niceness == 19 and os.getpriority(os.PRIO_PROCESS, 0) < 19
+
+
+def test_label_decisions_refuse_cross_site_requests(app, client):
+    """The labeller's routes that change state are under the app-wide refusal too; the app's own page passes."""
+    dataset = client.post("/api/datasets", **dataset_zip(zip_bytes(good_members()))).get_json()["dataset"]
+    url = f"/api/datasets/{dataset}/labels/1.jpg"
+    history = app.extensions["workspace"].history(dataset, "1.jpg")
+    for method, headers in [
+        ("put", {"Sec-Fetch-Site": "cross-site"}),
+        ("put", {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:9"}),
+        ("delete", {"Origin": "http://evil.example"}),  # a browser without Fetch Metadata
+    ]:
+        r = getattr(client, method)(url, json={"labels": ["a", "b"]}, headers=headers)
+        assert r.status_code == 403 and "another site" in r.get_json()["error"], (method, headers)
+    assert app.extensions["workspace"].history(dataset, "1.jpg") == history
+    r = client.put(url, json={"labels": ["a", "b"]}, headers={"Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 200 and r.get_json()["labels"] == ["a", "b"]
 
 
 def test_deleting_a_dataset(client, runs):
@@ -445,7 +462,7 @@ def test_no_absolute_paths_on_the_model_page(client, runs):
         page = client.get("/model").get_data(as_text=True)
     finally:
         client.post("/api/models/active", json={"model": "shipped"})
-    assert "<code>shipped</code> (frozen)" in page and str(SHIPPED_MODEL_DIR) not in page
+    assert "<code data-backbone>shipped</code> (frozen)" in page and str(SHIPPED_MODEL_DIR) not in page
 
 
 def test_leftovers_of_killed_runs_are_removed_at_start(tmp_path):
@@ -460,9 +477,10 @@ def test_leftovers_of_killed_runs_are_removed_at_start(tmp_path):
 
 def test_cancelling_right_after_start_is_quick(tmp_path):
     from model.registry import Registry
+    from workspace import Workspace
 
     registry = Registry(tmp_path)
-    dataset = registry.import_zip(io.BytesIO(zip_bytes(good_members())), "d.zip")["dataset"]
+    dataset = Workspace(tmp_path).create_dataset(io.BytesIO(zip_bytes(good_members())), "d.zip").dataset
     job = registry.start_job(dataset, "quick")
     started = time.perf_counter()
     status = registry.cancel_job(job)

@@ -6,23 +6,37 @@
 
 `Workspace` is the whole API: create a dataset from an upload, label photos, read what the live model
 (workspace.learner) suggests and which photos it asks for, export. Every decision is saved when it is made.
+
+Every dataset upload comes through `create_dataset`: one import at a time (409 for a second), run in a worker
+thread at the lowest CPU priority so that predictions keep the cores, checked against what is left of the runs
+folder's quota before anything is written (507 past it), with model.datasets' limits (workspace.imports).
 """
 
 import csv
 import io
 import json
+import os
 import threading
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from model.datasets import DatasetError, slug
+from model.datasets import (
+    DEFAULT_QUOTA_BYTES,
+    DatasetError,
+    DiskQuotaError,
+    folder_bytes,
+    import_limits,
+    skipped_summary,
+    slug,
+)
 from model.modeldir import write_atomically
 from workspace import learner
-from workspace.imports import import_upload
+from workspace.imports import import_upload, read_labels_csv
 from workspace.store import DatasetRecord, Decision, LabelStore, Photo, StoreError
 
 __all__ = ["Workspace", "WorkspaceError", "Decision"]
@@ -37,7 +51,8 @@ class Created:
     photos: int
     labels: list
     labelled: int
-    skipped: list
+    skipped: list  # the first model.datasets.MAX_SKIPPED photos left out: [{"image", "error"}]
+    skipped_count: int  # all of them
 
 
 @dataclass(frozen=True)
@@ -68,30 +83,51 @@ def _now():
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _lower_priority():
+    """The import worker thread runs at nice 19 (Linux: priorities are per thread): requests come first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
+
+
 class Workspace:
-    def __init__(self, runs, embed=None):
-        """`embed(paths) -> (n, d)`: the embeddings to learn on (default: quick mode's, cached in RUNS/embeddings)."""
+    def __init__(self, runs, embed=None, quota_bytes=DEFAULT_QUOTA_BYTES):
+        """`embed(paths) -> (n, d)`: the embeddings to learn on (default: quick mode's, cached in RUNS/embeddings);
+        `quota_bytes`: what the whole runs folder may hold (an upload that would not fit is refused)."""
         self.root = Path(runs)
         self.datasets_dir = self.root / "datasets"
         self.datasets_dir.mkdir(parents=True, exist_ok=True)
         self.store = LabelStore(self.root / "workspace.sqlite")
+        self.quota_bytes = quota_bytes
         self._embed = embed or QuickEmbeddings(self.root / "embeddings")
         self._learners, self._lock = {}, threading.Lock()
+        self._importing = threading.Lock()  # one dataset import at a time
+        self._importer = ThreadPoolExecutor(1, thread_name_prefix="import", initializer=_lower_priority)
 
     # --- datasets ----------------------------------------------------------------------------------
     def create_dataset(self, source, filename, labels=None):
-        """A new dataset from the ZIP `source` -> Created; WorkspaceError (400) for an upload we cannot use."""
-        dataset_id = slug(filename)
-        folder = self.datasets_dir / dataset_id
+        """A new dataset from the ZIP `source` -> Created; WorkspaceError: 400 for an upload we cannot use, 409
+        while another import runs, 507 past the runs folder's quota."""
+        if not self._importing.acquire(blocking=False):
+            raise WorkspaceError("another dataset is being imported; one import runs at a time: try again shortly", 409)
         try:
-            imported = import_upload(source, folder, labels)
+            dataset_id = slug(filename)
+            folder = self.datasets_dir / dataset_id
+            limits = import_limits(self.quota_bytes - folder_bytes(self.root))
+            imported = self._importer.submit(import_upload, source, folder, labels, limits).result()
+        except DiskQuotaError as e:
+            raise WorkspaceError(str(e), 507) from None
         except DatasetError as e:
             raise WorkspaceError(str(e)) from None
+        finally:
+            self._importing.release()
         record = DatasetRecord(dataset_id, Path(filename or "").name, imported.label_names, folder, _now())
         self.store.add_dataset(record, imported.photos, imported.labelled)
         self.write_labels_csv(dataset_id)
         self._describe_for_registry(record, len(imported.photos))
-        return Created(dataset_id, len(imported.photos), record.labels, len(imported.labelled), imported.skipped)
+        skipped, skipped_count = skipped_summary(imported.skipped)
+        return Created(dataset_id, len(imported.photos), record.labels, len(imported.labelled), skipped, skipped_count)
 
     def _describe_for_registry(self, record, photos):
         info = {"dataset": record.id, "name": record.name, "created": record.created, "photos": photos}
@@ -104,8 +140,6 @@ class Workspace:
         return self.store.dataset(dataset_id)
 
     def _adopt(self, dataset_id):
-        from workspace.imports import read_partial_csv
-
         folder = self.datasets_dir / str(dataset_id)
         if "/" in str(dataset_id) or not (folder / "dataset.json").is_file() or not (folder / "labels.csv").is_file():
             raise WorkspaceError(
@@ -114,7 +148,10 @@ class Workspace:
                 404,
             )
         info = json.loads((folder / "dataset.json").read_text())
-        names, rows = read_partial_csv((folder / "labels.csv").read_text())
+        try:
+            names, rows = read_labels_csv(folder / "labels.csv")
+        except DatasetError as e:
+            raise WorkspaceError(f"dataset {dataset_id!r} cannot be opened in the labeller: {e}", 409) from None
         photos = [Photo(image, _sha256(folder / "original" / image)) for image, _ in rows]
         record = DatasetRecord(dataset_id, info.get("name", dataset_id), names, folder, info.get("created") or _now())
         try:

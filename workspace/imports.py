@@ -1,29 +1,36 @@
-"""Datasets for the labeller from an uploaded ZIP, extracted safely (model.datasets' member checks).
+"""Datasets for the labeller from an uploaded ZIP, through model.datasets' guarded steps (member checks and
+limits, the quota, bounded reading of the labels file, the decoded-pixel cap, the photo size limit).
 
-Three layouts, besides the Kaggle one (handed to model.datasets.import_zip unchanged):
+Four layouts:
 - `labels.csv` (`image,<label>,...`) with 0/1 values, and empty cells for photos not labelled yet (a row is
   either filled in or empty); the photos in `original/` or beside it;
+- the Kaggle one (`processed/miml data.mat` + `original/N.jpg`);
 - folder-per-label (Keras `image_dataset_from_directory`, torchvision `ImageFolder`): `sea/x.jpg`,
   `sunset/x.jpg`; a photo (by content) found in several folders gets all of those labels;
 - photos alone, anywhere in the ZIP, with the label names given apart (`labels`): none labelled yet.
 Every photo is decoded once to check it; those that cannot be read are left out and listed.
 """
 
-import csv
 import hashlib
-import io
 import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from model import datasets as limits_of
-from model.datasets import CHECK_SIZE, MAT, DatasetError, _check_members, import_zip
+from model.data import DataError, _read_csv
+from model.datasets import (
+    DatasetError,
+    _check_members,
+    checked_photos,
+    find_labels,
+    import_limits,
+    open_zip,
+    read_labels,
+)
 from model.modeldir import atomic_dir
-from model.preprocess import ImageError, load_image
 from workspace.store import Photo
 
-LABEL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+LABEL_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")  # matched whole (fullmatch)
 MAX_LABELS = 20
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -50,7 +57,7 @@ def label_names(values, where="label names"):
     names = [v.strip() for v in values if v.strip()]
     if not 1 <= len(names) <= MAX_LABELS:
         raise DatasetError(f"{where}: give 1 to {MAX_LABELS} label names, not {len(names)}")
-    bad = next((n for n in names if not LABEL_NAME.match(n)), None)
+    bad = next((n for n in names if not LABEL_NAME.fullmatch(n)), None)
     if bad is not None:
         raise DatasetError(f"{where}: {bad!r} is not a label name (letters, digits, '-' and '_', at most 40)")
     repeated = next((n for i, n in enumerate(names) if n in names[:i]), None)
@@ -59,39 +66,28 @@ def label_names(values, where="label names"):
     return names
 
 
-def read_partial_csv(text, where="labels.csv"):
-    """(label names, [(image, labels or None)]) from labels.csv where empty cells mean 'not labelled yet'."""
-    rows = [r for r in csv.reader(io.StringIO(text)) if r]
-    if not rows or len(rows[0]) < 2 or rows[0][0].strip() != "image":
-        raise DatasetError(f"{where}: the header must be 'image,<label>,<label>,...'")
-    names = label_names(rows[0][1:], where)
-    out, seen = [], set()
-    for line, row in enumerate(rows[1:], start=2):
-        cells = [v.strip() for v in row[1:]]
-        image = row[0].strip()
-        if len(cells) != len(names) or not (all(c in ("0", "1") for c in cells) or not any(cells)):
-            raise DatasetError(
-                f"{where}: line {line} must have an image name and {len(names)} values of 0 or 1, "
-                "or leave them all empty (not labelled yet)"
-            )
-        if not image or "/" in image or "\\" in image or image.startswith(".") or image in seen:
-            raise DatasetError(f"{where}: line {line} has an invalid image name {image!r} (or one listed before)")
-        seen.add(image)
-        out.append((image, [n for n, c in zip(names, cells) if c == "1"] if any(cells) else None))
-    if not out:
-        raise DatasetError(f"{where}: no photos listed")
-    return names, out
-
-
-def _csv_entries(zf, files, path):
-    prefix = path[: -len("labels.csv")]
+def read_labels_csv(path):
+    """(label names, [(image, labels or None)]) of a labels.csv in the runs folder, where empty cells mean 'not
+    labelled yet' (model.data's bounded reader, then the labeller's rule for label names); DatasetError."""
     try:
-        text = zf.read(files[path]).decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
-    names, rows = read_partial_csv(text, path)
+        images, rows, names = _read_csv(path, unlabelled=True)
+    except DataError as e:
+        raise DatasetError(str(e).replace(str(path), Path(path).name)) from None
+    return label_names(names, Path(path).name), _labelled_rows(images, rows, names)
+
+
+def _labelled_rows(images, rows, names):
+    """[(image, [labels] or None)] from the rows of 0/1 values (None: not labelled yet)."""
+    return [(image, None if row is None else [n for n, v in zip(names, row) if v]) for image, row in zip(images, rows)]
+
+
+def _file_entries(zf, files, found, folder):
+    """(label names, [Entry], skipped) of the photos the ZIP's labels file lists (labels.csv or the Kaggle .mat)."""
+    prefix, kind = found
+    images, rows, names = read_labels(zf, files, prefix, kind, folder, unlabelled=True)
+    names = label_names(names, prefix + ("labels.csv" if kind == "csv" else "the .mat file's class_name"))
     entries, skipped = [], []
-    for image, labels in rows:
+    for image, labels in _labelled_rows(images, rows, names):
         info = files.get(f"{prefix}original/{image}") or files.get(f"{prefix}{image}")
         if info is None:
             skipped.append({"image": image, "error": "listed in the labels but not in the ZIP"})
@@ -132,21 +128,14 @@ def _unique_name(name, taken):
     return candidate
 
 
-def _extract(zf, entries, label_order, folder):
-    """Check and write each entry's photo to folder/original -> Imported (photos of the same content merged:
-    their labels joined)."""
-    result = Imported(label_order)
+def _extract(zf, entries, label_order, folder, skipped):
+    """Write each usable entry's photo to folder/original -> Imported (photos of the same content merged: their
+    labels joined); photos left out are added to `skipped`."""
+    result = Imported(label_order, skipped=skipped)
     by_hash, taken = {}, set()
     (folder / "original").mkdir()
-    for entry in entries:
-        try:
-            data = zf.read(entry.info)
-            load_image(data, CHECK_SIZE)
-        except ImageError as e:
-            result.skipped.append({"image": entry.name, "error": str(e)})
-            continue
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise DatasetError(f"the ZIP member {entry.info.filename!r} is damaged ({e})") from None
+    for i, data in checked_photos(zf, [(e.name, e.info) for e in entries], skipped):
+        entry = entries[i]
         digest = hashlib.sha256(data).hexdigest()
         if digest in by_hash:  # the same photo again: one photo, with the labels of both places
             image = by_hash[digest]
@@ -163,50 +152,27 @@ def _extract(zf, entries, label_order, folder):
             result.labelled[image] = list(entry.labels)
     if not result.photos:
         raise DatasetError(
-            "none of the photos could be read: " + "; ".join(f"{s['image']}: {s['error']}" for s in result.skipped[:5])
+            "none of the photos could be read: " + "; ".join(f"{s['image']}: {s['error']}" for s in skipped[:5])
         )
     return result
-
-
-def _from_kaggle(source, out, limits):
-    """The Kaggle layout, through model.datasets.import_zip; its labels.csv read back."""
-    source.seek(0) if hasattr(source, "seek") else None
-    result = import_zip(source, out, limits)
-    text = (Path(out) / "labels.csv").read_text()
-    names, rows = read_partial_csv(text)
-    photos = [
-        Photo(image, hashlib.sha256((Path(out) / "original" / image).read_bytes()).hexdigest()) for image, _ in rows
-    ]
-    return Imported(names, photos, {image: labels for image, labels in rows}, result["skipped"])
 
 
 def import_upload(source, out, labels=None, limits=None):
     """Extract the ZIP `source` (a path or file object) into the new folder `out` (original/ + nothing else)
     -> Imported. `labels`: the label names typed by the user (a comma list), needed for photos alone;
-    DatasetError for anything we cannot use (nothing is left in `out`)."""
-    limits = {  # model.datasets' limits, read when the upload comes
-        "members": limits_of.MAX_MEMBERS,
-        "member_bytes": limits_of.MAX_MEMBER_BYTES,
-        "total_bytes": limits_of.MAX_TOTAL_BYTES,
-        **(limits or {}),
-    }
+    `limits`: model.datasets.import_limits (the runs folder's quota). DatasetError (DiskQuotaError past the quota)
+    for anything we cannot use: nothing is left in `out`."""
     given = label_names(labels.split(","), "the label names") if labels and labels.strip() else None
-    try:
-        zf = zipfile.ZipFile(source)
-    except (zipfile.BadZipFile, OSError):
-        raise DatasetError("the file is not a ZIP archive (or it is damaged)") from None
-    with zf:
-        files = _check_members(zf, limits)
-        csvs = sorted((p.count("/"), p) for p in files if p.split("/")[-1] == "labels.csv")
+    with open_zip(source) as zf, atomic_dir(out) as tmp:
+        files = _check_members(zf, limits or import_limits())
+        found = find_labels(files)
         skipped = []
-        if csvs:
-            names, entries, skipped = _csv_entries(zf, files, csvs[0][1])
+        if found:
+            names, entries, skipped = _file_entries(zf, files, found, tmp)
             if given and given != names:
                 raise DatasetError(
-                    f"the label names given ({', '.join(given)}) are not labels.csv's ({', '.join(names)})"
+                    f"the label names given ({', '.join(given)}) are not the labels file's ({', '.join(names)})"
                 )
-        elif any(p.endswith(MAT) for p in files):
-            return _from_kaggle(source, out, limits)
         elif given:
             names = given
             entries = [Entry(p[-1], info, None) for p, info in _photo_members(files)]
@@ -214,7 +180,4 @@ def import_upload(source, out, labels=None, limits=None):
                 raise DatasetError("the ZIP holds no photos (.jpg, .png, .webp, ...)")
         else:
             names, entries = _folder_entries(_photo_members(files))
-        with atomic_dir(out) as tmp:
-            result = _extract(zf, entries, names, tmp)
-    result.skipped = skipped + result.skipped
-    return result
+        return _extract(zf, entries, names, tmp, skipped)
