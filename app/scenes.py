@@ -6,13 +6,14 @@ decoding, inference and rendering) and does its own locking where it needs any.
 """
 
 import functools
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
 from flask import current_app
 
 from app import render
-from model.inference import Classifier, Feedback
+from model.inference import Classifier, DataError, Feedback
 
 
 @dataclass
@@ -68,10 +69,6 @@ class Scenes:
     def _own_dataset(self, classifier):
         """The dataset the model was trained on (metrics.json's training "dataset"), when it is readable, has the
         model's labels and is not --data's; else None."""
-        from pathlib import Path
-
-        from model.inference import DataError
-
         path = classifier.card.training.dataset
         given = self.given_dataset
         if not path or (given is not None and Path(path).resolve() == Path(given.root).resolve()):
