@@ -137,7 +137,9 @@ def test_labels_that_do_not_match_warn_on_start_and_in_the_gallery(tiny_dataset)
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    warning = "the model's labels (desert, mountains, sea, sunset, trees) are not those of dataset data (red, green, blue)"
+    warning = (
+        "the model's labels (desert, mountains, sea, sunset, trees) are not those of dataset data (red, green, blue)"
+    )
     warnings = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and warning in warnings[0]
     assert warning.replace("'", "&#39;") in page and 'class="notice' in page
