@@ -383,9 +383,11 @@ class Classifier:
 
     def familiarity(self, embeddings: np.ndarray) -> list[Familiarity | None]:
         """[model.familiarity.Familiarity] for (n, d) embeddings, or [None] * n when the model has no training
-        photos' embeddings (a model directory without familiarity.npz)."""
-        if self.training_photos is None:
-            return [None] * len(np.atleast_2d(embeddings))
+        photos' embeddings (a model directory without familiarity.npz, or with one written for another network:
+        a model.keras replaced by hand, whose embedding has another width)."""
+        embeddings = np.atleast_2d(embeddings)
+        if self.training_photos is None or embeddings.shape[-1] != self.training_photos.basis.shape[0]:
+            return [None] * len(embeddings)
         return self.training_photos.judge(embeddings)
 
     def evaluate(self, truth: np.ndarray, probs: np.ndarray) -> dict[str, Any]:

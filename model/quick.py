@@ -124,7 +124,7 @@ def train_quick(data, out, cache, backbone="shipped", split_seed=CONTRACT_SPLIT_
         None,
     )
     # One pass a photo, no test-time augmentation: the head must see the embeddings the quick model computes.
-    backbone = Classifier(folder, tta="none")
+    backbone = Classifier(folder, tta="none", precision="f32")  # float32, as model.retune: stored numbers exact
     train_idx, val_idx, test_idx = split(len(dataset.images), split_seed)
     paths = [dataset.path(i) for i in range(len(dataset.images))]
     x = cached_embeddings(
