@@ -9,10 +9,10 @@ model (docs/runtime.md), so `auto` never picks it. Needs `pip install -r require
 """
 
 import argparse
-import sys
 
-from model.cli import add_verbose_flag, quiet_tensorflow
-from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
+from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
+from model.data import DataError, load_dataset
+from model.export import calibration_photos
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
 
 CALIBRATION_PHOTOS = 300
@@ -32,8 +32,7 @@ def quantize(model_dir=None, data=None, calibration=CALIBRATION_PHOTOS):
 
     dataset = load_dataset(data)
     clf = Classifier(model_dir, runtime="openvino", precision="f32")
-    train_idx = split(len(dataset.images), CONTRACT_SPLIT_SEED)[0][:calibration]
-    photos = dataset.load_photos(train_idx, clf.size)
+    photos = calibration_photos(dataset, clf.size, calibration)  # as the TF Lite int8 export calibrates
     xml = openvino_ir(with_outputs(clf.model, clf.tta), clf.info.sha256, clf.tta)
     calibration_set = nncf.Dataset(list(photos), lambda x: x[None].astype(np.float32))
     quantized = nncf.quantize(ov.Core().read_model(xml), calibration_set, subset_size=len(photos))
@@ -53,7 +52,7 @@ def main(argv=None):
     try:
         print(quantize(args.model, args.data, args.calibration))
     except (DataError, ModelDirError) as e:
-        sys.exit(f"error: {e}")
+        exit_with(e, args.verbose)
 
 
 if __name__ == "__main__":
