@@ -90,13 +90,15 @@ def main(argv=None):
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
 
-    quiet_tensorflow(args.verbose)
-    from app import create_app
     from model.data import DataError
     from model.feedback import FeedbackError
-    from model.modeldir import ModelDirError
+    from model.modeldir import ModelDirError, read_model_dir
 
     try:
+        read_model_dir(args.model)  # a bad model directory: one line before TensorFlow starts
+        quiet_tensorflow(args.verbose)
+        from app import create_app
+
         app = create_app(
             args.model,
             data,

@@ -108,9 +108,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if len(args.members) < 2:
         sys.exit("error: --members needs at least two model directories")
-    card = write_or_exit(
-        args.out, args.force, args.verbose, lambda: ensemble(args.members, args.data, args.tta, args.out)
-    )
+    card = write_or_exit(args, args.members, lambda: ensemble(args.members, args.data, args.tta, args.out))
     print(summary(card, args.out))
 
 

@@ -20,7 +20,15 @@ from model.data import DataError, load_dataset, split
 from model.familiarity import FILE as FAMILIARITY_FILE
 from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
-from model.modeldir import TTA_MODES, ModelCard, ModelDirError, OperatingPoint, Retuned, write_model_dir
+from model.modeldir import (
+    TTA_MODES,
+    ModelCard,
+    ModelDirError,
+    OperatingPoint,
+    Retuned,
+    read_model_dir,
+    write_model_dir,
+)
 from model.thresholds import choose_thresholds
 
 
@@ -85,15 +93,20 @@ def add_output_args(p):
     add_verbose_flag(p)
 
 
-def write_or_exit(out, force, verbose, write):
-    """`write()` after `out` passes model.cli.check_out (the --out rule, with `force`); a bad --out, model
-    directory or dataset is one line, not a trace (`verbose`: with the traceback before it)."""
-    quiet_tensorflow(verbose)
+def write_or_exit(args, model_dirs, write):
+    """`write()` once the add_output_args `args` and the model directories `model_dirs` are checked, before
+    TensorFlow starts: --out passes model.cli.check_out (the --out rule, with --force), --data and each model
+    directory read. A bad --out, model directory or dataset is one line, not a trace (--verbose: with the
+    traceback before it)."""
     try:
-        check_out(out, force)
+        check_out(args.out, args.force)
+        load_dataset(args.data)
+        for model_dir in model_dirs:
+            read_model_dir(model_dir)
+        quiet_tensorflow(args.verbose)
         return write()
     except (DataError, ModelDirError, OutError) as e:
-        exit_with(e, verbose)
+        exit_with(e, args.verbose)
 
 
 def summary(card: ModelCard, out):
@@ -109,7 +122,7 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="model directory to start from")
     add_output_args(p)
     args = p.parse_args(argv)
-    card = write_or_exit(args.out, args.force, args.verbose, lambda: retune(args.model, args.data, args.tta, args.out))
+    card = write_or_exit(args, [args.model], lambda: retune(args.model, args.data, args.tta, args.out))
     print(format_table(card.test))
     print(summary(card, args.out))
 
