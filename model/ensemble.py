@@ -108,7 +108,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if len(args.members) < 2:
         sys.exit("error: --members needs at least two model directories")
-    card = write_or_exit(args, args.members, lambda: ensemble(args.members, args.data, args.tta, args.out))
+    card = write_or_exit(
+        args,
+        lambda: check_members([read_model_dir(m) for m in args.members]),
+        lambda: ensemble(args.members, args.data, args.tta, args.out),
+    )
     print(summary(card, args.out))
 
 

@@ -93,16 +93,14 @@ def add_output_args(p):
     add_verbose_flag(p)
 
 
-def write_or_exit(args, model_dirs, write):
-    """`write()` once the add_output_args `args` and the model directories `model_dirs` are checked, before
-    TensorFlow starts: --out passes model.cli.check_out (the --out rule, with --force), --data and each model
-    directory read. A bad --out, model directory or dataset is one line, not a trace (--verbose: with the
-    traceback before it)."""
+def write_or_exit(args, check, write):
+    """`write()` once the add_output_args `args` pass and `check()` (of the model directories, raising ModelDirError)
+    does, before TensorFlow starts: --out follows model.cli.check_out (the --out rule, with --force), --data reads.
+    A bad --out, model directory or dataset is one line, not a trace (--verbose: with the traceback before it)."""
     try:
         check_out(args.out, args.force)
         load_dataset(args.data)
-        for model_dir in model_dirs:
-            read_model_dir(model_dir)
+        check()
         quiet_tensorflow(args.verbose)
         return write()
     except (DataError, ModelDirError, OutError) as e:
@@ -122,7 +120,9 @@ def main(argv=None):
     p.add_argument("--model", required=True, help="model directory to start from")
     add_output_args(p)
     args = p.parse_args(argv)
-    card = write_or_exit(args, [args.model], lambda: retune(args.model, args.data, args.tta, args.out))
+    card = write_or_exit(
+        args, lambda: read_model_dir(args.model), lambda: retune(args.model, args.data, args.tta, args.out)
+    )
     print(format_table(card.test))
     print(summary(card, args.out))
 
