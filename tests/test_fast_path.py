@@ -277,6 +277,7 @@ def test_the_app_reaches_user_data_only_through_the_workspace_api():
                 )
 
 
+@pytest.mark.slow  # three LiteRT conversions (of the small seed CNN: still about 1 GB more)
 @pytest.mark.needs_data
 def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, seed_model_dir, sea_photo):
     """Three conversions, of the small seed CNN (the ensemble's took a minute and 1 GB): the cache is the same."""
