@@ -48,6 +48,38 @@ def jpeg(im, quality=92):
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module")
+def seed_model_dir(tmp_path_factory):
+    """The shipped model directory with an untrained seed CNN as its network: a small model to convert."""
+    import shutil
+    from model.network import build_seed_cnn
+
+    folder = tmp_path_factory.mktemp("seed") / "seed"
+    shutil.copytree(ROOT / "model" / "shipped", folder)
+    build_seed_cnn(["desert", "mountains", "sea", "sunset", "trees"]).save(folder / "model.keras")
+    return folder
+
+
+# First in the module: its three conversions (of the small seed CNN, about 0.6 GB more) run before the module's
+# ensembles load, not on top of them.
+@pytest.mark.slow  # three LiteRT conversions
+@pytest.mark.needs_data
+def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, seed_model_dir, sea_photo):
+    """Three conversions, of the small seed CNN (the ensemble's took a minute and 1 GB): the cache is the same."""
+    monkeypatch.setenv("MIML_CACHE", str(tmp_path))
+    first = Classifier(seed_model_dir, runtime="litert")
+    (cached,) = (tmp_path / "litert").glob("*.tflite")
+    from model.backbones.torch_legacy import sha256_of
+
+    assert cached.stem == sha256_of(seed_model_dir / "model.keras")
+    cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
+    second = Classifier(seed_model_dir, runtime="litert")
+    assert cached.stat().st_size > 10_000_000
+    assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
+    Classifier(seed_model_dir, tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
+    assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
+
+
 @pytest.mark.slow  # the 400 test photos in both runtimes
 @pytest.mark.needs_data
 def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, test_split):
@@ -129,18 +161,6 @@ def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
     assert a.embedding.shape == (2 * 1280,)
     np.testing.assert_allclose(np.stack([a.cams[l] for l in lite.labels]), lite.class_maps(a.pixels), atol=1e-6)
     assert max(a.image.size) <= 480
-
-
-@pytest.fixture(scope="module")
-def seed_model_dir(tmp_path_factory):
-    """The shipped model directory with an untrained seed CNN as its network: a small model to convert."""
-    import shutil
-    from model.network import build_seed_cnn
-
-    folder = tmp_path_factory.mktemp("seed") / "seed"
-    shutil.copytree(ROOT / "model" / "shipped", folder)
-    build_seed_cnn(["desert", "mountains", "sea", "sunset", "trees"]).save(folder / "model.keras")
-    return folder
 
 
 @pytest.mark.needs_data
@@ -277,24 +297,6 @@ def test_the_app_reaches_user_data_only_through_the_workspace_api():
                     path,
                     node.module,
                 )
-
-
-@pytest.mark.slow  # three LiteRT conversions (of the small seed CNN: still about 1 GB more)
-@pytest.mark.needs_data
-def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, seed_model_dir, sea_photo):
-    """Three conversions, of the small seed CNN (the ensemble's took a minute and 1 GB): the cache is the same."""
-    monkeypatch.setenv("MIML_CACHE", str(tmp_path))
-    first = Classifier(seed_model_dir, runtime="litert")
-    (cached,) = (tmp_path / "litert").glob("*.tflite")
-    from model.backbones.torch_legacy import sha256_of
-
-    assert cached.stem == sha256_of(seed_model_dir / "model.keras")
-    cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
-    second = Classifier(seed_model_dir, runtime="litert")
-    assert cached.stat().st_size > 10_000_000
-    assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
-    Classifier(seed_model_dir, tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
-    assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
 @pytest.mark.slow  # the app in a process decoding 40-megapixel PNGs
