@@ -272,13 +272,17 @@ class Registry:
         except RegistryError:
             return SHIPPED
 
-    def version(self) -> int:
-        """The store's version: it changes with every switch of the active model and every model deletion. One
-        read on this thread's own open connection (benchmarks/store.py measures it)."""
+    def _reader(self):
+        """This thread's own connection for reads, kept open (each statement sees the latest commit)."""
         con = getattr(self._local, "con", None)
         if con is None:
             con = self._local.con = self.db.connection()
-        return con.execute("SELECT value FROM settings WHERE key = 'version'").fetchone()[0]
+        return con
+
+    def version(self) -> int:
+        """The store's version: it changes with every switch of the active model and every model deletion. One
+        read on this thread's open connection (benchmarks/store.py measures it)."""
+        return self._reader().execute("SELECT value FROM settings WHERE key = 'version'").fetchone()[0]
 
     def check_model(self, model_id: str) -> Path:
         """The model's directory, after reading and checking its files; RegistryError (404 or 409) if it cannot serve."""
@@ -386,15 +390,13 @@ class Registry:
     def job(self, job_id: str) -> dict[str, Any]:
         """The job's status; one whose process has gone without saying so is reported failed."""
         checked_id(job_id, "job")
-        with self.db.read() as con:
-            row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+        row = self._reader().execute(query, (job_id,)).fetchone()
         if row is None:
             raise RegistryError(f"no job {job_id!r}", 404)
-        status = self._status(row)
-        if status["state"] in LIVE and self._check_alive(row):
-            with self.db.read() as con:
-                status = self._status(con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone())
-        return status
+        if row[4] in LIVE and self._check_alive(row):
+            row = self._reader().execute(query, (job_id,)).fetchone()
+        return self._status(row)
 
     @staticmethod
     def _status(row) -> dict[str, Any]:
