@@ -131,11 +131,10 @@ def run_job(spec: dict[str, Any]) -> None:
             train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
         else:
             run_full(spec, report)
+        finish(row, spec["out"], time.time() - started)
     except Exception as e:  # anything: the page must say why the job failed
         row.update(state="failed", eta_s=None, message=str(e) or type(e).__name__)
         remove_output(spec["out"])
-        return
-    finish(row, spec["out"], time.time() - started)
 
 
 def finish(row: JobRow, out: str, seconds: float) -> None:
