@@ -8,12 +8,13 @@
     python benchmarks/store.py [--data DIR] [--requests 200] [--seconds 3]
 
 The app runs under waitress in this process (8 threads) on a fresh runs folder; "without" takes the check out of
-the app's before_request functions for that request. Prints a markdown table for docs/deploy.md.
+the app's before_request functions for that request; the two alternate in pairs, each pair in a random order. Prints a markdown table for docs/deploy.md.
 """
 
 import argparse
 import http.client
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -106,8 +107,9 @@ def main():
     con = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     funcs = app.before_request_funcs[None]
     times = {"with": [], "without": []}
-    for i in range(args.requests * 2 + 10):
-        arm = "with" if i % 2 else "without"
+    rng = random.Random(0)  # each pair in a random order: no bias from what ran just before (the pool's workers)
+    arms = [arm for _ in range(args.requests + 5) for arm in rng.sample(["with", "without"], 2)]
+    for i, arm in enumerate(arms):
         if arm == "without":
             funcs.remove(follow_the_store)
         started = time.perf_counter()
