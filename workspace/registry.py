@@ -415,7 +415,8 @@ class Registry:
             return self._end(job_id, "failed", f"the training process ended unexpectedly (exit code {child.exitcode})")
         silent = time.time() - heartbeat
         if silent > STALE_S:
-            return self._end(job_id, "failed", f"the training process stopped (no heartbeat for {silent:.0f} s)")
+            message = f"the training process stopped (no heartbeat for {silent:.0f} s)"
+            return self._end(job_id, "failed", message, beaten_before=heartbeat + 1e-3)
         return False
 
     def reap(self) -> None:
@@ -425,12 +426,14 @@ class Registry:
         for row in rows:
             self._check_alive(row)
 
-    def _end(self, job_id: str, state: str, message: str) -> bool:
-        """End a live job as `state`, removing its half-written folders -> whether it was still live."""
+    def _end(self, job_id: str, state: str, message: str, beaten_before: float = float("inf")) -> bool:
+        """End a live job as `state` (only if its heartbeat is older than `beaten_before`), removing its half-written
+        folders -> whether it was ended here."""
         with self.db.write() as con:
             ended = con.execute(
-                f"UPDATE jobs SET state = ?, message = ?, eta_s = NULL, model = NULL WHERE id = ? AND {LIVE_SQL}",
-                (state, message, job_id),
+                "UPDATE jobs SET state = ?, message = ?, eta_s = NULL, model = NULL "
+                f"WHERE id = ? AND {LIVE_SQL} AND heartbeat < ?",
+                (state, message, job_id, beaten_before),
             ).rowcount
         if ended:
             remove_output(self.root / "models" / job_id)
