@@ -108,10 +108,9 @@ def test_the_heartbeat_keeps_a_job_alive_and_a_cancel_from_another_machine_ends_
     process = beating_job(registry, "quick-1", "another-machine")
     time.sleep(4)
     assert registry.job("quick-1")["state"] == "running"
-    started = time.time()
     status = registry.cancel_job("quick-1")  # not this host: the job's own heartbeat thread carries it out
     assert status["state"] == "cancelled" and status["message"] == "cancelled"
-    assert process.wait(10) == 1 and time.time() - started < 10
+    assert process.wait(10) == 1
     assert not (runs / "models" / "quick-1.training").exists()
 
 
