@@ -95,6 +95,7 @@ def main(argv=None):
     from model.data import DataError
     from model.feedback import FeedbackError
     from model.modeldir import ModelDirError
+    from workspace import WorkspaceError  # a runs folder whose store a newer version wrote
 
     try:
         app = create_app(
@@ -109,7 +110,7 @@ def main(argv=None):
             runs_dir=args.runs,
             runs_quota_bytes=int(args.max_runs_gb * (1 << 30)),
         )
-    except (ModelDirError, DataError, FeedbackError, OSError) as e:
+    except (ModelDirError, DataError, FeedbackError, WorkspaceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if app.config["LABEL_MISMATCH"]:

@@ -216,3 +216,15 @@ def test_leftovers_of_a_job_running_in_another_process_are_kept(runs):
         (runs / "models" / leftover).mkdir()
     Registry(runs)  # another process starts on the folder
     assert sorted(p.name for p in (runs / "models").iterdir()) == ["quick-1.training"]
+
+
+def test_a_store_written_by_a_newer_version_is_refused_with_one_line(runs):
+    from workspace import WorkspaceError
+
+    runs.mkdir()
+    with sqlite3.connect(runs / "workspace.sqlite") as con:
+        con.execute("PRAGMA user_version = 99")
+    with pytest.raises(
+        WorkspaceError, match=rf"written by a newer version \(schema 99, this one knows {SCHEMA_VERSION}\)"
+    ):
+        Registry(runs)
