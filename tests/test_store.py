@@ -228,3 +228,16 @@ def test_a_store_written_by_a_newer_version_is_refused_with_one_line(runs):
         WorkspaceError, match=rf"written by a newer version \(schema 99, this one knows {SCHEMA_VERSION}\)"
     ):
         Registry(runs)
+
+
+def test_the_ml_library_never_imports_the_workspace():
+    """model/ is the ML library: the runs folder's state (and the old registry -> quick -> train -> inference ->
+    registry cycle) lives in workspace/, which imports model/, never the other way round."""
+    import ast
+
+    for path in (ROOT / "model").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n == "workspace" or n.startswith("workspace.") for n in names), path
