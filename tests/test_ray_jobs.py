@@ -3,7 +3,8 @@
 The module starts its own single-node Ray head (`ray start --head --block`, its dashboard for the Job Submission
 API, every port free and its files in a temporary folder) and stops it at the end by ending that command, which
 takes down the processes it started and nothing else: `ray stop` would stop every Ray on this machine, other
-people's too. The cluster runs on this machine, so it sees the project and the runs folder at the same paths."""
+people's too. The cluster runs on this machine, so it sees the project and the runs folder at the same paths.
+The tests without the `ray` marker need no cluster: the entrypoint, and the flags' checks."""
 
 import os
 import shutil
@@ -16,11 +17,11 @@ import time
 import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from model.inference import Classifier, Registry
+import visualization
+from model.inference import Classifier, Registry, RegistryError
+from model.registry import ROOT
 from tests.helpers import TINY_LABELS, follow, free_port, train_processes
-from workspace.ray_jobs import TIMEOUT_S
-
-pytestmark = [pytest.mark.ray, pytest.mark.slow]  # starts a Ray head, trains
+from workspace.ray_jobs import TIMEOUT_S, entrypoint
 
 TINY = ["--warmup-epochs", "1", "--input-size", "96"]  # with epochs=1: one warm-up and one fine-tuning epoch
 PORTS = ("port", "dashboard-port", "node-manager-port", "object-manager-port", "ray-client-server-port")
@@ -28,8 +29,9 @@ PORTS += ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-e
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """The dashboard address of a Ray head started for this module (1 CPU, 100 MB of object store)."""
+def starting_ray_head():
+    """A Ray head starting for this module (1 CPU, 100 MB of object store): (its process, its dashboard's address,
+    its log). The tests that need no cluster ask for it too, so that it starts while they wait on their timeouts."""
     temp = tempfile.mkdtemp(prefix="rayjobs")  # short: Ray's socket paths must stay under 107 characters
     ports = {name: free_port() for name in PORTS}
     command = ["ray", "start", "--head", "--block", "--num-cpus=1", "--object-store-memory=100000000"]
@@ -39,36 +41,92 @@ def ray_head():
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # else Ray writes a token into ~/.ray
     with open(os.path.join(temp, "start.log"), "w+") as log:
         head = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        address = f"http://127.0.0.1:{ports['dashboard-port']}"
-        started = time.time()
-        while True:
-            try:
-                JobSubmissionClient(address)
-                break
-            except ConnectionError:
-                log.seek(0)
-                assert head.poll() is None and time.time() - started < 90, f"no Ray head: {log.read()[-2000:]}"
-                time.sleep(0.5)
-        yield address
+        yield head, f"http://127.0.0.1:{ports['dashboard-port']}", log
+        ray_processes = descendants(head.pid)
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops what it started, then exits
         try:
             head.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
-    left = [p for p in os.listdir("/proc") if p.isdigit() and temp.encode() in read_cmdline(p)]
     shutil.rmtree(temp, ignore_errors=True)
+    deadline = time.time() + 15
+    while (left := ray_processes & alive()) and time.time() < deadline:
+        time.sleep(0.5)
     assert not left, f"Ray processes left behind: {left}"
 
 
-def read_cmdline(pid):
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read()
-    except OSError:
-        return b""
+def parents():
+    """{pid: parent pid} of the processes alive now (zombies apart)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after the command's name, which may hold spaces
+        except (OSError, IndexError):
+            continue
+        if entry.isdigit() and fields[0] != "Z":
+            out[int(entry)] = int(fields[1])
+    return out
 
 
+def alive():
+    return set(parents())
+
+
+def descendants(pid):
+    """`pid`'s children, theirs, and so on."""
+    tree, found = parents(), {pid}
+    while grown := {p for p, parent in tree.items() if parent in found} - found:
+        found |= grown
+    return found - {pid}
+
+
+@pytest.fixture(scope="module")
+def ray_head(starting_ray_head):
+    """The dashboard address of the module's Ray head, once it answers."""
+    head, address, log = starting_ray_head
+    started = time.time()
+    while True:
+        try:
+            JobSubmissionClient(address)
+            return address
+        except ConnectionError:
+            log.seek(0)
+            assert head.poll() is None and time.time() - started < 90, f"no Ray head: {log.read()[-2000:]}"
+            time.sleep(0.5)
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a Ray head starts for these (about 13 s), two of them train
+def test_a_cluster_that_is_not_there_fails_the_job_with_a_message(starting_ray_head, tiny_dataset, tmp_path):
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=closed)
+    final = follow(registry, registry.start_job("data", "full", epochs=1), timeout=60)[-1]
+    assert final["state"] == "failed"
+    assert final["message"] == (
+        f"cannot reach the Ray cluster at {closed} (Failed to connect to Ray at address: {closed}.): is a head with "
+        f"its dashboard running there (ray start --head --include-dashboard=true)?"
+    )
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a Ray head starts for these (about 13 s), two of them train
+def test_a_cluster_that_never_answers_fails_the_job_after_the_timeout(starting_ray_head, tiny_dataset, tmp_path):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=address)
+        started = time.time()
+        final = follow(registry, registry.start_job("data", "full", epochs=1), timeout=60)[-1]
+    assert final["state"] == "failed" and "Read timed out" in final["message"], final
+    assert final["message"].startswith(f"cannot reach the Ray cluster at {address} (")
+    assert TIMEOUT_S[1] <= time.time() - started < TIMEOUT_S[1] + 30  # its answer's timeout, not a hang
+
+
+@pytest.mark.ray
+@pytest.mark.slow  # a Ray head starts for these (about 13 s), two of them train
 def test_a_full_job_on_ray_is_done_with_its_progress_curve_and_model_here(ray_head, tiny_dataset, tmp_path):
     registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=ray_head)
     job = registry.start_job("data", "full", epochs=1, train_args=TINY)
@@ -94,6 +152,8 @@ def test_a_full_job_on_ray_is_done_with_its_progress_curve_and_model_here(ray_he
     assert [round(float(r["val_loss"]), 4) for r in history] == [round(p["val_loss"], 4) for p in final["curve"]]
 
 
+@pytest.mark.ray
+@pytest.mark.slow  # a Ray head starts for these (about 13 s), two of them train
 def test_cancelling_the_job_stops_the_ray_job(ray_head, tiny_dataset, tmp_path):
     registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=ray_head)
     job = registry.start_job("data", "full", epochs=5, train_args=TINY)
@@ -111,25 +171,26 @@ def test_cancelling_the_job_stops_the_ray_job(ray_head, tiny_dataset, tmp_path):
     assert not any(p.name.startswith(job) for p in (registry.root / "models").iterdir())
 
 
-def test_a_cluster_that_is_not_there_fails_the_job_with_a_message(tiny_dataset, tmp_path):
-    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=closed)
-    final = follow(registry, registry.start_job("data", "full", epochs=1), timeout=60)[-1]
-    assert final["state"] == "failed"
-    assert final["message"] == (
-        f"cannot reach the Ray cluster at {closed} (Failed to connect to Ray at address: {closed}.): is a head with "
-        f"its dashboard running there (ray start --head --include-dashboard=true)?"
+def test_the_entrypoint_runs_model_train_from_the_project_with_the_jobs_paths():
+    spec = {"data": "/shared/runs/datasets/a b", "out": "/shared/runs/models/full-1", "epochs": None}
+    assert entrypoint({**spec, "train_args": ["--input-size", "96"]}) == (
+        f"cd {ROOT} && exec python -m model.train --data '/shared/runs/datasets/a b' --out /shared/runs/models/full-1 "
+        f"--epochs 20 --progress-json - --input-size 96"
     )
 
 
-def test_a_cluster_that_never_answers_fails_the_job_after_the_timeout(tiny_dataset, tmp_path):
-    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(8)
-        address = f"http://127.0.0.1:{silent.getsockname()[1]}"
-        registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=address)
-        started = time.time()
-        final = follow(registry, registry.start_job("data", "full", epochs=1), timeout=60)[-1]
-    assert final["state"] == "failed" and "Read timed out" in final["message"], final
-    assert final["message"].startswith(f"cannot reach the Ray cluster at {address} (")
-    assert TIMEOUT_S[1] <= time.time() - started < TIMEOUT_S[1] + 30  # its answer's timeout, not a hang
+def test_jobs_must_be_local_or_ray(tmp_path):
+    with pytest.raises(RegistryError, match="^jobs must be one of local, ray, not 'cluster'$"):
+        Registry(tmp_path, jobs="cluster")
+
+
+def test_the_server_refuses_a_ray_address_without_jobs_ray_and_warns_of_a_cluster_not_there(capsys):
+    with pytest.raises(SystemExit) as exit:
+        visualization.main(["--ray-address", "http://127.0.0.1:8265"])
+    assert exit.value.code == 2 and "error: --ray-address is for --jobs ray" in capsys.readouterr().err
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert visualization.check_ray(closed)  # the server still starts: the cluster may come up later
+    assert capsys.readouterr().err == (
+        f"warning: cannot reach the Ray cluster at {closed} (Failed to connect to Ray at address: {closed}.): is a "
+        f"head with its dashboard running there (ray start --head --include-dashboard=true)?\n"
+    )
