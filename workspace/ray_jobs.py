@@ -24,7 +24,8 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 from model.registry import ROOT, follow_progress, train_command
 
 TIMEOUT_S = (5, 20)  # to connect to the cluster's dashboard, and for its answer
-STOP_TIMEOUT_S = (2, 5)  # when cancelling: the registry kills the job's process 10 s after asking it to end
+STOP_TIMEOUT_S = (1, 2)  # when cancelling: the registry kills the job's process 10 s after asking it to end...
+STOP_WAIT_S = 6  # ...so it waits this long for Ray to end model.train (SIGTERM, then SIGKILL 3 s later)
 POLL_S = 1.0  # how often the job's status and log are read
 DEFAULT_ADDRESS = "$RAY_ADDRESS or http://127.0.0.1:8265"  # Ray's own default when no address is given
 
@@ -82,14 +83,18 @@ def log_lines(client: Client, job_id: str) -> Iterator[str]:
 
 
 def stop_on_sigterm(client: Client, job_id: str) -> None:
-    """From now on, SIGTERM stops the Ray job, then ends this process (the registry has marked the job cancelled)."""
+    """From now on, SIGTERM stops the Ray job and waits for it to end (so the registry, which then removes what
+    the job half-wrote, removes it for good), then ends this process."""
 
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the registry sends two (its process group, then its pid)
         client.timeout_s = STOP_TIMEOUT_S
+        deadline = time.monotonic() + STOP_WAIT_S
         try:
             client.stop_job(job_id)
-        except Exception:  # not submitted yet, already ended, or the cluster is gone: nothing more to stop
+            while not client.get_job_status(job_id).is_terminal() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except Exception:  # not submitted yet, or the cluster is gone: nothing more to stop from here
             pass
         raise SystemExit(128 + signum)
 
