@@ -126,6 +126,17 @@ def test_a_cluster_that_never_answers_fails_the_job_after_the_timeout(starting_r
 
 
 @pytest.mark.ray
+@pytest.mark.slow
+def test_a_dataset_the_nodes_do_not_see_fails_the_job_with_model_trains_own_error(ray_head, tmp_path):
+    nowhere = tmp_path / "nowhere"  # as a node without the shared storage would see the dataset
+    registry = Registry(tmp_path / "runs", data_dir=nowhere, jobs="ray", ray_address=ray_head)
+    job = registry.start_job("data", "full", epochs=1)
+    final = follow(registry, job, timeout=120)[-1]
+    assert final["state"] == "failed" and final["message"] == f"error: {nowhere}: dataset directory not found"
+    assert JobSubmissionClient(ray_head).get_job_status(job) == JobStatus.FAILED
+
+
+@pytest.mark.ray
 @pytest.mark.slow  # a Ray head starts for these (about 13 s), two of them train
 def test_a_full_job_on_ray_is_done_with_its_progress_curve_and_model_here(ray_head, tiny_dataset, tmp_path):
     registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=ray_head)
