@@ -20,7 +20,7 @@ MARKER_OF_FIXTURE = {
     "miml_data": "needs_data",
     "browser": "browser",
     "local_ray": "ray",
-    "ray_head": "ray",
+    "starting_ray_head": "ray",  # and ray_head, which starts from it
     "tiny_model": "slow",
 }
 
