@@ -82,6 +82,14 @@ def descendants(pid):
     return found - {pid}
 
 
+def unreachable(address):
+    """The job's message when nothing listens at `address`."""
+    return (
+        f"cannot reach the Ray cluster at {address} (Failed to connect to Ray at address: {address}.): is a head "
+        f"with its dashboard running there (ray start --head --include-dashboard=true)?"
+    )
+
+
 @pytest.fixture(scope="module")
 def ray_head(starting_ray_head):
     """The dashboard address of the module's Ray head, once it answers."""
@@ -103,11 +111,7 @@ def test_a_cluster_that_is_not_there_fails_the_job_with_a_message(starting_ray_h
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, jobs="ray", ray_address=closed)
     final = follow(registry, registry.start_job("data", "full", epochs=1), timeout=60)[-1]
-    assert final["state"] == "failed"
-    assert final["message"] == (
-        f"cannot reach the Ray cluster at {closed} (Failed to connect to Ray at address: {closed}.): is a head with "
-        f"its dashboard running there (ray start --head --include-dashboard=true)?"
-    )
+    assert final["state"] == "failed" and final["message"] == unreachable(closed)
 
 
 @pytest.mark.ray
@@ -123,6 +127,25 @@ def test_a_cluster_that_never_answers_fails_the_job_after_the_timeout(starting_r
     assert final["state"] == "failed" and "Read timed out" in final["message"], final
     assert final["message"].startswith(f"cannot reach the Ray cluster at {address} (")
     assert TIMEOUT_S[1] <= time.time() - started < TIMEOUT_S[1] + 30  # its answer's timeout, not a hang
+
+
+@pytest.mark.slow  # a job process starts
+@pytest.mark.needs_data  # the app's model and dataset (the scenes fixture)
+def test_the_api_reports_a_cluster_that_is_not_there_as_a_failed_job(scenes, tiny_dataset, tmp_path):
+    from app import create_app
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    runs = tmp_path / "runs"
+    client = create_app(
+        scenes=scenes, data_dir=tiny_dataset, runs_dir=runs, jobs="ray", ray_address=closed
+    ).test_client()
+    r = client.post("/api/jobs", json={"dataset": "data", "mode": "full", "epochs": 1})
+    assert r.status_code == 202
+    job, started = r.get_json()["job"], time.time()
+    while (status := client.get(f"/api/jobs/{job}").get_json())["state"] in ("queued", "running"):
+        assert time.time() - started < 60, status
+        time.sleep(0.2)
+    assert status["state"] == "failed" and status["message"] == unreachable(closed)
 
 
 @pytest.mark.ray
@@ -198,7 +221,4 @@ def test_the_server_refuses_a_ray_address_without_jobs_ray_and_warns_of_a_cluste
     assert exit.value.code == 2 and "error: --ray-address is for --jobs ray" in capsys.readouterr().err
     closed = f"http://127.0.0.1:{free_port()}"
     assert visualization.check_ray(closed)  # the server still starts: the cluster may come up later
-    assert capsys.readouterr().err == (
-        f"warning: cannot reach the Ray cluster at {closed} (Failed to connect to Ray at address: {closed}.): is a "
-        f"head with its dashboard running there (ray start --head --include-dashboard=true)?\n"
-    )
+    assert capsys.readouterr().err == f"warning: {unreachable(closed)}\n"
