@@ -82,11 +82,17 @@ def test_a_labels_csv_that_cannot_be_imported_is_one_error_naming_it_and_nothing
     assert con.execute("SELECT COUNT(*) FROM label_set").fetchone() == (0,)  # the import was one transaction
 
 
-def test_a_database_from_a_newer_version_is_refused(tmp_path):
+def test_a_database_from_a_newer_version_or_not_a_database_is_refused(tmp_path):
     Feedback(tmp_path)
     sqlite3.connect(tmp_path / "feedback.sqlite").execute("PRAGMA user_version=7")
     with pytest.raises(FeedbackError, match=r"feedback.sqlite: written by a newer version \(schema 7"):
         Feedback(tmp_path)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "feedback.sqlite").write_bytes(b"not a database, but some bytes" * 100)
+    with pytest.raises(
+        FeedbackError, match="other/feedback.sqlite: cannot use it for feedback .file is not a database"
+    ):
+        Feedback(tmp_path / "other")
 
 
 SAVER = """

@@ -96,7 +96,9 @@ class Feedback(Database):
                 if _label_set(con) is None and self.csv.exists():
                     self._import(con)
                 self._write_csv(con)
-        except (OSError, sqlite3.DatabaseError, UnicodeDecodeError, csv.Error) as e:
+        except sqlite3.DatabaseError as e:
+            raise FeedbackError(f"{self.folder / DATABASE}: cannot use it for feedback ({e})") from None
+        except (OSError, UnicodeDecodeError, csv.Error) as e:
             raise FeedbackError(f"{self.folder}: cannot use it for feedback ({e})") from None
 
     def _import(self, con):
