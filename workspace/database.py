@@ -1,5 +1,5 @@
-"""How every store of the workspace uses SQLite (stdlib sqlite3): one rule for the labels store (workspace.store)
-and the feedback store (workspace.feedback).
+"""How every store of the workspace uses SQLite (stdlib sqlite3): one rule for the runs folder's database
+(workspace.store: the labels, and what grows there) and the feedback folder's (workspace.feedback).
 
 - WAL (readers never wait for the writer), and every connection waits up to BUSY_TIMEOUT_MS for a busy database
   instead of failing with `database is locked`: several threads and processes may write at once.
@@ -10,9 +10,9 @@ and the feedback store (workspace.feedback).
 - In one process, writers to one database take turns on a lock of their own before SQLite's: SQLite's busy
   wait polls and is not fair, and with many threads of two processes a writer was measured waiting past
   BUSY_TIMEOUT_MS (tests/test_feedback.py). Across processes SQLite's lock does it alone.
-- Every call opens its own short-lived connection, so an object is safe to share between threads; one more
-  connection stays open as long as the object, because the last connection to close would checkpoint the WAL
-  (and fsync) every time.
+- Every call opens its own short-lived connection (`read`, `write`), so an object is safe to share between
+  threads; one more connection stays open as long as the object, because the last connection to close would
+  checkpoint the WAL (and fsync) every time.
 - The schema's version is `PRAGMA user_version`: `migrations[v]` brings a database at version v to v + 1, run in
   one transaction when the database is opened. A database from a newer version is refused, never changed.
 """
@@ -31,7 +31,7 @@ def _write_lock(path):
         return _write_locks.setdefault(str(path.resolve()), threading.Lock())
 
 
-class Database:
+class SQLiteDatabase:
     """The SQLite file at `path`, created or migrated on first use. Subclasses set `migrations` (SQL scripts, one
     a version) and `error` (the exception type a refused database raises, built from one message)."""
 
@@ -42,12 +42,15 @@ class Database:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writing = _write_lock(self.path)
-        self._open = self._connection()  # kept open: see the module's docstring
+        self._open = self.connection(check_same_thread=False)  # kept open: see the module's docstring
         self._open.execute("PRAGMA journal_mode=WAL")
         self._migrate(self._open)
 
-    def _connection(self):
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
+    def connection(self, check_same_thread=True):
+        """A connection in autocommit mode that waits for a busy database; the caller closes it."""
+        con = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=check_same_thread
+        )
         con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         con.execute("PRAGMA synchronous=NORMAL")
         con.execute("PRAGMA foreign_keys=ON")
@@ -55,14 +58,20 @@ class Database:
 
     @contextmanager
     def _connect(self):
-        con = self._connection()
+        con = self.connection()
         try:
             yield con
         finally:
             con.close()
 
     @contextmanager
-    def _write(self):
+    def read(self):
+        """A connection for reads outside a transaction (each statement sees the latest commit)."""
+        with self._connect() as con:
+            yield con
+
+    @contextmanager
+    def write(self):
         """One transaction, taken with the write lock up front (no deadlock between two upgrading readers)."""
         with self._writing, self._connect() as con:
             con.execute("BEGIN IMMEDIATE")

@@ -27,7 +27,7 @@ from PIL import Image
 
 from model.modeldir import write_atomically
 from model.preprocess import decode
-from workspace.database import Database
+from workspace.database import SQLiteDatabase
 from workspace.store import now
 
 DATABASE = "feedback.sqlite"
@@ -80,7 +80,7 @@ def bounded(data):
     return out.getvalue()
 
 
-class Feedback(Database):
+class Feedback(SQLiteDatabase):
     """The feedback folder `folder` (created when missing). Safe to share between threads and processes."""
 
     migrations = MIGRATIONS
@@ -92,7 +92,7 @@ class Feedback(Database):
         try:
             (self.folder / "original").mkdir(parents=True, exist_ok=True)
             super().__init__(self.folder / DATABASE)
-            with self._write() as con:
+            with self.write() as con:
                 if _label_set(con) is None and self.csv.exists():
                     self._import(con)
                 self._write_csv(con)
@@ -140,12 +140,12 @@ class Feedback(Database):
     @property
     def labels(self):
         """The folder's label set; None before its first feedback (any set of labels may start it)."""
-        with self._connect() as con:
+        with self.read() as con:
             return _label_set(con)
 
     def check_labels(self, label_set):
         """FeedbackLabelsError unless feedback for a model with labels `label_set` belongs in this folder."""
-        with self._connect() as con:
+        with self.read() as con:
             self._check(con, label_set)
 
     @staticmethod
@@ -170,7 +170,7 @@ class Feedback(Database):
         if not path.exists():
             write_atomically(path, data)  # the photo first: a row never names a photo that is not there
         chosen = json.dumps([l for l in label_set if l in labels])
-        with self._write() as con:
+        with self.write() as con:
             self._check(con, label_set)  # again under the write lock: another process may have started the folder
             con.execute("INSERT OR IGNORE INTO label_set VALUES (1, ?)", (json.dumps(list(label_set)),))
             created = con.execute("SELECT 1 FROM feedback WHERE image = ?", (name,)).fetchone() is None
@@ -185,7 +185,7 @@ class Feedback(Database):
 
     def rows(self):
         """[FeedbackRow] in labels.csv's order."""
-        with self._connect() as con:
+        with self.read() as con:
             found = con.execute("SELECT image, labels, created, updated FROM feedback ORDER BY id").fetchall()
         return [FeedbackRow(image, json.loads(labels), created, updated) for image, labels, created, updated in found]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from workspace.database import Database
+from workspace.database import SQLiteDatabase
 
 MIGRATIONS = [
     """
@@ -96,18 +96,23 @@ def now():
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class LabelStore(Database):
-    """The database at `path`, created or migrated on first use (workspace.database: WAL, busy_timeout, one
-    BEGIN IMMEDIATE transaction a write). Safe to share between threads and processes."""
+class Database(SQLiteDatabase):
+    """The database at `path` with this module's MIGRATIONS, created or migrated on first use (workspace.database:
+    WAL, busy_timeout, one BEGIN IMMEDIATE transaction a write). Safe to share between threads and processes:
+    every call opens its own short-lived connection (`read`, `write`)."""
 
     migrations = MIGRATIONS
     error = StoreError
+
+
+class LabelStore(Database):
+    """The labels (datasets, photos, decisions) of the database at `path`."""
 
     # --- datasets ----------------------------------------------------------------------------------
     def add_dataset(self, record, photos, labelled):
         """A new dataset with its photos ([Photo]) and its known labels ({image: [labels]}), in one transaction."""
         at = now()
-        with self._write() as con:
+        with self.write() as con:
             con.execute(
                 "INSERT INTO datasets VALUES (?, ?, ?, ?, ?)",
                 (record.id, record.name, json.dumps(record.labels), str(record.folder), record.created),
@@ -148,7 +153,7 @@ class LabelStore(Database):
             if unknown:
                 raise StoreError(f"unknown label {unknown[0]!r}: this dataset's labels are {', '.join(record.labels)}")
             labels = [l for l in record.labels if l in set(labels)]  # the dataset's order, no repeats
-        with self._write() as con:
+        with self.write() as con:
             at = now()  # under the write lock: times follow the order of the decisions
             if (
                 con.execute("SELECT 1 FROM photos WHERE dataset = ? AND image = ?", (dataset_id, image)).fetchone()
