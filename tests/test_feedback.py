@@ -161,6 +161,9 @@ print(json.dumps({"saved": saved, "decided": decided, "errors": errors[:5]}))
 
 @pytest.mark.slow  # 20 s of writing
 def test_two_processes_of_eight_threads_writing_feedback_and_labels_lose_no_row(tmp_path):
+    """Issue 18's concurrency test, at the API the app calls (Feedback.save, Workspace.decide) in two plain Python
+    processes rather than two waitress apps: each app process loads the model before it serves (create_app took
+    23 s and 0.9 GB on this machine under load), which would make the test cost a minute for no more SQLite."""
     runs, folder = tmp_path / "runs", tmp_path / "feedback"
     dataset = Workspace(runs).create_dataset(io.BytesIO(zip_bytes(good_members(8))), "shared.zip").dataset
     imported = len(Workspace(runs).history(dataset))
