@@ -121,7 +121,7 @@ def test_kill_9_loses_at_most_the_save_in_flight_and_never_leaves_a_row_without_
 
 
 WRITER = """
-import json, sys, threading, time
+import json, os, sys, threading, time
 import numpy as np
 from PIL import Image
 from tests.hostile import jpeg
@@ -155,7 +155,10 @@ for t in threads:
     t.start()
 for t in threads:
     t.join()
-print(json.dumps({"saved": saved, "decided": decided, "errors": errors[:5]}))
+print(json.dumps({"saved": saved, "decided": decided, "errors": errors[:5]}), flush=True)
+# Every write is acknowledged by now. The live model's daemon thread may be inside native code (OpenMP) while the
+# interpreter tears down, which was seen once to abort the process ("terminate called without an active exception").
+os._exit(0)
 """
 
 

@@ -28,7 +28,7 @@ _write_locks, _write_locks_guard = {}, threading.Lock()  # one lock a database f
 
 def _write_lock(path):
     with _write_locks_guard:
-        return _write_locks.setdefault(str(path.resolve()), threading.Lock())
+        return _write_locks.setdefault(str(path.resolve()), threading.RLock())  # a nested write still fails, not hangs
 
 
 class SQLiteDatabase:
