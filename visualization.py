@@ -127,8 +127,8 @@ def main(argv=None):
     quiet_tensorflow(args.verbose)
     from app import create_app
     from model.data import DataError
-    from model.feedback import FeedbackError
     from model.modeldir import ModelDirError
+    from workspace import FeedbackError
 
     try:
         app = create_app(

@@ -77,7 +77,7 @@ def create_app(
     `runtime`, `precision`: what runs every forward pass (model.inference.choose_runtime; default: the fastest that
     passes the parity gate on this CPU); `workers`: forward passes that run at once;
     `explore`: similar photos and the map (the dataset's embeddings, computed in the background);
-    `feedback_dir`: collect corrected labels there (model/feedback.py);
+    `feedback_dir`: collect corrected labels there (workspace/feedback.py: DIR/feedback.sqlite);
     `runs_dir`: where uploaded datasets and trained models live (training, /models and /compare need it; without
     `model_dir` the model chosen there is served, and a given `scenes` must hold that one), at most
     `runs_quota_bytes` (default: model.datasets' 10 GB; workspace.Workspace checks uploads against it);
