@@ -5,6 +5,9 @@
     RUNS/datasets/ID/          original/ (the photos), labels.csv (written from the store when a job starts or an
                                export is asked for: labelled photos only)
 
+The --feedback folder (corrected labels from /api/feedback) is a store of its own, `Feedback`
+(workspace.feedback): DIR/feedback.sqlite beside the photos, so that the folder stays a dataset on its own.
+
 `Workspace` labels: create a dataset from an upload, label photos, read what the live model (workspace.learner)
 suggests and which photos it asks for, export. Every decision is saved when it is made. `Registry`
 (workspace.registry) holds the rest: the dataset list, models, the active model and training jobs
@@ -38,11 +41,21 @@ from model.datasets import (
 )
 from model.modeldir import write_atomically
 from workspace import learner, legacy
+from workspace.feedback import Feedback, FeedbackError, FeedbackLabelsError
 from workspace.imports import import_upload
 from workspace.registry import Registry, RegistryError
 from workspace.store import DatasetRecord, Decision, LabelStore, StoreError
 
-__all__ = ["Workspace", "WorkspaceError", "Decision", "Registry", "RegistryError"]
+__all__ = [
+    "Workspace",
+    "WorkspaceError",
+    "Decision",
+    "Feedback",
+    "FeedbackError",
+    "FeedbackLabelsError",
+    "Registry",
+    "RegistryError",
+]
 WorkspaceError = StoreError  # every refusal carries its HTTP status
 STRATEGIES = ("auto", "random", "uncertain", "likely:LABEL")
 MAX_QUEUE = 100

@@ -9,6 +9,7 @@ row still being live, so a job failed or cancelled elsewhere never comes back as
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -83,12 +84,21 @@ class Heartbeat(threading.Thread):
             except Exception:  # a locked or unreachable database for a moment: the next beat tries again
                 live, cancel = True, False
             if cancel or not live:
-                stop_children()
-                remove_output(self.out)
-                if cancel:
-                    self.row.update(state="cancelled", eta_s=None, message="cancelled", model=None)
-                os._exit(1)
+                self.stop(cancel)
             time.sleep(HEARTBEAT_S)
+
+    def stop(self, cancel: bool) -> None:
+        """End this job's process (and what it started), its half-written folders removed."""
+        if cancel:
+            self.row.update(state="cancelled", eta_s=None, message="cancelled", model=None)
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            # a Ray job's handler (workspace.ray_jobs) stops the job on the cluster, then ends the process
+            atexit.register(remove_output, self.out)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(30)
+        stop_children()
+        remove_output(self.out)
+        os._exit(1)
 
 
 _children: list[subprocess.Popen] = []
@@ -129,6 +139,10 @@ def run_job(spec: dict[str, Any]) -> None:
             from model.quick import train_quick
 
             train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
+        elif spec["jobs"] == "ray":  # full mode on a Ray cluster (docs/deploy.md)
+            from workspace.ray_jobs import run_full_on_ray
+
+            run_full_on_ray(spec, report)
         else:
             run_full(spec, report)
         finish(row, spec["out"], time.time() - started)
@@ -197,24 +211,17 @@ def follow_progress(lines: Iterable[str], report: Callable[..., None], log: IO[s
     return failed
 
 
+def train_command(spec: dict[str, Any], python: str = sys.executable) -> list[str]:
+    """The full-mode job's `python -m model.train ... --progress-json -`, to run from the project's root."""
+    epochs = str(spec["epochs"] or 20)
+    args = ["--data", spec["data"], "--out", spec["out"], "--epochs", epochs, "--progress-json", "-"]
+    return [python, "-m", "model.train", *args, *spec["train_args"]]
+
+
 def run_full(spec: dict[str, Any], report: Callable[..., None]) -> None:
     """`python -m model.train --progress-json -` in a subprocess: its progress lines (on stdout) become the job's
     progress, ETA and learning curve; what it prints for people (on stderr) goes to log.txt."""
-    epochs = spec["epochs"] or 20
-    args = [
-        sys.executable,
-        "-m",
-        "model.train",
-        "--data",
-        spec["data"],
-        "--out",
-        spec["out"],
-        "--epochs",
-        str(epochs),
-        "--progress-json",
-        "-",
-        *spec["train_args"],
-    ]
+    args = train_command(spec)
     report(0.03, "starting model.train", None, curve=[])
     with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
         process = subprocess.Popen(

@@ -39,6 +39,7 @@ SHIPPED = "shipped"
 DATA = "data"  # the --data dataset
 FEEDBACK = "feedback"  # the --feedback folder, once it holds corrected photos
 MODES = ("quick", "full")
+JOBS = ("local", "ray")  # where full-mode jobs train: this machine, or a Ray cluster (workspace/ray_jobs.py)
 BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # matched whole (fullmatch): no trailing newline
@@ -98,8 +99,15 @@ class Registry:
         runs: Path | str,
         data_dir: Path | str | None = None,
         feedback_dir: Path | str | None = None,
+        jobs: str = "local",
+        ray_address: str | None = None,
     ) -> None:
+        """`jobs`: where full-mode jobs train, "local" or "ray" (submitted to the Ray cluster whose dashboard is at
+        `ray_address`; None: Ray's default, $RAY_ADDRESS or http://127.0.0.1:8265). Quick mode always runs here."""
+        if jobs not in JOBS:
+            raise RegistryError(f"jobs must be one of {', '.join(JOBS)}, not {jobs!r}")
         self.root = Path(runs)
+        self.jobs, self.ray_address = jobs, ray_address
         self.data_dir = Path(data_dir) if data_dir else None
         # folders given on the command line that are datasets too: id -> (folder, how the list names it)
         self.folders = {
@@ -336,6 +344,7 @@ class Registry:
         self.reap()
         multiprocessing.active_children()  # reaps the job processes of this one that have ended
         job_id = f"{mode}-{datetime.now():%Y%m%d-%H%M%S}-{os.urandom(2).hex()}"
+        runner = self.jobs if mode == "full" else "local"
         with self.db.write() as con:
             live = con.execute(f"SELECT id FROM jobs WHERE {LIVE_SQL}").fetchone()
             if live:
@@ -344,8 +353,8 @@ class Registry:
                 )
             con.execute(
                 "INSERT INTO jobs (id, dataset, mode, epochs, state, message, created, owner, heartbeat, runner) "
-                "VALUES (?, ?, ?, ?, 'queued', 'starting', ?, ?, ?, 'local')",
-                (job_id, dataset_id, mode, epochs, now(), this_process(), time.time()),
+                "VALUES (?, ?, ?, ?, 'queued', 'starting', ?, ?, ?, ?)",
+                (job_id, dataset_id, mode, epochs, now(), this_process(), time.time(), runner),
             )
         folder = self.root / "jobs" / job_id
         folder.mkdir()
@@ -360,6 +369,8 @@ class Registry:
             "cache": str(self.root / "embeddings"),
             "backbone": backbone or "shipped",
             "train_args": list(train_args),
+            "jobs": runner,
+            "ray_address": self.ray_address,
         }
         process = multiprocessing.get_context("spawn").Process(target=run_job, args=(spec,), daemon=True)
         try:

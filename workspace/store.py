@@ -17,13 +17,11 @@ database at version v to v + 1. The same database holds the rest of the runs fol
 """
 
 import json
-import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-BUSY_TIMEOUT_MS = 10_000
+from workspace.database import SQLiteDatabase
 
 MIGRATIONS = [
     """
@@ -98,7 +96,7 @@ MIGRATIONS = [
     );
     INSERT INTO settings VALUES ('active_model', 'shipped'), ('version', 0)
     """,
-    # the next migration goes here (feedback rows: append after this one)
+    # the next migration goes here
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -141,70 +139,13 @@ def now():
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class Database:
-    """The database at `path`, created or migrated on first use. Safe to share between threads and processes:
+class Database(SQLiteDatabase):
+    """The database at `path` with this module's MIGRATIONS, created or migrated on first use (workspace.database:
+    WAL, busy_timeout, one BEGIN IMMEDIATE transaction a write). Safe to share between threads and processes:
     every call opens its own short-lived connection (`read`, `write`)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            self._migrate(con)
-
-    @contextmanager
-    def read(self):
-        """A connection for reads outside a transaction (each statement sees the latest commit)."""
-        with self._connect() as con:
-            yield con
-
-    def connection(self, check_same_thread=True):
-        """A connection in autocommit mode that waits for a busy database; the caller closes it."""
-        con = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=check_same_thread
-        )
-        con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        con.execute("PRAGMA foreign_keys=ON")
-        return con
-
-    @contextmanager
-    def _connect(self):
-        con = self.connection()
-        try:
-            yield con
-        finally:
-            con.close()
-
-    @contextmanager
-    def write(self):
-        """One transaction, taken with the write lock up front (no deadlock between two upgrading readers)."""
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-
-    def _migrate(self, con):
-        con.execute("BEGIN IMMEDIATE")
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            con.execute("ROLLBACK")
-            raise StoreError(
-                f"{self.path}: written by a newer version (schema {version}, this one knows {SCHEMA_VERSION})"
-            )
-        for v in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[v].split(";"):
-                if statement.strip():
-                    con.execute(statement)
-        con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        con.execute("COMMIT")
-
-    def version(self):
-        with self._connect() as con:
-            return con.execute("PRAGMA user_version").fetchone()[0]
+    migrations = MIGRATIONS
+    error = StoreError
 
 
 class LabelStore(Database):
