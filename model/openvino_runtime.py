@@ -25,7 +25,7 @@ from model.backbones.efficientnet_lite import cache_dir
 from model.modeldir import ModelDirError, write_atomically
 
 PRECISIONS = ("f32", "bf16", "int8")
-STREAMS = 1  # OpenVINO CPU streams a compiled model splits its threads into (benchmarks/openvino_layout.py)
+STREAMS = 1  # CPU streams a compiled model splits its threads into: 1 measured best (benchmarks/openvino_layout.py)
 
 
 @functools.cache
