@@ -35,6 +35,7 @@ SHIPPED = "shipped"
 DATA = "data"  # the --data dataset
 FEEDBACK = "feedback"  # the --feedback folder, once it holds corrected photos
 MODES = ("quick", "full")
+JOBS = ("local", "ray")  # where full-mode jobs train: this machine, or a Ray cluster (workspace/ray_jobs.py)
 BACKBONES = ("shipped", "imagenet")  # quick mode's frozen backbone: the shipped model's (MIML-tuned) or ImageNet's
 MAX_EPOCHS = 100
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # matched whole (fullmatch): no trailing newline
@@ -84,8 +85,15 @@ class Registry:
         runs: Path | str,
         data_dir: Path | str | None = None,
         feedback_dir: Path | str | None = None,
+        jobs: str = "local",
+        ray_address: str | None = None,
     ) -> None:
+        """`jobs`: where full-mode jobs train, "local" or "ray" (submitted to the Ray cluster whose dashboard is at
+        `ray_address`; None: Ray's default, $RAY_ADDRESS or http://127.0.0.1:8265). Quick mode always runs here."""
+        if jobs not in JOBS:
+            raise RegistryError(f"jobs must be one of {', '.join(JOBS)}, not {jobs!r}")
         self.root = Path(runs)
+        self.jobs, self.ray_address = jobs, ray_address
         self.data_dir = Path(data_dir) if data_dir else None
         # folders given on the command line that are datasets too: id -> (folder, how the list names it)
         self.folders = {
@@ -289,6 +297,8 @@ class Registry:
                 "cache": str(self.root / "embeddings"),
                 "backbone": backbone or "shipped",
                 "train_args": list(train_args),
+                "jobs": self.jobs if mode == "full" else "local",
+                "ray_address": self.ray_address,
             }
             process = multiprocessing.get_context("spawn").Process(target=run_job, args=(spec,), daemon=True)
             process.start()
@@ -376,6 +386,10 @@ def run_job(spec: dict[str, Any]) -> None:
             from model.quick import train_quick
 
             train_quick(spec["data"], spec["out"], spec["cache"], spec["backbone"], progress=report)
+        elif spec["jobs"] == "ray":  # full mode on a Ray cluster (docs/deploy.md)
+            from workspace.ray_jobs import run_full_on_ray
+
+            run_full_on_ray(spec, report)
         else:
             run_full(spec, report)
         split = read_model_dir(spec["out"]).card.split
@@ -428,24 +442,17 @@ def follow_progress(lines: Iterable[str], report: Callable[..., None], log: IO[s
     return failed
 
 
+def train_command(spec: dict[str, Any], python: str = sys.executable) -> list[str]:
+    """The full-mode job's `python -m model.train ... --progress-json -`, to run from the project's root."""
+    epochs = str(spec["epochs"] or 20)
+    args = ["--data", spec["data"], "--out", spec["out"], "--epochs", epochs, "--progress-json", "-"]
+    return [python, "-m", "model.train", *args, *spec["train_args"]]
+
+
 def run_full(spec: dict[str, Any], report: Callable[..., None]) -> None:
     """`python -m model.train --progress-json -` in a subprocess: its progress lines (on stdout) become the job's
     progress, ETA and learning curve; what it prints for people (on stderr) goes to log.txt."""
-    epochs = spec["epochs"] or 20
-    args = [
-        sys.executable,
-        "-m",
-        "model.train",
-        "--data",
-        spec["data"],
-        "--out",
-        spec["out"],
-        "--epochs",
-        str(epochs),
-        "--progress-json",
-        "-",
-        *spec["train_args"],
-    ]
+    args = train_command(spec)
     report(0.03, "starting model.train", None, curve=[])
     with open(Path(spec["folder"]) / "log.txt", "w") as log_file:
         process = subprocess.Popen(

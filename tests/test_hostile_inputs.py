@@ -549,7 +549,7 @@ def test_a_stopped_atlas_ends_its_thread(tiny_dataset, tmp_path):
 def test_feedback_stores_a_bounded_photo(tmp_path):
     from PIL import Image
 
-    from model.feedback import MAX_STORED_BYTES, Feedback
+    from workspace.feedback import MAX_STORED_BYTES, Feedback
 
     feedback = Feedback(tmp_path)
     small, padded = jpeg(1), jpeg(2, size=(1600, 1200)) + bytes(9 << 20)  # decodes; 9 MB of padding

@@ -4,6 +4,9 @@
     RUNS/datasets/ID/          original/ (the photos), labels.csv (written from the store when a job starts or an
                                export is asked for: labelled photos only), dataset.json (for model.registry)
 
+The --feedback folder (corrected labels from /api/feedback) is a store of its own, `Feedback`
+(workspace.feedback): DIR/feedback.sqlite beside the photos, so that the folder stays a dataset on its own.
+
 `Workspace` is the whole API: create a dataset from an upload, label photos, read what the live model
 (workspace.learner) suggests and which photos it asks for, export. Every decision is saved when it is made.
 
@@ -36,10 +39,11 @@ from model.datasets import (
 )
 from model.modeldir import write_atomically
 from workspace import learner
+from workspace.feedback import Feedback, FeedbackError, FeedbackLabelsError
 from workspace.imports import import_upload, read_labels_csv
 from workspace.store import DatasetRecord, Decision, LabelStore, Photo, StoreError
 
-__all__ = ["Workspace", "WorkspaceError", "Decision"]
+__all__ = ["Workspace", "WorkspaceError", "Decision", "Feedback", "FeedbackError", "FeedbackLabelsError"]
 WorkspaceError = StoreError  # every refusal carries its HTTP status
 STRATEGIES = ("auto", "random", "uncertain", "likely:LABEL")
 MAX_QUEUE = 100

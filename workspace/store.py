@@ -13,13 +13,11 @@ database at version v to v + 1, so the store of the whole runs folder (jobs, mod
 """
 
 import json
-import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-BUSY_TIMEOUT_MS = 10_000
+from workspace.database import SQLiteDatabase
 
 MIGRATIONS = [
     """
@@ -98,63 +96,23 @@ def now():
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class LabelStore:
-    """The database at `path`, created or migrated on first use. Safe to share between threads and processes:
-    every call opens its own short-lived connection."""
+class Database(SQLiteDatabase):
+    """The database at `path` with this module's MIGRATIONS, created or migrated on first use (workspace.database:
+    WAL, busy_timeout, one BEGIN IMMEDIATE transaction a write). Safe to share between threads and processes:
+    every call opens its own short-lived connection (`read`, `write`)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            self._migrate(con)
+    migrations = MIGRATIONS
+    error = StoreError
 
-    @contextmanager
-    def _connect(self):
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA foreign_keys=ON")
-            yield con
-        finally:
-            con.close()
 
-    @contextmanager
-    def _write(self):
-        """One transaction, taken with the write lock up front (no deadlock between two upgrading readers)."""
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-
-    def _migrate(self, con):
-        con.execute("BEGIN IMMEDIATE")
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            con.execute("ROLLBACK")
-            raise StoreError(
-                f"{self.path}: written by a newer version (schema {version}, this one knows {SCHEMA_VERSION})"
-            )
-        for v in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[v].split(";"):
-                if statement.strip():
-                    con.execute(statement)
-        con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        con.execute("COMMIT")
-
-    def version(self):
-        with self._connect() as con:
-            return con.execute("PRAGMA user_version").fetchone()[0]
+class LabelStore(Database):
+    """The labels (datasets, photos, decisions) of the database at `path`."""
 
     # --- datasets ----------------------------------------------------------------------------------
     def add_dataset(self, record, photos, labelled):
         """A new dataset with its photos ([Photo]) and its known labels ({image: [labels]}), in one transaction."""
         at = now()
-        with self._write() as con:
+        with self.write() as con:
             con.execute(
                 "INSERT INTO datasets VALUES (?, ?, ?, ?, ?)",
                 (record.id, record.name, json.dumps(record.labels), str(record.folder), record.created),
@@ -195,7 +153,7 @@ class LabelStore:
             if unknown:
                 raise StoreError(f"unknown label {unknown[0]!r}: this dataset's labels are {', '.join(record.labels)}")
             labels = [l for l in record.labels if l in set(labels)]  # the dataset's order, no repeats
-        with self._write() as con:
+        with self.write() as con:
             at = now()  # under the write lock: times follow the order of the decisions
             if (
                 con.execute("SELECT 1 FROM photos WHERE dataset = ? AND image = ?", (dataset_id, image)).fetchone()
