@@ -128,7 +128,10 @@ def main(argv=None):
     from app import create_app
     from model.data import DataError
     from model.modeldir import ModelDirError
-    from workspace import FeedbackError
+    from workspace import (
+        FeedbackError,
+        WorkspaceError,
+    )  # WorkspaceError: a runs folder whose store a newer version wrote
 
     try:
         app = create_app(
@@ -145,7 +148,7 @@ def main(argv=None):
             jobs=args.jobs,
             ray_address=args.ray_address,
         )
-    except (ModelDirError, DataError, FeedbackError, OSError) as e:
+    except (ModelDirError, DataError, FeedbackError, WorkspaceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if app.config["LABEL_MISMATCH"]:

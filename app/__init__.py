@@ -9,7 +9,7 @@ from werkzeug.exceptions import Forbidden, HTTPException, RequestEntityTooLarge,
 
 from app.scenes import Scenes
 from app.uploads import InMemoryRequest
-from model.inference import Registry
+from workspace import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request

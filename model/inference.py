@@ -58,7 +58,6 @@ from model.preprocess import (  # the image error types are re-exported: the app
     letterbox,
     load_image,
 )
-from model.registry import Registry, RegistryError  # noqa: F401  (the app's door to the runs folder)
 from model.thresholds import apply_thresholds
 
 RUNTIMES = ("auto", "openvino", "litert", "keras")

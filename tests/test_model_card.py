@@ -200,7 +200,7 @@ def test_the_registry_reads_model_train_progress_lines():
     """The lines model.train writes (its Progress and epoch callback) become the job's progress, ETA and curve."""
     import keras
 
-    from model.registry import follow_progress
+    from workspace.jobs import follow_progress
     from model.train import Progress, phase_progress
 
     channel = io.StringIO()

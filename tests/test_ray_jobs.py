@@ -18,8 +18,9 @@ import pytest
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 import visualization
-from model.inference import Classifier, Registry, RegistryError
-from model.registry import ROOT
+from model.inference import Classifier
+from workspace import Registry, RegistryError
+from workspace.jobs import ROOT
 from tests.helpers import TINY_LABELS, follow, free_port, train_processes
 from workspace.ray_jobs import TIMEOUT_S, entrypoint
 

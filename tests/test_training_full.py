@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from model.inference import Classifier, Registry, RegistryError
+from model.inference import Classifier
 from tests.helpers import TINY_LABELS, follow, train_processes
+from workspace import Registry, RegistryError
 
 pytestmark = pytest.mark.slow  # each test starts a training job
 
@@ -70,9 +71,9 @@ def test_a_job_process_that_dies_is_reported_failed_and_takes_model_train_with_i
         assert time.time() - started < 60
         time.sleep(0.2)
     os.kill(
-        registry._running[1].pid, signal.SIGKILL
+        registry._children[job].pid, signal.SIGKILL
     )  # the job's process alone, as if the server's machine had killed it
-    registry._running[1].join(10)
+    registry._children[job].join(10)
     status = registry.job(job)
     assert status["state"] == "failed" and status["message"] == "the training process ended unexpectedly (exit code -9)"
     deadline = time.time() + 10

@@ -1,11 +1,11 @@
 """Full-mode training on a Ray cluster (`--jobs ray`): the job's process submits `python -m model.train` through
-Ray's Job Submission API and follows it there, as model.registry.run_full follows its local subprocess.
+Ray's Job Submission API and follows it there, as workspace.jobs.run_full follows its local subprocess.
 
 The app's job id is the Ray submission id: `ray job status ID`, `ray job logs ID` and the dashboard's Jobs page name
 it. The entrypoint runs from this project's root with the --data and --out paths of a local run, so the cluster's
 nodes must see the project and the runs folder at the same paths (shared storage; docs/deploy.md). Every second
 the job's log is read: model.train's progress lines become the job's progress, ETA and learning curve
-(model.registry.follow_progress), the other lines go to RUNS/jobs/ID/log.txt; the job's final status says done or
+(workspace.jobs.follow_progress), the other lines go to RUNS/jobs/ID/log.txt; the job's final status says done or
 failed. SIGTERM (a cancel: the registry ends the job's process group) stops the Ray job. Every request to the
 cluster has a timeout, so an address that does not answer fails the job within seconds instead of hanging it.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from model.registry import ROOT, follow_progress, train_command
+from workspace.jobs import ROOT, follow_progress, train_command
 
 TIMEOUT_S = (5, 20)  # to connect to the cluster's dashboard, and for its answer
 STOP_TIMEOUT_S = (1, 2)  # when cancelling: the registry kills the job's process 10 s after asking it to end...
@@ -111,7 +111,7 @@ def ended_message(client: Client, job_id: str, log: Path) -> str:
 
 
 def run_full_on_ray(spec: dict[str, Any], report: Callable[..., None]) -> None:
-    """model.registry.run_full's contract, on the Ray cluster at spec["ray_address"]: report() calls as the job
+    """workspace.jobs.run_full's contract, on the Ray cluster at spec["ray_address"]: report() calls as the job
     goes, the model in spec["out"] when it returns, RayJobError (one line) when the job fails."""
     address, job_id, log = spec["ray_address"], Path(spec["folder"]).name, Path(spec["folder"]) / "log.txt"
     report(0.02, f"connecting to the Ray cluster at {address or DEFAULT_ADDRESS}", None, curve=[])

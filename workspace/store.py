@@ -9,7 +9,11 @@
 Each decision is one transaction (BEGIN IMMEDIATE ... COMMIT), so a kill -9 at any moment loses at most the
 decision in flight. Every connection waits for a busy database (busy_timeout) instead of failing, so several
 threads and processes may write at once. The schema's version is `PRAGMA user_version`; MIGRATIONS[v] brings a
-database at version v to v + 1, so the store of the whole runs folder (jobs, models, feedback) grows from here.
+database at version v to v + 1. The same database holds the rest of the runs folder's state (workspace.registry):
+
+    models     one row a trained model (its directory stays in RUNS/models/ID)
+    jobs       one row a training job: state, progress, curve, who started it, its process and its heartbeat
+    settings   key/value: the active model and `version`, bumped by every switch and every model deletion
 """
 
 import json
@@ -54,6 +58,45 @@ MIGRATIONS = [
         FOREIGN KEY (dataset, image) REFERENCES photos(dataset, image) ON DELETE CASCADE
     );
     """,
+    # 2: the runs folder's state (workspace.registry); a JSON file in the runs folder is no longer read after the
+    # import of the old layout (workspace.legacy). One live job at a time, across every process: the partial unique
+    # index lets only one row be queued or running.
+    """
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        created TEXT NOT NULL,
+        job TEXT                       -- the job that trained it (NULL: imported or copied in)
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        dataset TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        epochs INTEGER,
+        state TEXT NOT NULL,           -- queued, running, done, failed, cancelled
+        progress REAL NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        eta_s INTEGER,
+        model TEXT,
+        curve TEXT NOT NULL DEFAULT '[]',  -- JSON list of {"epoch", "loss", "val_loss"}
+        created TEXT NOT NULL,
+        owner TEXT NOT NULL,           -- host:pid of the app process that started it
+        host TEXT,                     -- where the job's process runs, and its pid (its process group)
+        pid INTEGER,
+        heartbeat REAL NOT NULL,       -- unix time of the job process's last sign of life
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        seconds REAL,
+        photos INTEGER,
+        runner TEXT NOT NULL DEFAULT 'local'  -- 'local' or 'ray'
+    );
+    CREATE UNIQUE INDEX one_live_job ON jobs((0)) WHERE state IN ('queued', 'running');
+    CREATE INDEX jobs_by_mode ON jobs(mode, state, created);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value
+    );
+    INSERT INTO settings VALUES ('active_model', 'shipped'), ('version', 0)
+    """,
+    # the next migration goes here
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -130,6 +173,15 @@ class LabelStore(Database):
         if row is None:
             raise StoreError(f"no dataset {dataset_id!r} in the labeller", 404)
         return DatasetRecord(row[0], row[1], json.loads(row[2]), Path(row[3]), row[4])
+
+    def datasets(self):
+        """[(DatasetRecord, number of photos)], the newest first."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT d.*, (SELECT COUNT(*) FROM photos p WHERE p.dataset = d.id) FROM datasets d "
+                "ORDER BY created DESC, id"
+            ).fetchall()
+        return [(DatasetRecord(r[0], r[1], json.loads(r[2]), Path(r[3]), r[4]), r[5]) for r in rows]
 
     def has_dataset(self, dataset_id):
         with self._connect() as con:
