@@ -4,9 +4,11 @@
                             [--runtime auto|openvino|litert|keras]
                             [--precision auto|f32|bf16|int8] [--workers N] [--feedback DIR] [--no-explore]
                             [--runs DIR] [--max-runs-gb 10] [--allowed-host NAME ...]
+                            [--jobs local|ray] [--ray-address ADDRESS]
 
 Loads the shipped model (or --model), takes the dataset from --data or $MIML_DATA
 when present, and serves on 127.0.0.1:5000. Flask's debugger is never enabled.
+Full-mode training jobs run on this machine, or with --jobs ray on a Ray cluster (docs/deploy.md).
 With a dataset, the embeddings of its photos (similar photos, /map) are computed in the
 background after start-up, or read from the cache.
 """
@@ -36,6 +38,21 @@ def check_port(host, port):
         with socket.socket(family, kind, proto) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do: TIME_WAIT is no obstacle
             s.bind(address)
+
+
+def check_ray(address):
+    """For --jobs ray: False (after saying why) without Ray's job client; a warning when the cluster does not
+    answer (it may come up later: jobs started before that fail, saying so)."""
+    try:
+        from workspace.ray_jobs import RayJobError, connect
+    except ImportError as e:
+        print(f"error: --jobs ray needs ray[default]: pip install -r requirements-scale.txt ({e})", file=sys.stderr)
+        return False
+    try:
+        connect(address)
+    except RayJobError as e:
+        print(f"warning: {e}", file=sys.stderr)
+    return True
 
 
 def main(argv=None):
@@ -81,8 +98,22 @@ def main(argv=None):
         metavar="NAME",
         help="a Host header to answer besides localhost, 127.0.0.1, [::1] and --host (repeatable)",
     )
+    p.add_argument(
+        "--jobs",
+        choices=["local", "ray"],
+        default="local",
+        help="where full-mode training runs: on this machine (default), or submitted to a Ray cluster as Ray jobs "
+        "(its nodes must see this project and --runs at the same paths; quick mode always runs here)",
+    )
+    p.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the Ray cluster's dashboard, for --jobs ray (default: $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
     add_verbose_flag(p)
     args = p.parse_args(argv)
+    if args.ray_address and args.jobs != "ray":
+        p.error("--ray-address is for --jobs ray")
     data = args.data or os.environ.get("MIML_DATA") or None
     try:
         check_port(args.host, args.port)
@@ -90,9 +121,15 @@ def main(argv=None):
         print(f"error: cannot listen on {args.host}:{args.port}: {e.strerror or e}", file=sys.stderr)
         return 2
 
+    if args.jobs == "ray" and not check_ray(args.ray_address):
+        return 2
+
     from model.data import DataError
-    from model.feedback import FeedbackError
     from model.modeldir import ModelDirError, read_model_dir
+    from workspace import (
+        FeedbackError,
+        WorkspaceError,
+    )  # WorkspaceError: a runs folder whose store a newer version wrote
 
     try:
         read_model_dir(args.model)  # a bad model directory: one line before TensorFlow starts
@@ -110,8 +147,10 @@ def main(argv=None):
             feedback_dir=args.feedback,
             runs_dir=args.runs,
             runs_quota_bytes=int(args.max_runs_gb * (1 << 30)),
+            jobs=args.jobs,
+            ray_address=args.ray_address,
         )
-    except (ModelDirError, DataError, FeedbackError, OSError) as e:
+    except (ModelDirError, DataError, FeedbackError, WorkspaceError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if app.config["LABEL_MISMATCH"]:

@@ -9,7 +9,7 @@ from werkzeug.exceptions import Forbidden, HTTPException, RequestEntityTooLarge,
 
 from app.scenes import Scenes
 from app.uploads import InMemoryRequest
-from model.inference import Registry
+from workspace import Registry
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per request
@@ -70,15 +70,18 @@ def create_app(
     feedback_dir=None,
     runs_dir=None,
     runs_quota_bytes=None,
+    jobs="local",
+    ray_address=None,
 ):
     """The app for the model in `model_dir` (default: the shipped one) and the dataset in `data_dir` (optional);
     `runtime`, `precision`: what runs every forward pass (model.inference.choose_runtime; default: the fastest that
     passes the parity gate on this CPU); `workers`: forward passes that run at once;
     `explore`: similar photos and the map (the dataset's embeddings, computed in the background);
-    `feedback_dir`: collect corrected labels there (model/feedback.py);
+    `feedback_dir`: collect corrected labels there (workspace/feedback.py: DIR/feedback.sqlite);
     `runs_dir`: where uploaded datasets and trained models live (training, /models and /compare need it; without
     `model_dir` the model chosen there is served, and a given `scenes` must hold that one), at most
-    `runs_quota_bytes` (default: model.datasets' 10 GB; workspace.Workspace checks uploads against it).
+    `runs_quota_bytes` (default: model.datasets' 10 GB; workspace.Workspace checks uploads against it);
+    `jobs`: where full-mode training runs, "local" or "ray" (on the Ray cluster whose dashboard is at `ray_address`).
 
     Requests whose Host header is not in LOCAL_HOSTS or `allowed_hosts` get a 400; state-changing requests
     from another site a 403 (`refuse_cross_site`); the HTML forms that change state carry a CSRF token."""
@@ -98,7 +101,7 @@ def create_app(
     )
     CSRFProtect(app)
     app.before_request(refuse_cross_site)
-    registry = Registry(runs_dir, data_dir, feedback_dir) if runs_dir else None
+    registry = Registry(runs_dir, data_dir, feedback_dir, jobs=jobs, ray_address=ray_address) if runs_dir else None
     served = registry.active() if registry and model_dir is None else None  # None: --model serves a directory
     if served and scenes is None:
         model_dir = registry.model_path(served)

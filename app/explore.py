@@ -10,7 +10,7 @@ from werkzeug.exceptions import BadRequest, Conflict, NotFound, ServiceUnavailab
 
 from app.scenes import scenes
 from app.uploads import load, uploaded_files
-from model.inference import FeedbackLabelsError
+from workspace import FeedbackLabelsError
 
 bp = Blueprint("explore", __name__)
 MAX_SIMILAR = 50

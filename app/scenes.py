@@ -13,7 +13,8 @@ import numpy as np
 from flask import current_app
 
 from app import render
-from model.inference import Classifier, DataError, Feedback
+from model.inference import Classifier, DataError
+from workspace import Feedback
 
 
 @dataclass

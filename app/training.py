@@ -9,12 +9,14 @@
     GET  /api/jobs/ID             {"state", "progress", "message", "eta_s", "model", "curve", ...}
     DELETE /api/jobs/ID           cancel
     GET  /api/models              every model, the shipped one first
-    POST /api/models/active       {"model": ID}: the model the pages use (kept in RUNS/active.json)
+    POST /api/models/active       {"model": ID}: the model the pages use, in every process on the runs folder
     DELETE /api/models/ID         delete a trained model (never the shipped one, nor the one in use)
     /train, /models, /compare     the pages (their forms that change state carry a CSRF token)
 
-Everything model-side is `model.registry.Registry` (reached through model.inference). Loaded models are kept
-in memory, at most MODELS_IN_MEMORY, the least recently used going first.
+Everything in the runs folder is `workspace.Registry`, whose store every process on the folder shares: each request
+first reads the store's version (`follow_the_store`), and when a switch or a model deletion moved it, serves the
+store's active model and forgets deleted ones. Loaded models are kept in memory, at most MODELS_IN_MEMORY, the
+least recently used going first.
 """
 
 import dataclasses
@@ -27,7 +29,8 @@ from werkzeug.exceptions import BadRequest, HTTPException, default_exceptions
 
 from app import render
 from app.scenes import scenes
-from model.inference import Classifier, ImageError, RegistryError
+from model.inference import Classifier, ImageError
+from workspace import RegistryError
 
 bp = Blueprint("training", __name__)
 MODELS_IN_MEMORY = 3
@@ -118,10 +121,12 @@ def init(app, registry, served, runtime, workers):
     app.extensions["registry"] = registry
     app.extensions["models"] = LoadedModels(registry, runtime, workers)
     app.extensions["active_model"] = served
+    app.extensions["store"] = {"version": None, "active": registry.active(), "lock": threading.Lock()}
     if served:
         app.extensions["models"].put(served, app.extensions["scenes"].classifier)
     app.config.update(MAX_DATASET_BYTES=MAX_DATASET_BYTES, TRAINING=True)  # TRAINING: the nav shows Train and Models
     app.register_blueprint(bp)
+    app.before_request(follow_the_store)
 
     @app.errorhandler(RegistryError)
     def registry_error(e):
@@ -147,14 +152,41 @@ def requested_classifier():
 
 
 def switch(model_id):
-    """Serve `model_id` on every page from now on, and remember it across restarts."""
-    from app import label_mismatch
-
+    """Serve `model_id` on every page of every process from now on, and remember it across restarts."""
     classifier = models().get(model_id)
     registry().set_active(model_id)
+    serve(model_id, classifier)
+
+
+def serve(model_id, classifier):
+    from app import label_mismatch
+
     scenes().use(classifier)
     current_app.extensions["active_model"] = model_id
     current_app.config["LABEL_MISMATCH"] = label_mismatch(scenes())
+
+
+def follow_the_store():
+    """Before each request: when the store's version has moved (a switch or a model deletion, in any process),
+    forget the models that were deleted and serve the store's active model. A process given --model keeps serving
+    it until a switch is made."""
+    seen, version = current_app.extensions["store"], registry().version()
+    if version == seen["version"]:
+        return
+    with seen["lock"]:
+        if version == seen["version"]:
+            return
+        existing = registry().model_ids()
+        for model_id in models().ids():
+            if model_id not in existing:
+                models().forget(model_id)
+        active, served = registry().active(), current_app.extensions["active_model"]
+        if active != served and (served is not None or active != seen["active"]):
+            try:
+                serve(active, models().get(active))
+            except RegistryError:  # damaged since it was chosen: the next request tries again
+                return
+        seen.update(version=version, active=active)
 
 
 def json_body():

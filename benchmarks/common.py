@@ -62,11 +62,12 @@ def call(port, method, url, body=None, headers=None, expect=None):
     return status, payload
 
 
-def start_server(root, args=(), timeout=180):
-    """`python visualization.py` (waitress) from folder `root` on a free port: (process, port) once it answers."""
+def start_server(root, args=(), timeout=180, python_args=()):
+    """`python visualization.py` (waitress) from folder `root` on a free port: (process, port) once it answers.
+    `python_args` go before the script (a launcher such as ("-c", CODE) that runs it)."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "visualization.py", "--server", "waitress", "--port", str(port), *args],
+        [sys.executable, *python_args, "visualization.py", "--server", "waitress", "--port", str(port), *args],
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

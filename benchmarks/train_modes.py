@@ -70,10 +70,12 @@ def main():
     p.add_argument("--photos", type=int, default=500)
     p.add_argument("--skip-full", action="store_true")
     args = p.parse_args()
-    from model.registry import Registry
+    from workspace import Registry
+    from workspace.legacy import import_dataset
 
     registry = Registry(args.runs)
     subset(args.data, registry.root / "datasets" / "miml500", args.photos)
+    import_dataset(registry.db, registry.root / "datasets" / "miml500")  # a folder of the old layout, into the store
     shutil.rmtree(registry.root / "embeddings")  # cold caches
     (registry.root / "embeddings").mkdir()
     rows = [

@@ -96,7 +96,8 @@ def ensemble(members, data_dir, tta, out):
     curves = {f"member {k} ({m.architecture})": m.history or [] for k, m in enumerate(training.members, 1)}
     write_model_dir(staging, model, card, [], [], [], lambda path: draw_curve(curves, path))
     try:
-        return retune(staging, data_dir, tta, out)  # thresholds (and metrics) on validation, under --tta
+        # thresholds (and metrics) on validation, under --tta; tuned from the ensemble itself, not its staging folder
+        return retune(staging, data_dir, tta, out, source=Path(out).name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -58,13 +58,11 @@ from model.preprocess import (  # the image error types are re-exported: the app
     letterbox,
     load_image,
 )
-from model.registry import Registry, RegistryError  # noqa: F401  (the app's door to the runs folder)
-from model.feedback import Feedback, FeedbackLabelsError  # noqa: F401  (the app's door to the feedback folder)
 from model.thresholds import apply_thresholds
 
 RUNTIMES = ("auto", "openvino", "litert", "keras")
 PRECISIONS = ("auto", "f32", "bf16", "int8")
-DEFAULT_WORKERS = 2  # forward passes that may run at once (benchmarks/fast_path.py: pool layouts)
+DEFAULT_WORKERS = 2  # forward passes at once (benchmarks/fast_path.py, openvino_layout.py: layouts)
 ImageSource = bytes | str | Path | IO[bytes]  # what `load`, `analyse` and the like accept
 DISPLAY_SIZE = 480  # the longest side of the photo a page shows
 

@@ -25,6 +25,7 @@ from model.backbones.efficientnet_lite import cache_dir
 from model.modeldir import ModelDirError, write_atomically
 
 PRECISIONS = ("f32", "bf16", "int8")
+STREAMS = 1  # CPU streams a compiled model splits its threads into: 1 measured best (benchmarks/openvino_layout.py)
 
 
 @functools.cache
@@ -93,7 +94,7 @@ class OpenVinoRuntime:
         self._core, self._xml = ov.Core(), xml  # the IR is read for each compile: its weights are not kept twice
         self._config = {
             "INFERENCE_NUM_THREADS": threads or os.cpu_count() or 1,
-            "NUM_STREAMS": 1,
+            "NUM_STREAMS": STREAMS,
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",  # an int8 IR keeps its int8 ops
             "CACHE_DIR": str(Path(xml).with_suffix("")) + "-compiled",  # keyed by the model's sha256, as the IR

@@ -142,6 +142,7 @@ def start(address=None, **kwargs):
     import ray
 
     if not ray.is_initialized():
+        kwargs.setdefault("include_dashboard", False)  # a local Ray needs none (ray[default] would start one)
         ray.init(address=address, **kwargs)
     return ray
 

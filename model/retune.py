@@ -37,9 +37,10 @@ from model.thresholds import choose_thresholds
 BATCH = 8
 
 
-def retune(model_dir, data_dir, tta, out, criterion="mcc"):
+def retune(model_dir, data_dir, tta, out, criterion="mcc", source=None):
     """Write `out`: the model in `model_dir` with thresholds tuned on validation under `tta` (and, as "other_tta",
-    under the other mode, for callers who trade accuracy for speed); returns its card."""
+    under the other mode, for callers who trade accuracy for speed); returns its card. metrics.json's
+    `"retuned": {"from": ...}` names `source`, by default the folder name of `model_dir`."""
     from model.inference import Classifier
 
     dataset = load_dataset(data_dir)
@@ -70,7 +71,7 @@ def retune(model_dir, data_dir, tta, out, criterion="mcc"):
         tuning=tuning,
         validation=scores(y_val, val_probs),
         test=scores(y_test, test_probs),
-        retuned=Retuned(from_model=Path(model_dir).name, tta=tta, criterion=criterion),
+        retuned=Retuned(from_model=source or Path(model_dir).name, tta=tta, criterion=criterion),
     )
     familiar = TrainingPhotos.fit(  # under `tta`: the embeddings the retuned model computes
         classifier.embeddings(dataset.load_photos(train_idx, classifier.size), BATCH),

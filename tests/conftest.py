@@ -16,7 +16,13 @@ import pytest
 
 from tests.helpers import CHROMIUM_ARGS, SHOTS, TINY_TRAINING, make_tiny_dataset, serve
 
-MARKER_OF_FIXTURE = {"miml_data": "needs_data", "browser": "browser", "local_ray": "ray", "tiny_model": "slow"}
+MARKER_OF_FIXTURE = {
+    "miml_data": "needs_data",
+    "browser": "browser",
+    "local_ray": "ray",
+    "starting_ray_head": "ray",  # and ray_head, which starts from it
+    "tiny_model": "slow",
+}
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -87,6 +88,35 @@ def serve(app):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_port}"
     server.shutdown()
+
+
+# --- training jobs -----------------------------------------------------------------------------------
+
+
+def follow(registry, job, timeout=600):
+    """Every distinct status the job goes through, until it ends."""
+    seen, started = [], time.time()
+    while time.time() - started < timeout:
+        status = registry.job(job)
+        if not seen or status != seen[-1]:
+            seen.append(status)
+        if status["state"] not in ("queued", "running"):
+            return seen
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not end in {timeout} s: {seen[-1]}")
+
+
+def train_processes(job):
+    """Pids of `python -m model.train` processes writing this job's model."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"model.train" in cmdline and any(job.encode() in part for part in cmdline):
+            pids.append(int(entry.name))
+    return pids
 
 
 # --- datasets of our own labels, as ZIPs ---------------------------------------------------------------

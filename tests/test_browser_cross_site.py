@@ -14,7 +14,7 @@ from werkzeug.serving import make_server
 from model.modeldir import SHIPPED_MODEL_DIR
 from tests.hostile import good_members, zip_bytes
 from tests.helpers import SHOTS
-from workspace import Workspace
+from workspace import Registry, Workspace
 
 pytestmark = pytest.mark.browser
 
@@ -114,7 +114,7 @@ def test_another_origin_changes_nothing_and_the_app_still_does(browser, app_url,
     page.wait_for_timeout(500)
     assert (runs / "models" / "victim" / "model.keras").is_file()
     assert [p.name for p in (runs / "datasets").iterdir()] == [labelled]
-    assert not (runs / "active.json").exists()
+    assert Registry(runs).active() == "shipped"
     assert [d.labels for d in Workspace(runs).history(labelled, "1.jpg")] == [["a"]]  # the import's decision only
 
     page.goto(app_url + "/models")  # the app's own forms, with their CSRF tokens

@@ -24,7 +24,7 @@ def second_member(tiny_dataset, tmp_path_factory):
 def joined(tiny_model, second_member, tiny_dataset, tmp_path_factory):
     from model.ensemble import ensemble
 
-    out = tmp_path_factory.mktemp("ensemble") / "model"
+    out = tmp_path_factory.mktemp("ensemble") / "ens-ab"
     ensemble([tiny_model, second_member], tiny_dataset, "none", out)
     return out
 
@@ -52,6 +52,9 @@ def test_the_ensemble_directory_records_its_members_and_validation_thresholds(jo
     info = json.loads((joined / "metrics.json").read_text())
     members = [m["from"] for m in info["training"]["members"]]
     assert members == [tiny_model.name, second_member.name] and info["training"]["architecture"].endswith("(ensemble)")
+    # tuned when it was joined: from the ensemble itself, not the temporary folder the joined network was staged in
+    assert info["retuned"] == {"from": "ens-ab", "tta": "none", "criterion": "mcc"}
+    assert not list(joined.parent.glob("ens-ab.*"))  # the staging folder is gone
     thresholds = json.loads((joined / "thresholds.json").read_text())
     assert thresholds["tta"] == "none" and thresholds["chosen_on"].startswith("validation split")
     assert (

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from model.feedback import Feedback
+from workspace import Feedback
 from model.atlas import dataset_key
 from model.data import load_dataset, split
 from tests.helpers import ROOT, SHOTS, free_port, get, serve

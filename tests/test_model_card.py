@@ -38,7 +38,7 @@ def test_the_shipped_card_round_trips_key_for_key(tmp_path):
     assert card.training.members[1].architecture == "efficientnet-lite1" and card.training.members[0].replicas == 1
     assert card.split.seed == 100 and card.split.test == len(card.split.test_images) == 400
     assert card.tuning.tta == "none" and card.tuning.other_tta.tta == "flip" and card.tuning.at_least_one is True
-    assert card.retuned.from_model == "ens-e1e3.joined" and card.crossval.folds == 5
+    assert card.retuned.from_model == "ens-e1e3" and card.crossval.folds == 5
     assert card.test["hamming_loss"] == 0.0515
 
     metrics, thresholds = card.metrics_json(), card.thresholds_json()
@@ -200,7 +200,7 @@ def test_the_registry_reads_model_train_progress_lines():
     """The lines model.train writes (its Progress and epoch callback) become the job's progress, ETA and curve."""
     import keras
 
-    from model.registry import follow_progress
+    from workspace.jobs import follow_progress
     from model.train import Progress, phase_progress
 
     channel = io.StringIO()

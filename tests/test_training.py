@@ -157,7 +157,7 @@ def test_a_second_job_is_refused_while_one_runs_and_cancelling_stops_it(client, 
     first = client.post("/api/jobs", json={"dataset": dataset, "mode": "quick"}).get_json()["job"]
     second = client.post("/api/jobs", json={"dataset": dataset, "mode": "quick"})
     assert second.status_code == 409 and first in second.get_json()["error"]
-    process = client.application.extensions["registry"]._running[1]
+    process = client.application.extensions["registry"]._children[first]
     r = client.delete(f"/api/jobs/{first}")
     assert r.status_code == 200 and r.get_json()["state"] == "cancelled"
     assert not process.is_alive()
@@ -412,7 +412,7 @@ def test_loaded_models_keep_the_three_most_recently_used(monkeypatch):
 
 def test_the_feedback_folder_is_a_dataset_once_it_holds_photos(tmp_path, tiny_dataset):
     import shutil
-    from model.inference import Registry
+    from workspace import Registry
 
     (tmp_path / "empty").mkdir()
     registry = Registry(tmp_path / "runs", data_dir=tiny_dataset, feedback_dir=tmp_path / "empty")

@@ -3,12 +3,12 @@ and one fine-tuning epoch at 96 pixels); its epochs become progress, an ETA and 
 
 import os
 import time
-from pathlib import Path
 
 import pytest
 
-from model.inference import Classifier, Registry, RegistryError
-from tests.helpers import TINY_LABELS
+from model.inference import Classifier
+from tests.helpers import TINY_LABELS, follow, train_processes
+from workspace import Registry, RegistryError
 
 pytestmark = pytest.mark.slow  # each test starts a training job
 
@@ -18,32 +18,6 @@ TINY = ["--warmup-epochs", "1", "--input-size", "96"]
 @pytest.fixture()
 def registry(tmp_path, tiny_dataset):
     return Registry(tmp_path / "runs", data_dir=tiny_dataset)
-
-
-def follow(registry, job, timeout=600):
-    """Every distinct status the job goes through, until it ends."""
-    seen, started = [], time.time()
-    while time.time() - started < timeout:
-        status = registry.job(job)
-        if not seen or status != seen[-1]:
-            seen.append(status)
-        if status["state"] not in ("queued", "running"):
-            return seen
-        time.sleep(0.2)
-    raise AssertionError(f"job {job} did not end in {timeout} s: {seen[-1]}")
-
-
-def train_processes(job):
-    """Pids of `python -m model.train` processes writing this job's model."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"model.train" in cmdline and any(job.encode() in part for part in cmdline):
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_full_mode_reports_epochs_eta_and_the_curve(registry):
@@ -97,9 +71,9 @@ def test_a_job_process_that_dies_is_reported_failed_and_takes_model_train_with_i
         assert time.time() - started < 60
         time.sleep(0.2)
     os.kill(
-        registry._running[1].pid, signal.SIGKILL
+        registry._children[job].pid, signal.SIGKILL
     )  # the job's process alone, as if the server's machine had killed it
-    registry._running[1].join(10)
+    registry._children[job].join(10)
     status = registry.job(job)
     assert status["state"] == "failed" and status["message"] == "the training process ended unexpectedly (exit code -9)"
     deadline = time.time() + 10

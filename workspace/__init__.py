@@ -1,11 +1,17 @@
-"""The user's work in the runs folder: datasets to label and their labels (the app's door to them).
+"""The user's work in the runs folder (the app's door to it): datasets and their labels, models, jobs.
 
-    RUNS/workspace.sqlite      the labels store (workspace.store): datasets, photos, every decision
+    RUNS/workspace.sqlite      the store (workspace.store): datasets, photos, every decision, models, jobs and the
+                               active model, shared by every process on the runs folder
     RUNS/datasets/ID/          original/ (the photos), labels.csv (written from the store when a job starts or an
-                               export is asked for: labelled photos only), dataset.json (for model.registry)
+                               export is asked for: labelled photos only)
 
-`Workspace` is the whole API: create a dataset from an upload, label photos, read what the live model
-(workspace.learner) suggests and which photos it asks for, export. Every decision is saved when it is made.
+The --feedback folder (corrected labels from /api/feedback) is a store of its own, `Feedback`
+(workspace.feedback): DIR/feedback.sqlite beside the photos, so that the folder stays a dataset on its own.
+
+`Workspace` labels: create a dataset from an upload, label photos, read what the live model (workspace.learner)
+suggests and which photos it asks for, export. Every decision is saved when it is made. `Registry`
+(workspace.registry) holds the rest: the dataset list, models, the active model and training jobs
+(workspace.jobs).
 
 Every dataset upload comes through `create_dataset`: one import at a time (409 for a second), run in a worker
 thread at the lowest CPU priority so that predictions keep the cores, checked against what is left of the runs
@@ -14,7 +20,6 @@ folder's quota before anything is written (507 past it), with model.datasets' li
 
 import csv
 import io
-import json
 import os
 import threading
 import zipfile
@@ -35,11 +40,22 @@ from model.datasets import (
     slug,
 )
 from model.modeldir import write_atomically
-from workspace import learner
-from workspace.imports import import_upload, read_labels_csv
-from workspace.store import DatasetRecord, Decision, LabelStore, Photo, StoreError
+from workspace import learner, legacy
+from workspace.feedback import Feedback, FeedbackError, FeedbackLabelsError
+from workspace.imports import import_upload
+from workspace.registry import Registry, RegistryError
+from workspace.store import DatasetRecord, Decision, LabelStore, StoreError
 
-__all__ = ["Workspace", "WorkspaceError", "Decision"]
+__all__ = [
+    "Workspace",
+    "WorkspaceError",
+    "Decision",
+    "Feedback",
+    "FeedbackError",
+    "FeedbackLabelsError",
+    "Registry",
+    "RegistryError",
+]
 WorkspaceError = StoreError  # every refusal carries its HTTP status
 STRATEGIES = ("auto", "random", "uncertain", "likely:LABEL")
 MAX_QUEUE = 100
@@ -125,40 +141,27 @@ class Workspace:
         record = DatasetRecord(dataset_id, Path(filename or "").name, imported.label_names, folder, _now())
         self.store.add_dataset(record, imported.photos, imported.labelled)
         self.write_labels_csv(dataset_id)
-        self._describe_for_registry(record, len(imported.photos))
         skipped, skipped_count = skipped_summary(imported.skipped)
         return Created(dataset_id, len(imported.photos), record.labels, len(imported.labelled), skipped, skipped_count)
 
-    def _describe_for_registry(self, record, photos):
-        info = {"dataset": record.id, "name": record.name, "created": record.created, "photos": photos}
-        write_atomically(record.folder / "dataset.json", json.dumps({**info, "labels": record.labels}).encode())
-
     def _record(self, dataset_id):
-        """The dataset's record; an upload made before the labeller existed is adopted on first use."""
+        """The dataset's record; a folder of the old layout (dataset.json) put there later is imported on first use."""
         if not self.store.has_dataset(dataset_id):
             self._adopt(dataset_id)
         return self.store.dataset(dataset_id)
 
     def _adopt(self, dataset_id):
         folder = self.datasets_dir / str(dataset_id)
-        if "/" in str(dataset_id) or not (folder / "dataset.json").is_file() or not (folder / "labels.csv").is_file():
+        try:
+            found = "/" not in str(dataset_id) and legacy.import_dataset(self.store, folder)
+        except DatasetError as e:
+            raise WorkspaceError(f"dataset {dataset_id!r} cannot be opened in the labeller: {e}", 409) from None
+        if not found:
             raise WorkspaceError(
                 f"no dataset {dataset_id!r} to label: upload one on /label (the --data and --feedback folders "
                 "are read-only here: upload them as a ZIP to correct them)",
                 404,
             )
-        info = json.loads((folder / "dataset.json").read_text())
-        try:
-            names, rows = read_labels_csv(folder / "labels.csv")
-        except DatasetError as e:
-            raise WorkspaceError(f"dataset {dataset_id!r} cannot be opened in the labeller: {e}", 409) from None
-        photos = [Photo(image, _sha256(folder / "original" / image)) for image, _ in rows]
-        record = DatasetRecord(dataset_id, info.get("name", dataset_id), names, folder, info.get("created") or _now())
-        try:
-            self.store.add_dataset(record, photos, {image: labels for image, labels in rows if labels is not None})
-        except Exception:  # another thread or process adopted it first
-            if not self.store.has_dataset(dataset_id):
-                raise
 
     def photo_path(self, dataset_id, image):
         record = self._record(dataset_id)
@@ -311,12 +314,6 @@ class Workspace:
             for image in rows:
                 zf.write(record.folder / "original" / image, f"original/{image}")
         return len(rows)
-
-
-def _sha256(path):
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class QuickEmbeddings:

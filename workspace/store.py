@@ -9,17 +9,19 @@
 Each decision is one transaction (BEGIN IMMEDIATE ... COMMIT), so a kill -9 at any moment loses at most the
 decision in flight. Every connection waits for a busy database (busy_timeout) instead of failing, so several
 threads and processes may write at once. The schema's version is `PRAGMA user_version`; MIGRATIONS[v] brings a
-database at version v to v + 1, so the store of the whole runs folder (jobs, models, feedback) grows from here.
+database at version v to v + 1. The same database holds the rest of the runs folder's state (workspace.registry):
+
+    models     one row a trained model (its directory stays in RUNS/models/ID)
+    jobs       one row a training job: state, progress, curve, who started it, its process and its heartbeat
+    settings   key/value: the active model and `version`, bumped by every switch and every model deletion
 """
 
 import json
-import sqlite3
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-BUSY_TIMEOUT_MS = 10_000
+from workspace.database import SQLiteDatabase
 
 MIGRATIONS = [
     """
@@ -56,6 +58,45 @@ MIGRATIONS = [
         FOREIGN KEY (dataset, image) REFERENCES photos(dataset, image) ON DELETE CASCADE
     );
     """,
+    # 2: the runs folder's state (workspace.registry); a JSON file in the runs folder is no longer read after the
+    # import of the old layout (workspace.legacy). One live job at a time, across every process: the partial unique
+    # index lets only one row be queued or running.
+    """
+    CREATE TABLE models (
+        id TEXT PRIMARY KEY,
+        created TEXT NOT NULL,
+        job TEXT                       -- the job that trained it (NULL: imported or copied in)
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        dataset TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        epochs INTEGER,
+        state TEXT NOT NULL,           -- queued, running, done, failed, cancelled
+        progress REAL NOT NULL DEFAULT 0,
+        message TEXT NOT NULL DEFAULT '',
+        eta_s INTEGER,
+        model TEXT,
+        curve TEXT NOT NULL DEFAULT '[]',  -- JSON list of {"epoch", "loss", "val_loss"}
+        created TEXT NOT NULL,
+        owner TEXT NOT NULL,           -- host:pid of the app process that started it
+        host TEXT,                     -- where the job's process runs, and its pid (its process group)
+        pid INTEGER,
+        heartbeat REAL NOT NULL,       -- unix time of the job process's last sign of life
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        seconds REAL,
+        photos INTEGER,
+        runner TEXT NOT NULL DEFAULT 'local'  -- 'local' or 'ray'
+    );
+    CREATE UNIQUE INDEX one_live_job ON jobs((0)) WHERE state IN ('queued', 'running');
+    CREATE INDEX jobs_by_mode ON jobs(mode, state, created);
+    CREATE TABLE settings (
+        key TEXT PRIMARY KEY,
+        value
+    );
+    INSERT INTO settings VALUES ('active_model', 'shipped'), ('version', 0)
+    """,
+    # the next migration goes here
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -98,63 +139,23 @@ def now():
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
 
 
-class LabelStore:
-    """The database at `path`, created or migrated on first use. Safe to share between threads and processes:
-    every call opens its own short-lived connection."""
+class Database(SQLiteDatabase):
+    """The database at `path` with this module's MIGRATIONS, created or migrated on first use (workspace.database:
+    WAL, busy_timeout, one BEGIN IMMEDIATE transaction a write). Safe to share between threads and processes:
+    every call opens its own short-lived connection (`read`, `write`)."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            self._migrate(con)
+    migrations = MIGRATIONS
+    error = StoreError
 
-    @contextmanager
-    def _connect(self):
-        con = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        try:
-            con.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            con.execute("PRAGMA foreign_keys=ON")
-            yield con
-        finally:
-            con.close()
 
-    @contextmanager
-    def _write(self):
-        """One transaction, taken with the write lock up front (no deadlock between two upgrading readers)."""
-        with self._connect() as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                yield con
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-
-    def _migrate(self, con):
-        con.execute("BEGIN IMMEDIATE")
-        version = con.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            con.execute("ROLLBACK")
-            raise StoreError(
-                f"{self.path}: written by a newer version (schema {version}, this one knows {SCHEMA_VERSION})"
-            )
-        for v in range(version, SCHEMA_VERSION):
-            for statement in MIGRATIONS[v].split(";"):
-                if statement.strip():
-                    con.execute(statement)
-        con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        con.execute("COMMIT")
-
-    def version(self):
-        with self._connect() as con:
-            return con.execute("PRAGMA user_version").fetchone()[0]
+class LabelStore(Database):
+    """The labels (datasets, photos, decisions) of the database at `path`."""
 
     # --- datasets ----------------------------------------------------------------------------------
     def add_dataset(self, record, photos, labelled):
         """A new dataset with its photos ([Photo]) and its known labels ({image: [labels]}), in one transaction."""
         at = now()
-        with self._write() as con:
+        with self.write() as con:
             con.execute(
                 "INSERT INTO datasets VALUES (?, ?, ?, ?, ?)",
                 (record.id, record.name, json.dumps(record.labels), str(record.folder), record.created),
@@ -172,6 +173,15 @@ class LabelStore:
         if row is None:
             raise StoreError(f"no dataset {dataset_id!r} in the labeller", 404)
         return DatasetRecord(row[0], row[1], json.loads(row[2]), Path(row[3]), row[4])
+
+    def datasets(self):
+        """[(DatasetRecord, number of photos)], the newest first."""
+        with self._connect() as con:
+            rows = con.execute(
+                "SELECT d.*, (SELECT COUNT(*) FROM photos p WHERE p.dataset = d.id) FROM datasets d "
+                "ORDER BY created DESC, id"
+            ).fetchall()
+        return [(DatasetRecord(r[0], r[1], json.loads(r[2]), Path(r[3]), r[4]), r[5]) for r in rows]
 
     def has_dataset(self, dataset_id):
         with self._connect() as con:
@@ -195,7 +205,7 @@ class LabelStore:
             if unknown:
                 raise StoreError(f"unknown label {unknown[0]!r}: this dataset's labels are {', '.join(record.labels)}")
             labels = [l for l in record.labels if l in set(labels)]  # the dataset's order, no repeats
-        with self._write() as con:
+        with self.write() as con:
             at = now()  # under the write lock: times follow the order of the decisions
             if (
                 con.execute("SELECT 1 FROM photos WHERE dataset = ? AND image = ?", (dataset_id, image)).fetchone()
