@@ -33,7 +33,7 @@ from model.thresholds import choose_thresholds
 
 # Photos a forward pass. A LiteRT interpreter keeps the arena of its batch size while it lives (the ensemble's
 # activations, twice as many under flip), and two classifiers, one a TTA mode, are alive at once: at the default
-# 32 a pass, retuning the shipped model peaked at 2.15 GB; at 8, 1.57 GB, and took less CPU (110 s, was 132 s).
+# 32 a pass, retuning the shipped model peaked at 2.10 GiB; at 8, 1.54 GiB, and took less CPU (110 s, was 132 s).
 BATCH = 8
 
 
