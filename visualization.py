@@ -124,16 +124,18 @@ def main(argv=None):
     if args.jobs == "ray" and not check_ray(args.ray_address):
         return 2
 
-    quiet_tensorflow(args.verbose)
-    from app import create_app
     from model.data import DataError
-    from model.modeldir import ModelDirError
+    from model.modeldir import ModelDirError, read_model_dir
     from workspace import (
         FeedbackError,
         WorkspaceError,
     )  # WorkspaceError: a runs folder whose store a newer version wrote
 
     try:
+        read_model_dir(args.model)  # a bad model directory: one line before TensorFlow starts
+        quiet_tensorflow(args.verbose)
+        from app import create_app
+
         app = create_app(
             args.model,
             data,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from model.preprocess import ImageError, load_image
 
@@ -197,6 +196,8 @@ def load_dataset(directory=None):
 
 def split(n_photos, split_seed=CONTRACT_SPLIT_SEED):
     """Indices (train, val, test). The default seed gives the contract split of the original project."""
+    from sklearn.model_selection import train_test_split  # here, not at the top: a CLI's errors come before it
+
     ids = np.arange(1, n_photos + 1)
     rest, test = train_test_split(ids, test_size=TEST_FRACTION, random_state=split_seed)
     train, val = train_test_split(rest, test_size=VAL_FRACTION, random_state=split_seed)
@@ -209,6 +210,8 @@ def fold_split(labels, folds, fold, seed=0):
     thresholds are chosen); train = the rest. Folds and validation are stratified by label set; sets with
     fewer than 2 * `folds` photos are pooled, so that every stratum can be split (a dataset too small for
     that gets an unstratified validation part)."""
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
     if not 0 <= fold < folds:
         raise ValueError(f"fold {fold} is not one of 0..{folds - 1}")
     sets = np.array(["".join(map(str, row)) for row in np.asarray(labels)])

@@ -110,7 +110,9 @@ def main(argv=None):
     if len(args.members) < 2:
         sys.exit("error: --members needs at least two model directories")
     card = write_or_exit(
-        args.out, args.force, args.verbose, lambda: ensemble(args.members, args.data, args.tta, args.out)
+        args,
+        lambda: check_members([read_model_dir(m) for m in args.members]),
+        lambda: ensemble(args.members, args.data, args.tta, args.out),
     )
     print(summary(card, args.out))
 

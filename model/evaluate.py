@@ -8,10 +8,10 @@ import argparse
 import json
 import sys
 
-from model.cli import add_runtime_flags, add_verbose_flag, quiet_tensorflow
+from model.cli import add_runtime_flags, add_verbose_flag, exit_with, quiet_tensorflow
 from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
 from model.metrics import format_table
-from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
+from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, read_model_dir
 
 
 def main(argv=None):
@@ -28,11 +28,15 @@ def main(argv=None):
     add_runtime_flags(p)
     add_verbose_flag(p)
     args = p.parse_args(argv)
+    try:
+        dataset = load_dataset(args.data)  # a bad dataset or model directory: one line before TensorFlow starts
+        read_model_dir(args.model)
+    except (DataError, ModelDirError) as e:
+        exit_with(e, args.verbose)
     quiet_tensorflow(args.verbose)
     try:
         from model.inference import Classifier
 
-        dataset = load_dataset(args.data)
         classifier = Classifier(args.model, runtime=args.runtime, precision=args.precision)
         if dataset.label_names != classifier.labels:
             raise DataError(f"{dataset.root}: labels {dataset.label_names} differ from the model's {classifier.labels}")

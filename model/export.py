@@ -229,8 +229,9 @@ def export_tensorflow(info, fmt, out, dataset, calibration):
     shutil.copyfile(info.path / "thresholds.json", out / "thresholds.json")
 
 
-def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
-    """Export `model_dir` as `fmt` into `out` (atomically). Returns the files written.
+def check_inputs(model_dir, fmt, out, data=None):
+    """(model directory, absolute out, dataset or None) for an export, all checked without TensorFlow: the model
+    directory, the calibration dataset (tflite only) and `out`.
 
     Raises ModelDirError, model.data.DataError or ExportError with a message naming the path.
     """
@@ -244,6 +245,15 @@ def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
 
         dataset = load_dataset(data)  # calibration photos for the int8 model; fail before any slow work
     check_output(out)
+    return info, out, dataset
+
+
+def export(model_dir, fmt, out, data=None, calibration=CALIBRATION_PHOTOS):
+    """Export `model_dir` as `fmt` into `out` (atomically). Returns the files written.
+
+    Raises ModelDirError, model.data.DataError or ExportError with a message naming the path.
+    """
+    info, out, dataset = check_inputs(model_dir, fmt, out, data)
     try:
         with atomic_dir(out) as tmp:
             if fmt == "bundle":
@@ -288,10 +298,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.calibration < 1:
         p.error("argument --calibration: must be at least 1")
-    quiet_tensorflow(args.verbose)
     from model.data import DataError
 
     try:
+        check_inputs(args.model, args.format, args.out, args.data)  # a bad input: one line before TensorFlow starts
+        quiet_tensorflow(args.verbose)
         files = export(args.model, args.format, args.out, args.data, args.calibration)
     except (ModelDirError, DataError, ExportError) as e:
         sys.exit(f"error: {e}")

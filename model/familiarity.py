@@ -112,14 +112,16 @@ def main(argv=None):
     p.add_argument("--data", help="the dataset it was trained on (default: $MIML_DATA)")
     add_verbose_flag(p)
     args = p.parse_args(argv)
-    quiet_tensorflow(args.verbose)
     from model.data import CONTRACT_SPLIT_SEED, DataError, load_dataset, split
-    from model.inference import Classifier
-    from model.modeldir import ModelDirError, write_atomically
+    from model.modeldir import ModelDirError, read_model_dir, write_atomically
 
     try:
-        classifier = Classifier(args.model)
+        read_model_dir(args.model)  # a bad model directory or dataset: one line before TensorFlow starts
         dataset = load_dataset(args.data)
+        quiet_tensorflow(args.verbose)
+        from model.inference import Classifier
+
+        classifier = Classifier(args.model)
     except (ModelDirError, DataError) as e:
         sys.exit(f"error: {e}")
     if dataset.label_names != classifier.labels:

@@ -14,17 +14,6 @@ Conventions (all on probabilities `probs` and 0/1 truth, one row a photo):
 """
 
 import numpy as np
-from sklearn.metrics import (
-    average_precision_score,
-    coverage_error,
-    f1_score,
-    hamming_loss,
-    label_ranking_average_precision_score,
-    label_ranking_loss,
-    matthews_corrcoef,
-    precision_score,
-    recall_score,
-)
 
 from model.thresholds import apply_thresholds
 
@@ -42,6 +31,18 @@ def log_loss(y_true, probs, eps=1e-7):
 
 def evaluate(y_true, probs, thresholds, label_names, at_least_one=False):
     """Every metric the project reports, for probabilities `probs` against 0/1 `y_true`."""
+    from sklearn.metrics import (
+        average_precision_score,
+        coverage_error,
+        f1_score,
+        hamming_loss,
+        label_ranking_average_precision_score,
+        label_ranking_loss,
+        matthews_corrcoef,
+        precision_score,
+        recall_score,
+    )  # scikit-learn starts in about a second: not before a CLI checks its inputs
+
     y_true = np.asarray(y_true).astype(np.uint8)
     predicted = apply_thresholds(probs, thresholds, at_least_one)
     per_label = {}

@@ -23,7 +23,7 @@ import sys
 from tqdm import tqdm
 
 from model.batch import IMAGE_SUFFIXES, expand, predict_paths
-from model.cli import add_runtime_flags, add_verbose_flag, quiet_tensorflow
+from model.cli import add_runtime_flags, add_verbose_flag, exit_with, quiet_tensorflow
 from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, read_model_dir
 
 
@@ -106,6 +106,14 @@ def predict_locally(paths, classifier, writers, to_files, batch_size=32):
     return predicted, failed
 
 
+def no_photos_found(paths):
+    print(
+        f"error: no photos found in {', '.join(paths)} (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})",
+        file=sys.stderr,
+    )
+    sys.exit(2)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m model.predict", description="Predict scene labels for photos.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="photo files or folders (searched recursively)")
@@ -140,14 +148,18 @@ def main(argv=None):
         p.error("--engine ray writes one of --csv FILE or --parquet DIR")
     if args.engine != "ray" and (args.parquet or args.address):
         p.error("--parquet and --address go with --engine ray")
+    try:
+        labels = list(read_model_dir(args.model).labels)  # a bad model directory: one line before TensorFlow starts
+    except ModelDirError as e:
+        exit_with(e, args.verbose)
+    if next(expand(args.paths), None) is None:
+        no_photos_found(args.paths)
     quiet_tensorflow(args.verbose)
     try:
         from model.inference import choose_runtime
 
         choose_runtime(args.runtime, args.precision)  # a pair this CPU cannot run: one line, before any actor starts
-        if args.engine == "ray":
-            labels = list(read_model_dir(args.model).labels)  # the model itself loads in the Ray actors
-        else:
+        if args.engine != "ray":  # with Ray, the model itself loads in the Ray actors
             from model.inference import Classifier
 
             classifier = Classifier(args.model, tta=args.tta, runtime=args.runtime, precision=args.precision)
@@ -192,11 +204,7 @@ def main(argv=None):
     for f in files:
         f.close()
     if not predicted + failed:
-        print(
-            f"error: no photos found in {', '.join(args.paths)} (image files end in {', '.join(sorted(IMAGE_SUFFIXES))})",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+        no_photos_found(args.paths)
     if files or args.parquet:
         where = f" (see {args.csv or args.json_file or args.parquet})" if failed else ""
         print(

@@ -13,7 +13,7 @@ import argparse
 from model.cli import add_verbose_flag, exit_with, quiet_tensorflow
 from model.data import DataError, load_dataset
 from model.export import calibration_photos
-from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR
+from model.modeldir import ModelDirError, SHIPPED_MODEL_DIR, read_model_dir
 
 CALIBRATION_PHOTOS = 300
 
@@ -48,8 +48,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.calibration < 1:
         p.error("--calibration must be at least 1")
-    quiet_tensorflow(args.verbose)
     try:
+        load_dataset(args.data)  # a bad dataset or model directory: one line before TensorFlow starts
+        read_model_dir(args.model)
+        quiet_tensorflow(args.verbose)
         print(quantize(args.model, args.data, args.calibration))
     except (DataError, ModelDirError) as e:
         exit_with(e, args.verbose)

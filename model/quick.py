@@ -22,7 +22,16 @@ from model.data import CONTRACT_SPLIT_SEED, DataError, check_labels_vary, load_d
 from model.familiarity import FILE as FAMILIARITY_FILE
 from model.familiarity import TrainingPhotos
 from model.metrics import evaluate, format_table
-from model.modeldir import SHIPPED_MODEL_DIR, ModelCard, ModelDirError, Split, Training, Tuning, write_model_dir
+from model.modeldir import (
+    SHIPPED_MODEL_DIR,
+    ModelCard,
+    ModelDirError,
+    Split,
+    Training,
+    Tuning,
+    read_model_dir,
+    write_model_dir,
+)
 from model.thresholds import choose_thresholds
 
 C_GRID = [0.01, 0.03, 0.1, 0.3, 1.0]  # inverse regularisation strengths tried; the best validation log loss wins
@@ -205,10 +214,13 @@ def main(argv=None):
     p.add_argument("--force", action="store_true", help="replace --out if it already holds a model directory")
     add_verbose_flag(p)
     args = p.parse_args(argv)
-    quiet_tensorflow(args.verbose)
     started = time.time()
     try:
-        check_out(args.out, args.force)
+        check_out(args.out, args.force)  # a bad --out, dataset or backbone: one line before TensorFlow starts
+        load_dataset(args.data)
+        if args.backbone not in ("shipped", "imagenet"):
+            read_model_dir(args.backbone)
+        quiet_tensorflow(args.verbose)
         card = train_quick(
             args.data,
             args.out,

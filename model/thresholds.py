@@ -5,12 +5,18 @@ For each label, the threshold on a fine grid that maximises Matthews correlation
 """
 
 import numpy as np
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from model.data import CONTRACT_SPLIT_SEED
 
 GRID = np.round(np.arange(0.02, 0.981, 0.005), 3)
-CRITERIA = {"mcc": matthews_corrcoef, "f1": lambda y, p: f1_score(y, p, zero_division=0)}
+CRITERIA = ["mcc", "f1"]
+
+
+def criterion_score(criterion):
+    """The score function of `criterion` (one of CRITERIA), scikit-learn's."""
+    from sklearn.metrics import f1_score, matthews_corrcoef  # here: a CLI checks its inputs before it loads
+
+    return {"mcc": matthews_corrcoef, "f1": lambda y, p: f1_score(y, p, zero_division=0)}[criterion]
 
 
 def apply_thresholds(probs, thresholds, at_least_one=False):
@@ -24,7 +30,7 @@ def apply_thresholds(probs, thresholds, at_least_one=False):
 
 def tune_thresholds(y_true, probs, criterion="mcc", grid=GRID):
     """One threshold per label column, maximising `criterion` over `grid`."""
-    score = CRITERIA[criterion]
+    score = criterion_score(criterion)
     thresholds = []
     for j in range(y_true.shape[1]):
         scores = np.array([score(y_true[:, j], probs[:, j] >= t) for t in grid])

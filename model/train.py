@@ -586,22 +586,29 @@ def familiarity(model, train_photos, val_photos):
     return TrainingPhotos.fit(predict_arrays(embed, train_photos), predict_arrays(embed, val_photos))
 
 
-def train(recipe, data, out, force=False, progress=None):
-    """Train `recipe` on the dataset in `data` and write the model directory `out` (an `out` that holds something
-    is replaced only with `force`); `progress` (a Progress) hears how it goes. Returns the model's card."""
+def check_inputs(recipe, data, out, force, progress):
+    """The dataset in `data` and its (train, validation, test) indices for `recipe`, once `out` passes the --out
+    rule (only a model directory, with `force`, or an empty folder is replaced) and the dataset and its split
+    pass theirs. Without TensorFlow: a bad input is one line at once."""
+    check_out(out, force)
+    progress("setup", 0.03, "reading the dataset")
+    dataset = load_dataset(data)
+    indices = make_split(dataset, recipe.split_seed, recipe.fold)
+    check_labels_vary(dataset.labels[indices[0]], dataset.label_names)
+    return dataset, indices
+
+
+def train(recipe, dataset, indices, out, progress):
+    """Train `recipe` on `dataset` split as `indices` (check_inputs's) and write the model directory `out`;
+    `progress` (a Progress) hears how it goes. Returns the model's card."""
     from model.network import ARCHITECTURES
 
     started = time.time()
-    progress = progress or Progress()
     out = Path(out)
-    check_out(out, force)  # the --out rule: only a model directory (with --force) or an empty folder is replaced
     if recipe.arch not in ARCHITECTURES:
         raise TrainError(f"unknown architecture {recipe.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    progress("setup", 0.03, "reading the dataset")
-    dataset = load_dataset(data)
     labels = dataset.label_names
-    train_idx, val_idx, test_idx = make_split(dataset, recipe.split_seed, recipe.fold)
-    check_labels_vary(dataset.labels[train_idx], labels)
+    train_idx, val_idx, test_idx = indices
     work = out.with_name(out.name + ".training")  # resumable state, removed once the model directory is written
     work.mkdir(parents=True, exist_ok=True)
     model, photos, replicas, batch_size = fit_model(recipe, dataset, (train_idx, val_idx, test_idx), work, progress)
@@ -677,10 +684,12 @@ def progress_channel(path):
 
 def main(argv=None):
     args = parse_args(argv)
-    quiet_tensorflow(args.verbose)
     with progress_channel(args.progress_json) as progress:
         try:
-            train(Recipe.from_args(args), args.data, args.out, args.force, progress)
+            recipe = Recipe.from_args(args)
+            dataset, indices = check_inputs(recipe, args.data, args.out, args.force, progress)
+            quiet_tensorflow(args.verbose)
+            train(recipe, dataset, indices, args.out, progress)
         except (
             DataError,
             WeightsFileError,

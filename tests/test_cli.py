@@ -97,10 +97,13 @@ def test_cli_errors_are_one_line(args, fragment):
     assert r.stderr == f"error: {fragment}\n"  # nothing else: TensorFlow's start-up lines are kept quiet too
 
 
-def test_verbose_shows_tensorflow_start_up_lines():
+def test_verbose_shows_the_traceback_and_tensorflow_start_up_lines(tmp_path):
     r = run("model.predict", "x.jpg", "--model", "/nonexistent/model", "--verbose")
-    assert "oneDNN custom operations are on" in r.stderr
+    assert "Traceback (most recent call last)" in r.stderr  # found before TensorFlow starts: no start-up lines
     assert r.stderr.endswith("error: /nonexistent/model: model directory not found\n")
+    r = run("model.predict", str(tmp_path / "x.jpg"), "--runtime", "keras", "--verbose")  # the shipped model loads
+    assert "oneDNN custom operations are on" in r.stderr
+    assert r.stderr.endswith(f"{tmp_path / 'x.jpg'}: error: No such file or directory\n")
 
 
 @pytest.mark.slow  # the session's tiny model trains

@@ -30,9 +30,10 @@ def keras_classifier():
 
 
 @pytest.fixture(scope="module")
-def plain():
-    """The shipped model without test-time augmentation: one pass on the photo as it is."""
-    return Classifier(tta="none", runtime="litert")
+def plain(lite):
+    """The shipped model without test-time augmentation: one pass on the photo as it is (`lite` itself where that
+    is the shipped model's own mode: one copy of the ensemble less in memory)."""
+    return lite if lite.tta == "none" else Classifier(tta="none", runtime="litert")
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +48,45 @@ def jpeg(im, quality=92):
     return buf.getvalue()
 
 
+@pytest.fixture(scope="module")
+def seed_model_dir(tmp_path_factory):
+    """The shipped model directory with an untrained seed CNN as its network: a small model to convert."""
+    import shutil
+    from model.network import build_seed_cnn
+
+    folder = tmp_path_factory.mktemp("seed") / "seed"
+    shutil.copytree(ROOT / "model" / "shipped", folder)
+    build_seed_cnn(["desert", "mountains", "sea", "sunset", "trees"]).save(folder / "model.keras")
+    return folder
+
+
+# First in the module: its three conversions (of the small seed CNN, about 0.6 GB more) run before the module's
+# ensembles load, not on top of them.
+@pytest.mark.slow  # three LiteRT conversions
+@pytest.mark.needs_data
+def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, seed_model_dir, sea_photo):
+    """Three conversions, of the small seed CNN (the ensemble's took a minute and 1 GB): the cache is the same."""
+    monkeypatch.setenv("MIML_CACHE", str(tmp_path))
+    first = Classifier(seed_model_dir, runtime="litert")
+    (cached,) = (tmp_path / "litert").glob("*.tflite")
+    from model.backbones.torch_legacy import sha256_of
+
+    assert cached.stem == sha256_of(seed_model_dir / "model.keras")
+    cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
+    second = Classifier(seed_model_dir, runtime="litert")
+    assert cached.stat().st_size > 10_000_000
+    assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
+    Classifier(seed_model_dir, tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
+    assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
+
+
 @pytest.mark.slow  # the 400 test photos in both runtimes
 @pytest.mark.needs_data
 def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, test_split):
     dataset, test_idx = test_split
     pixels = dataset.load_photos(test_idx, lite.size)
-    a, b = lite.probabilities(pixels), keras_classifier.probabilities(pixels)
+    # 8 photos a pass: the module's LiteRT interpreters keep the arena of the last batch size they ran
+    a, b = lite.probabilities(pixels, batch_size=8), keras_classifier.probabilities(pixels, batch_size=8)
     assert a.shape == (400, 5)
     assert np.abs(a - b).max() < 1e-5
     assert np.array_equal(lite.decide(a), keras_classifier.decide(b))
@@ -64,38 +98,39 @@ def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, tes
     np.testing.assert_allclose(embedding, features.mean(axis=(1, 2)), atol=1e-5)  # the pooled feature map
 
 
-def gradcam_by_gradients(model, pixels):
-    """Textbook Grad-CAM with TensorFlow's gradients: weights = spatial mean of d p / d features."""
+def gradcam_by_gradients(model, photos):
+    """Textbook Grad-CAM with TensorFlow's gradients, (photos, labels, h, w): weights = spatial mean of
+    d p / d features. One forward pass for the batch: a photo's probabilities depend on its own features only, so
+    the gradient of a label's probabilities summed over the batch holds each photo's own."""
     import keras
     import tensorflow as tf
 
     cam_model = keras.Model(model.inputs, [model.get_layer("top_activation").output, model.output])
-    x = tf.constant(pixels[None], tf.float32)
+    with tf.GradientTape(persistent=True) as tape:
+        features, probs = cam_model(tf.constant(photos, tf.float32), training=False)
+        scores = [tf.reduce_sum(probs[:, label]) for label in range(model.output_shape[-1])]
     maps = []
-    for label in range(model.output_shape[-1]):
-        with tf.GradientTape() as tape:
-            features, probs = cam_model(x, training=False)
-            score = probs[0, label]
-        weights = tf.reduce_mean(tape.gradient(score, features)[0], axis=(0, 1))
-        cam = tf.nn.relu(tf.einsum("hwc,c->hw", features[0], weights)).numpy()
-        maps.append(cam / max(cam.max(), 1e-12))
-    return np.stack(maps)
+    for score in scores:
+        weights = tf.reduce_mean(tape.gradient(score, features), axis=(1, 2))
+        cams = tf.nn.relu(tf.einsum("nhwc,nc->nhw", features, weights)).numpy()
+        maps.append(cams / np.maximum(cams.max(axis=(1, 2), keepdims=True), 1e-12))
+    return np.stack(maps, axis=1)
 
 
 @pytest.mark.slow  # TensorFlow's gradients for 5 labels of 12 photos
 @pytest.mark.needs_data
 def test_class_maps_equal_gradient_gradcam_on_real_photos(plain, test_split):
     dataset, test_idx = test_split
-    for i in test_idx[:12]:
-        pixels = load_image(dataset.path(i), plain.size)
-        probs = plain.probabilities(pixels[None])[0]
-        expected = gradcam_by_gradients(plain.model, pixels)
-        got = plain.class_maps(pixels)
-        assert got.shape == (5, 7, 7) and got.min() >= 0
-        assert set(np.round(got.max(axis=(1, 2)), 6)) <= {0.0, 1.0}  # each map scaled to 1, or nowhere positive
-        for label in range(5):
-            if probs[label] * (1 - probs[label]) > 1e-5:  # a saturated sigmoid has no gradient left to follow
-                np.testing.assert_allclose(got[label], expected[label], atol=1e-4)
+    photos = dataset.load_photos(test_idx[:12], plain.size)
+    for batch in np.split(photos, 12):  # a photo a pass: the tape holds one photo's activations
+        expected = gradcam_by_gradients(plain.model, batch)
+        for pixels, probs, want in zip(batch, plain.probabilities(batch), expected):
+            got = plain.class_maps(pixels)
+            assert got.shape == (5, 7, 7) and got.min() >= 0
+            assert set(np.round(got.max(axis=(1, 2)), 6)) <= {0.0, 1.0}  # each map scaled to 1, or nowhere positive
+            for label in range(5):
+                if probs[label] * (1 - probs[label]) > 1e-5:  # a saturated sigmoid has no gradient left to follow
+                    np.testing.assert_allclose(got[label], want[label], atol=1e-4)
 
 
 @pytest.mark.slow  # two more ensembles (flip TTA: LiteRT and Keras)
@@ -129,17 +164,10 @@ def test_analyse_gives_everything_from_one_pass(lite, sea_photo):
 
 
 @pytest.mark.needs_data
-def test_seed_cnn_keeps_the_gradient_path(tmp_path, sea_photo):
+def test_seed_cnn_keeps_the_gradient_path(seed_model_dir, sea_photo):
     """A head that is not pooling + dense gets Grad-CAM from TensorFlow's gradients, and LiteRT serves it too."""
-    import shutil
-    from model.network import build_seed_cnn
-
-    labels = ["desert", "mountains", "sea", "sunset", "trees"]
-    model = build_seed_cnn(labels)
-    shutil.copytree(ROOT / "model" / "shipped", tmp_path / "seed")
-    model.save(tmp_path / "seed" / "model.keras")
-    lite_seed = Classifier(tmp_path / "seed", runtime="litert")
-    keras_seed = Classifier(tmp_path / "seed", runtime="keras")
+    lite_seed = Classifier(seed_model_dir, runtime="litert")
+    keras_seed = Classifier(seed_model_dir, runtime="keras")
     a = lite_seed.analyse(sea_photo)
     assert a.pixels.shape == (100, 100, 3) and a.embedding.shape == (512,)
     assert a.cams["sea"].shape == (47, 47) and 0 <= a.cams["sea"].min() and a.cams["sea"].max() <= 1
@@ -270,23 +298,6 @@ def test_the_app_reaches_user_data_only_through_the_workspace_api():
                 assert not any(a.name.startswith("workspace") for a in node.names), path
             elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("workspace"):
                 assert node.module == "workspace" and {a.name for a in node.names} <= allowed, (path, node.module)
-
-
-@pytest.mark.slow  # converts the ensemble to LiteRT three times (about 1 GB more)
-@pytest.mark.needs_data
-def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, lite, sea_photo):
-    monkeypatch.setenv("MIML_CACHE", str(tmp_path))
-    first = Classifier(runtime="litert")
-    (cached,) = (tmp_path / "litert").glob("*.tflite")
-    from model.backbones.torch_legacy import sha256_of
-
-    assert cached.stem == sha256_of(ROOT / "model" / "shipped" / "model.keras")
-    cached.write_bytes(cached.read_bytes()[:1000])  # a half-written cache file
-    second = Classifier(runtime="litert")
-    assert cached.stat().st_size > 10_000_000
-    assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
-    Classifier(tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
-    assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
 
 
 @pytest.mark.slow  # the app in a process decoding 40-megapixel PNGs

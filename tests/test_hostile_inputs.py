@@ -502,7 +502,6 @@ def test_out_is_replaced_only_when_it_holds_a_model(tmp_path, tiny_dataset):
     assert (out / "notes.txt").read_text() == "not a model" and (out / "sub").is_dir()
 
 
-@pytest.mark.slow  # three processes that import TensorFlow
 @pytest.mark.parametrize("tool", ["model.quick", "model.retune", "model.ensemble"])
 def test_every_cli_with_out_follows_the_same_rule(tmp_path, tool):
     import subprocess
