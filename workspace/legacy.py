@@ -22,19 +22,8 @@ from workspace.imports import read_labels_csv
 from workspace.store import DatasetRecord, LabelStore, Photo
 
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-JOB_KEYS = (
-    "dataset",
-    "mode",
-    "epochs",
-    "state",
-    "progress",
-    "message",
-    "eta_s",
-    "model",
-    "created",
-    "seconds",
-    "photos",
-)
+# the keys of an old jobs/ID/status.json that become the job's row (the rest of the row is new)
+JOB_KEYS = tuple("dataset mode epochs state progress message eta_s model created seconds photos".split())
 
 
 def read_json(path):
