@@ -18,8 +18,6 @@ thread at the lowest CPU priority so that predictions keep the cores, checked ag
 folder's quota before anything is written (507 past it), with model.datasets' limits (workspace.imports).
 """
 
-import csv
-import io
 import os
 import threading
 import zipfile
@@ -42,7 +40,7 @@ from model.datasets import (
 from model.modeldir import write_atomically
 from workspace import learner, legacy
 from workspace.feedback import Feedback, FeedbackError, FeedbackLabelsError
-from workspace.imports import import_upload
+from workspace.imports import import_upload, labels_csv_text
 from workspace.registry import Registry, RegistryError
 from workspace.store import DatasetRecord, Decision, LabelStore, StoreError
 
@@ -291,11 +289,7 @@ class Workspace:
         record = self._record(dataset_id)
         labelled = self.store.labelled(dataset_id)
         rows = [p.image for p in self.store.photos(dataset_id) if p.image in labelled]
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["image", *record.labels])
-        writer.writerows([image, *(int(n in labelled[image]) for n in record.labels)] for image in rows)
-        return record, rows, out.getvalue()
+        return record, rows, labels_csv_text(record.labels, [(image, labelled[image]) for image in rows])
 
     def write_labels_csv(self, dataset_id):
         """labels.csv of the labelled photos (an unlabelled photo is never a negative), written atomically into

@@ -28,6 +28,7 @@ from PIL import Image
 from model.modeldir import write_atomically
 from model.preprocess import decode
 from workspace.database import SQLiteDatabase
+from workspace.imports import labels_csv_text
 from workspace.store import now
 
 DATABASE = "feedback.sqlite"
@@ -127,13 +128,8 @@ class Feedback(SQLiteDatabase):
         names = _label_set(con)
         if names is None:
             return
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["image", *names])
-        for image, labels in con.execute("SELECT image, labels FROM feedback ORDER BY id"):
-            has = set(json.loads(labels))
-            writer.writerow([image, *("1" if n in has else "0" for n in names)])
-        text = out.getvalue().encode()
+        rows = con.execute("SELECT image, labels FROM feedback ORDER BY id")
+        text = labels_csv_text(names, [(image, set(json.loads(labels))) for image, labels in rows]).encode()
         if not self.csv.exists() or self.csv.read_bytes() != text:
             write_atomically(self.csv, text)
 

@@ -11,7 +11,9 @@ Four layouts:
 Every photo is decoded once to check it; those that cannot be read are left out and listed.
 """
 
+import csv
 import hashlib
+import io
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -74,6 +76,16 @@ def read_labels_csv(path):
     except DataError as e:
         raise DatasetError(str(e).replace(str(path), Path(path).name)) from None
     return label_names(names, Path(path).name), _labelled_rows(images, rows, names)
+
+
+def labels_csv_text(names, rows):
+    """labels.csv's text: the header `image,<names>`, then a row of 0/1 per (image, its labels) of `rows` (what
+    model.data reads; the labeller's export and the feedback folder both write it)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["image", *names])
+    writer.writerows([image, *(int(n in labels) for n in names)] for image, labels in rows)
+    return out.getvalue()
 
 
 def _labelled_rows(images, rows, names):
