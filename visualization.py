@@ -126,10 +126,7 @@ def main(argv=None):
 
     from model.data import DataError
     from model.modeldir import ModelDirError, read_model_dir
-    from workspace import (
-        FeedbackError,
-        WorkspaceError,
-    )  # WorkspaceError: a runs folder whose store a newer version wrote
+    from workspace import FeedbackError, WorkspaceError  # WorkspaceError: a store a newer version wrote
 
     try:
         read_model_dir(args.model)  # a bad model directory: one line before TensorFlow starts
