@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.helpers import OWN_LABELS, dataset_zip, free_port, relabelled, start
-from workspace.registry import STALE_S
+from workspace.registry import STALE_S, Registry
 from workspace.store import Database
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_data]  # a quick-mode job trains; two servers load the model
@@ -36,7 +36,12 @@ class Server:
     def stop(self):
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(30)
+            self.process.wait(60)
+
+    def kill(self):
+        """kill -9, reaped. The wait is generous: on a loaded machine a process of 2 GB can take seconds to go."""
+        self.process.kill()
+        self.process.wait(120)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +55,16 @@ def servers(runs):
     a.ready(), b.ready()
     yield a, b
     a.stop(), b.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_job_left(runs):
+    """Each test starts with the one-job slot free, whatever the test before it left running."""
+    yield
+    registry = Registry(runs)
+    live = registry.live_job()
+    if live is not None:
+        registry.cancel_job(live["job"])
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +134,7 @@ def test_a_job_outliving_its_killed_server_runs_on_and_is_cancelled_from_the_oth
     a, b = servers
     job = a("POST", "/api/jobs", json={"dataset": dataset, "mode": "quick"}).json()["job"]
     pid = job_process(runs, job)
-    a.process.kill()  # kill -9 of the server alone: the job's process lives on
-    a.process.wait(10)
+    a.kill()  # kill -9 of the server alone: the job's process lives on
     time.sleep(3)
     assert b("GET", f"/api/jobs/{job}").json()["state"] == "running"
     r = b("DELETE", f"/api/jobs/{job}")
@@ -135,7 +149,7 @@ def test_a_server_killed_with_its_job_is_failed_within_30_s_and_the_slot_freed(s
     try:
         job = a("POST", "/api/jobs", json={"dataset": dataset, "mode": "quick"}).json()["job"]
         pid = job_process(runs, job)
-        a.process.kill()
+        a.kill()
         os.killpg(pid, signal.SIGKILL)  # the job's process group: kill -9 of everything the server started
         status = wait_for(b, job, ("failed",), 60)
         silent = re.fullmatch(r"the training process stopped \(no heartbeat for (\d+) s\)", status["message"])
