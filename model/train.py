@@ -574,16 +574,18 @@ def make_split(dataset, split_seed=CONTRACT_SPLIT_SEED, fold=None):
     return fold_split(dataset.labels, folds, k - 1, seed=split_seed)
 
 
-def familiarity(model, train_photos, val_photos):
-    """model.familiarity.TrainingPhotos of the trained model: its pooled embeddings of the training photos, the
-    threshold from the validation photos'."""
+def embeddings_and_probabilities(model, photos, batch_size=64):
+    """(pooled embeddings, probabilities) of a Keras `model` for a uint8 array of photos, from one forward pass
+    of each batch: what familiarity and the thresholds need, without running the validation photos twice."""
     import keras
 
-    from model.inference import predict_arrays
     from model.network import embedding_layer
 
-    embed = keras.Model(model.inputs, model.get_layer(embedding_layer(model)).output)
-    return TrainingPhotos.fit(predict_arrays(embed, train_photos), predict_arrays(embed, val_photos))
+    both = keras.Model(model.inputs, [model.get_layer(embedding_layer(model)).output, model.output])
+    batches = [
+        both.predict_on_batch(photos[i : i + batch_size].astype(np.float32)) for i in range(0, len(photos), batch_size)
+    ]
+    return tuple(np.concatenate([np.asarray(batch[k]) for batch in batches]) for k in (0, 1))
 
 
 def check_inputs(recipe, data, out, force, progress):
@@ -613,7 +615,6 @@ def train(recipe, dataset, indices, out, progress):
     work.mkdir(parents=True, exist_ok=True)
     model, photos, replicas, batch_size = fit_model(recipe, dataset, (train_idx, val_idx, test_idx), work, progress)
 
-    from model.inference import predict_arrays
     from model.network import build_model
 
     progress("evaluating", 0.96, "thresholds on validation, then the test metrics")
@@ -621,8 +622,10 @@ def train(recipe, dataset, indices, out, progress):
     # strategy, so that each worker of a multi-worker run predicts its photos alone (not gathered from all).
     export = build_model(recipe.arch, labels, pretrained=False, size=model.input_shape[1])
     export.set_weights(model.get_weights())
-    val_probs, test_probs = predict_arrays(export, photos[val_idx]), predict_arrays(export, photos[test_idx])
-    familiar = familiarity(export, photos[train_idx], photos[val_idx])
+    embeddings, probs = embeddings_and_probabilities(export, photos)  # every photo once: train, validation, test
+    val_probs, test_probs = probs[val_idx], probs[test_idx]
+    # familiarity: the training photos' embeddings, its threshold from the validation photos'
+    familiar = TrainingPhotos.fit(embeddings[train_idx], embeddings[val_idx])
     y_val, y_test = dataset.labels[val_idx], dataset.labels[test_idx]
     thresholds, at_least_one, tuning = choose_thresholds(
         labels, y_val, val_probs, recipe.criterion, recipe.split_seed, recipe.fold
