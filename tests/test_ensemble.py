@@ -13,9 +13,9 @@ from tests.helpers import run
 @pytest.fixture(scope="module")
 def second_member(tiny_model, tmp_path_factory):
     """A second member on the same split: the tiny model's directory with every weight scaled by its own seeded
-    factor exp(0.1 N(0, 1)) (signs and batch-norm variances kept), another network as another seed's run would be.
-    What this module checks is the joining arithmetic, which needs two different networks, not a second training
-    (model.train's run cost a third of the module's time)."""
+    factor exp(0.1 N(0, 1)) (signs and batch-norm variances kept), another network as another seed's run would be;
+    its card is the tiny model's (the ensemble tunes and scores itself). What this module checks is the joining
+    arithmetic, which needs two different networks, not a second model.train run."""
     import shutil
 
     import keras
