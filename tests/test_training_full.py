@@ -37,7 +37,7 @@ def test_full_mode_reports_epochs_eta_and_the_curve(registry):
     assert "warm-up (head only): epoch 1/1 took" in log and '"phase"' not in log
     listed = {m["id"]: m for m in registry.models()}
     assert listed[job]["mode"] == "full" and listed[job]["labels"] == TINY_LABELS and listed[job]["dataset"] == "data"
-    c = Classifier(registry.model_path(job))
+    c = Classifier(registry.model_path(job), runtime="keras")  # the directory's contents: no OpenVINO conversion
     assert c.size == 96 and c.labels == TINY_LABELS
     assert c.training_photos is not None  # full training keeps its training photos' embeddings for familiarity
     assert final["seconds"] > 0 and final["photos"] == 36  # the training page's times are made of these
