@@ -1,6 +1,7 @@
 """Helpers the test modules share: paths, small generated datasets, the CLIs and the server as a user starts them,
 and dataset ZIPs of our own labels. Fixtures live in conftest.py; test modules import from here, never from each other."""
 
+import contextlib
 import csv
 import http.client
 import io
@@ -55,6 +56,25 @@ def make_tiny_dataset(root, n=36, seed=0):
 def run(*args):
     """`python -m ARGS` from the repository root: the finished process, output captured."""
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def call(main, *args):
+    """A CLI's `main(args)` in this process, seen as `run` sees the process: a CompletedProcess with its exit
+    status, stdout and stderr (`sys.exit("message")` is status 1, the message on stderr). For a test of what a
+    tool writes rather than of its process: no interpreter and TensorFlow start-up to pay. Other exceptions rise.
+    The streams are text over bytes, as a process's are (model.predict reconfigures its stdout's errors)."""
+    out, err = (io.TextIOWrapper(io.BytesIO(), encoding="utf-8", newline="") for _ in range(2))
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+            code = 1 if isinstance(e.code, str) else e.code or 0
+    for f in (out, err):
+        f.flush()
+    return subprocess.CompletedProcess(args, code, *(f.buffer.getvalue().decode() for f in (out, err)))
 
 
 def start(*args):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from model.batch import expand, predict_paths
-from tests.helpers import TINY_LABELS, run
+from model.predict import main as predict
+from tests.helpers import TINY_LABELS, call
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +83,7 @@ def test_paths_are_streamed_not_collected(classifier, tiny_dataset):
 @pytest.mark.slow  # the session's tiny model trains
 def test_csv_and_json_files(classifier, nested, tmp_path):
     out_csv, out_json = tmp_path / "out.csv", tmp_path / "out.json"
-    r = run(
-        "model.predict",
-        str(nested),
-        "--model",
-        str(classifier.info.path),
-        "--csv",
-        str(out_csv),
-        "--json-file",
-        str(out_json),
-    )
+    r = call(predict, nested, "--model", classifier.info.path, "--csv", out_csv, "--json-file", out_json)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"36 photos predicted, 1 could not be read (see {out_csv})"
     assert r.stdout == ""

@@ -1,12 +1,18 @@
 """The command-line tools, end to end, on a model trained on generated 3-label photos."""
 
+import contextlib
+import io
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.modeldir import read_model_dir
-from tests.helpers import ROOT, TINY_LABELS, TINY_TRAINING, run
+from model.evaluate import main as evaluate
+from model.predict import main as predict
+from tests.helpers import ROOT, TINY_LABELS, TINY_TRAINING, call, run
 
 
 @pytest.mark.slow  # the session's tiny model trains
@@ -27,11 +33,11 @@ def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_text("not a photo")
     good = tiny_dataset / "original" / "1.jpg"
-    r = run("model.predict", str(good), str(bad), "--model", str(tiny_model))
+    r = call(predict, good, bad, "--model", tiny_model)  # in this process: the output is the test, not the process
     assert r.returncode == 1
     assert r.stdout.startswith(f"{good}: ") and "red " in r.stdout and "blue " in r.stdout
     assert f"{bad}: error: not an image format" in r.stderr and "Traceback" not in r.stderr
-    r = run("model.predict", str(tiny_dataset / "original"), str(bad), "--model", str(tiny_model), "--json")
+    r = call(predict, tiny_dataset / "original", bad, "--model", tiny_model, "--json")
     results = json.loads(r.stdout)
     assert len(results) == 37 and sum("error" in x for x in results) == 1
     ok = results[0]
@@ -41,18 +47,9 @@ def test_predict_lines_json_and_errors(tiny_model, tiny_dataset, tmp_path):
 @pytest.mark.slow  # the session's tiny model trains
 def test_evaluate_prints_table_and_writes_json(tiny_model, tiny_dataset, tmp_path):
     out = tmp_path / "m.json"
-    # float32: the stored metrics are float32's, and a one-epoch model's probabilities sit near its thresholds
-    r = run(
-        "model.evaluate",
-        "--data",
-        str(tiny_dataset),
-        "--model",
-        str(tiny_model),
-        "--json",
-        str(out),
-        "--precision",
-        "f32",
-    )
+    # Keras float32, as training computed the stored metrics (a one-epoch model's probabilities sit near its
+    # thresholds); the other runtimes' agreement with Keras is the parity gate's, and Keras needs no conversion
+    r = call(evaluate, "--data", tiny_dataset, "--model", tiny_model, "--json", out, "--runtime", "keras")
     assert r.returncode == 0, r.stderr
     assert "hamming_loss" in r.stdout and "(8 photos)" in r.stdout
     metrics = json.loads(out.read_text())
@@ -113,11 +110,11 @@ def test_corrupt_model_file_is_a_clear_error(tiny_model, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_model, broken)
     (broken / "thresholds.json").write_text('{"labels": ["red"], "thresholds": {"red": 7}}')
-    r = run("model.predict", "x.jpg", "--model", str(broken))
+    r = call(predict, "x.jpg", "--model", broken)
     assert r.returncode == 1 and "thresholds.json" in r.stderr and "Traceback" not in r.stderr
     shutil.copy(tiny_model / "thresholds.json", broken / "thresholds.json")
     (broken / "model.keras").write_bytes(b"garbage")
-    r = run("model.predict", "x.jpg", "--model", str(broken))
+    r = call(predict, "x.jpg", "--model", broken)
     assert r.returncode == 1 and "model.keras" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -132,48 +129,70 @@ def test_training_refuses_to_replace_a_model_directory_without_force(tiny_model,
     assert not tiny_model.with_name(tiny_model.name + ".training").exists()
 
 
-@pytest.mark.slow  # the session's tiny model trains
-def test_training_is_reproducible_resumable_and_quiet(tiny_model, tiny_dataset, tmp_path, capsys, monkeypatch):
-    import re
+@dataclass
+class Resumed:
+    """A run of the tiny model's training stopped after both phases, just before writing, then started again."""
+
+    out: Path  # the model directory it wrote, over an earlier one (--force)
+    stopped: str  # what the stopped run printed
+    warnings: list  # the warnings it raised
+    kept_before_writing: bool  # the earlier directory's stray file was still there when it stopped
+    resumed: str  # what the second run printed
+
+
+@pytest.fixture(scope="module")
+def resumed(tiny_dataset, tmp_path_factory):
+    """The tiny model's command again, with --distribute mirrored (MirroredStrategy: one replica on a CPU), stopped
+    after both phases and started again. One run serves two tests (reproducible and resumable; mirrored matches
+    plain), as each of them had a training of its own."""
     import warnings
+
     from model import train
 
-    again = tmp_path / "again"
+    again = tmp_path_factory.mktemp("resumed") / "again"
     again.mkdir()
     for name in ("model.keras", "thresholds.json", "old.txt"):  # an earlier model directory: --force replaces it
         (again / name).write_text("replaced with --force")
-    argv = ["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--force"]
+    argv = ["--data", str(tiny_dataset), "--out", str(again), *TINY_TRAINING, "--distribute", "mirrored", "--force"]
 
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "write_model_dir", killed)  # stopped after both phases, before writing
-    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyboardInterrupt):
-        warnings.simplefilter("always")
-        train.main(argv)
-    assert not [w for w in caught if "shuffle" in str(w.message)]
-    out = capsys.readouterr().out
-    assert re.search(r"^warm-up \(head only\): up to 1 epochs$", out, re.M)
-    assert re.search(
-        r"^fine-tuning \(whole network\): epoch 1/1 took \d+ s; at most 0.0 min left in this phase", out, re.M
-    )
-    assert (again / "old.txt").exists()
+    stopped = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "write_model_dir", killed)  # stopped after both phases, before writing
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(stopped):
+            warnings.simplefilter("always")
+            with pytest.raises(KeyboardInterrupt):
+                train.main(argv)
+    kept = (again / "old.txt").exists()
+    resumed = io.StringIO()
+    with contextlib.redirect_stdout(resumed):
+        train.main(argv)  # resumes from again.training: both phases are done, so it only writes
+    return Resumed(again, stopped.getvalue(), list(caught), kept, resumed.getvalue())
 
-    monkeypatch.undo()
-    train.main(argv)  # resumes from again.training: both phases are done, so it only writes
-    resumed = capsys.readouterr().out
-    assert "warm-up" not in resumed and "fine-tuning" not in resumed and "wrote" in resumed
-    assert not (again / "old.txt").exists() and not (tmp_path / "again.training").exists()
-    first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, again))
+
+@pytest.mark.slow  # the session's tiny model trains
+def test_training_is_reproducible_resumable_and_quiet(tiny_model, resumed):
+    import re
+
+    assert not [w for w in resumed.warnings if "shuffle" in str(w.message)]
+    assert re.search(r"^warm-up \(head only\): up to 1 epochs$", resumed.stopped, re.M)
+    assert re.search(
+        r"^fine-tuning \(whole network\): epoch 1/1 took \d+ s; at most 0.0 min left in this phase",
+        resumed.stopped,
+        re.M,
+    )
+    assert resumed.kept_before_writing
+    assert "warm-up" not in resumed.resumed and "fine-tuning" not in resumed.resumed and "wrote" in resumed.resumed
+    assert not (resumed.out / "old.txt").exists() and not resumed.out.with_name("again.training").exists()
+    first, second = (read_model_dir(p).test_predictions()[2] for p in (tiny_model, resumed.out))
     np.testing.assert_allclose(first, second, atol=1e-4)
 
 
 @pytest.mark.slow  # the session's tiny model trains
-def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, tiny_dataset, tmp_path):
-    from model.train import main
-
-    main(["--data", str(tiny_dataset), "--out", str(tmp_path / "mirrored"), *TINY_TRAINING, "--distribute", "mirrored"])
-    mirrored = read_model_dir(tmp_path / "mirrored")
+def test_mirrored_strategy_on_cpu_matches_plain_training(tiny_model, resumed):
+    mirrored = read_model_dir(resumed.out)
     assert mirrored.card.training.replicas == 1
     np.testing.assert_allclose(
         mirrored.test_predictions()[2], read_model_dir(tiny_model).test_predictions()[2], atol=1e-4
@@ -202,7 +221,7 @@ def test_interrupted_write_leaves_previous_model_intact(tiny_model, tmp_path):
     def crash(path):
         raise KeyboardInterrupt  # killed while drawing the last file
 
-    classifier = Classifier(target)
+    classifier = Classifier(target, runtime="keras")  # its Keras model is what is written
     with pytest.raises(KeyboardInterrupt):
         card = ModelCard(Tuning(labels=["x"], thresholds={"x": 0.5}), Training())
         write_model_dir(target, classifier.model, card, [], [], [], crash)
