@@ -130,7 +130,7 @@ def main(argv=None):
 
     try:
         read_model_dir(args.model)  # a bad model directory: one line before TensorFlow starts
-        quiet_tensorflow(args.verbose)
+        quiet_tensorflow(args.verbose, on_demand=True)  # imported only if a Keras model is loaded (not cached)
         from app import create_app
 
         app = create_app(
