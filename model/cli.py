@@ -87,9 +87,11 @@ def quiet_tensorflow(verbose=False, on_demand=False):
     global _verbose
     if verbose or on_demand:
         _verbose = verbose
-    if _verbose or on_demand or "tensorflow" in sys.modules:
+    if _verbose or "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is imported, by whatever imports it
+    if on_demand:
+        return
     with without_start_up_noise():
         import tensorflow  # noqa: F401
 

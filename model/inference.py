@@ -11,6 +11,11 @@ once and cached, keyed by the model file's sha256:
 CPU, as measured in docs/runtime.md: OpenVINO bf16 where the CPU has AMX / AVX-512 bf16, else LiteRT float32
 (OpenVINO float32 was no faster than LiteRT here).
 
+The Keras model itself is loaded only when something needs it (`Classifier.model`): a conversion, runtime "keras",
+the layer browser, the gradient class maps of a head that has no class-activation form. What serving needs to know
+of the network (input size, outputs, the head's kernel, the layer list) is cached with the converted models
+(model/facts.py), so a server whose model is cached neither loads the Keras model nor imports TensorFlow.
+
 Test-time augmentation: a model directory whose thresholds.json says `"tta": "flip"` (its
 thresholds tuned on validation that way) is run on each photo and its mirror image in one pass,
 inside the flatbuffer: the probabilities and embeddings are the two means, the feature map the
