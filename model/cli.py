@@ -71,6 +71,7 @@ def exit_with(error: BaseException, verbose: bool = False, message: str | None =
 
 
 _verbose = False  # the command's --verbose, as quiet_tensorflow was last told it
+_IMPORTING = threading.Lock()  # TensorFlow's first import, one thread at a time
 
 
 def quiet_tensorflow(verbose=False, on_demand=False):
@@ -87,13 +88,19 @@ def quiet_tensorflow(verbose=False, on_demand=False):
     global _verbose
     if verbose or on_demand:
         _verbose = verbose
-    if _verbose or "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is imported, by whatever imports it
+    if not _verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is imported, by whatever imports it
     if on_demand:
         return
-    with without_start_up_noise():
-        import tensorflow  # noqa: F401
+    # One thread imports it; another waits until it is whole. Two first imports at once (a quick-mode job's thread
+    # and a request loading a Keras model) cross TensorFlow's and Keras's circular imports and one of them sees a
+    # half-initialised module ("module 'tensorflow.python.data.ops.dataset_ops' has no attribute 'DatasetV2'").
+    with _IMPORTING:
+        if _verbose or "tensorflow" in sys.modules:
+            import tensorflow  # noqa: F401
+        else:
+            with without_start_up_noise():
+                import tensorflow  # noqa: F401
 
 
 # File descriptor 2 belongs to the whole process: two threads redirecting it at once (the app builds LiteRT

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import urllib.request
 import uuid
 from pathlib import Path
@@ -149,3 +150,28 @@ def test_the_server_imports_tensorflow_only_to_load_a_keras_model(cached, sea_ph
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert not [l for l in err.splitlines() if START_UP_NOISE.match(l.encode()) or "oneDNN" in l], err
+
+
+def test_tensorflow_imported_on_demand_by_two_threads_at_once_is_whole():
+    """The server imports TensorFlow on demand, perhaps in two threads at once (a quick-mode job and a request
+    that loads a Keras model): the second waits for the first instead of using a half-initialised TensorFlow."""
+    code = textwrap.dedent(
+        """
+        import sys, threading, time
+        from model.cli import quiet_tensorflow
+
+        quiet_tensorflow(on_demand=True)  # as visualization.py
+        first = threading.Thread(target=quiet_tensorflow)
+        first.start()
+        while "tensorflow" not in sys.modules:  # the first thread is importing it
+            time.sleep(0.001)
+        quiet_tensorflow()
+        import keras
+
+        print(keras.layers.Dense(3).units)
+        first.join()
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout) == (0, "3\n"), done.stderr[-2000:]
+    assert not [l for l in done.stderr.splitlines() if START_UP_NOISE.match(l.encode())], done.stderr
