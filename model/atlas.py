@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 
-from model.backbones.efficientnet_lite import cache_dir
+from model.cache import cache_dir
 from model.data import CONTRACT_SPLIT_SEED, split
 from model.modeldir import write_atomically
 

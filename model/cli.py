@@ -70,19 +70,37 @@ def exit_with(error: BaseException, verbose: bool = False, message: str | None =
     sys.exit(f"error: {message or error}")
 
 
-def quiet_tensorflow(verbose=False):
+_verbose = False  # the command's --verbose, as quiet_tensorflow was last told it
+_IMPORTING = threading.Lock()  # TensorFlow's first import, one thread at a time
+
+
+def quiet_tensorflow(verbose=False, on_demand=False):
     """Import TensorFlow without its start-up lines (oneDNN notice, CPU features, absl's warning), unless `verbose`.
+    `on_demand`: import nothing now, only remember `verbose`; the code that needs TensorFlow imports it with a plain
+    quiet_tensorflow() (the server: model.inference.Classifier when it loads a Keras model), quietly or not as the
+    command said.
 
     TF_CPP_MIN_LOG_LEVEL=3 hides TensorFlow's C++ log lines (also runtime notices logged as errors, such as
     "oneDNN supports DT_BOOL only on ..."; a failing operation still raises a Python exception with its message),
     but the absl INFO lines printed while its libraries load ignore it: so during the import stderr goes to a
     file, and only those lines are dropped. oneDNN itself stays on (TF_ENABLE_ONEDNN_OPTS is left alone), so
     the numbers do not change."""
-    if verbose or "tensorflow" in sys.modules:
+    global _verbose
+    if verbose or on_demand:
+        _verbose = verbose
+    if not _verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # read when TensorFlow is imported, by whatever imports it
+    if on_demand:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with without_start_up_noise():
-        import tensorflow  # noqa: F401
+    # One thread imports it; another waits until it is whole. Two first imports at once (a quick-mode job's thread
+    # and a request loading a Keras model) cross TensorFlow's and Keras's circular imports and one of them sees a
+    # half-initialised module ("module 'tensorflow.python.data.ops.dataset_ops' has no attribute 'DatasetV2'").
+    with _IMPORTING:
+        if _verbose or "tensorflow" in sys.modules:
+            import tensorflow  # noqa: F401
+        else:
+            with without_start_up_noise():
+                import tensorflow  # noqa: F401
 
 
 # File descriptor 2 belongs to the whole process: two threads redirecting it at once (the app builds LiteRT

@@ -33,7 +33,7 @@ def main(argv=None):
         read_model_dir(args.model)
     except (DataError, ModelDirError) as e:
         exit_with(e, args.verbose)
-    quiet_tensorflow(args.verbose)
+    quiet_tensorflow(args.verbose, on_demand=True)  # imported only if a Keras model must load (nothing cached)
     try:
         from model.inference import Classifier
 

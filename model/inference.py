@@ -11,6 +11,11 @@ once and cached, keyed by the model file's sha256:
 CPU, as measured in docs/runtime.md: OpenVINO bf16 where the CPU has AMX / AVX-512 bf16, else LiteRT float32
 (OpenVINO float32 was no faster than LiteRT here).
 
+The Keras model itself is loaded only when something needs it (`Classifier.model`): a conversion, runtime "keras",
+the layer browser, the gradient class maps of a head that has no class-activation form. What serving needs to know
+of the network (input size, outputs, the head's kernel, the layer list) is cached with the converted models
+(model/facts.py), so a server whose model is cached neither loads the Keras model nor imports TensorFlow.
+
 Test-time augmentation: a model directory whose thresholds.json says `"tta": "flip"` (its
 thresholds tuned on validation that way) is run on each photo and its mirror image in one pass,
 inside the flatbuffer: the probabilities and embeddings are the two means, the feature map the
@@ -42,13 +47,13 @@ from typing import IO, Any
 import numpy as np
 
 from model.atlas import Atlas
-from model.backbones.efficientnet_lite import cache_dir
+from model.cache import cache_dir
 from model.cli import without_start_up_noise
 from model.data import CONTRACT_SPLIT_SEED, DataError, Dataset, load_dataset  # noqa: F401  (DataError: the app's door)
+from model.facts import NetworkFacts, cached_facts, write_facts
 from model.familiarity import Familiarity, TrainingPhotos
 from model.metrics import HEADLINE, evaluate
 from model.modeldir import ModelCard, ModelDirError, read_model_dir, write_atomically
-from model.network import embedding_layer, flip_tta, gradcam_layer, has_cam_head
 from model.preprocess import (  # the image error types are re-exported: the app's door to them
     ImageError,  # noqa: F401
     ImageTooLargeError,  # noqa: F401
@@ -98,6 +103,8 @@ def with_outputs(model: Any, tta: str = "none") -> Any:
     with tta="flip", each the mean over the photo and its mirror image (the mirror's map flipped back)."""
     import keras
 
+    from model.network import embedding_layer, flip_tta, gradcam_layer
+
     three = keras.Model(
         model.inputs,
         [model.get_layer(gradcam_layer(model)).output, model.get_layer(embedding_layer(model)).output, model.output],
@@ -125,11 +132,11 @@ def cached_flatbuffer(model_sha256: str, tta: str = "none") -> bytes | None:
 def litert_flatbuffer(three_outputs: Any, model_sha256: str, tta: str = "none") -> bytes:
     """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached as
     `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it (see cached_flatbuffer)."""
-    import tensorflow as tf
-
     flatbuffer = cached_flatbuffer(model_sha256, tta)
     if flatbuffer is not None:
         return flatbuffer
+    import tensorflow as tf
+
     path = _cache_path(model_sha256, tta)
     check = path.with_suffix(".sha256")
     # from_keras_model freezes the weights into the file (a concrete function would keep them as
@@ -257,10 +264,15 @@ class Classifier:
         OpenVINO infer requests, each made when first needed). `tta`: None for the model directory's own setting,
         or "none" / "flip": with the thresholds tuned on validation for that mode when thresholds.json has them
         ("other_tta"), else with its own. `runtime`, `precision`: see choose_runtime; `self.runtime` and
-        `self.precision` say what serves."""
+        `self.precision` say what serves.
+
+        The Keras model is loaded only when something needs it (see `model`): a server whose converted model is
+        cached reads what it needs to know of the network from model.facts."""
         self.runtime, self.precision = choose_runtime(runtime, precision)
         self.info = read_model_dir(model_dir)
-        self.model = self.info.load_keras()
+        self._model = None
+        self._model_lock = threading.Lock()  # the Keras model is loaded once, by the first thread that needs it
+        self.facts = cached_facts(self.info.sha256) or self._learn_facts()
         self.labels = list(self.info.labels)
         self.tta = tta or self.info.tta
         # The thresholds tuned for this TTA mode; a mode the directory has none for keeps its own (comparisons only).
@@ -270,41 +282,72 @@ class Classifier:
         )
         # the one form everyone reads, rounded as the probabilities are (float32 carries noise: 0.3700000047)
         self.thresholds = {l: round(t, 4) for l, t in zip(self.labels, thresholds.tolist())}
-        if self.model.output_shape[-1] != len(self.labels):
+        if self.facts.outputs != len(self.labels):
             raise ModelDirError(
-                f"{self.info.path / 'model.keras'}: has {self.model.output_shape[-1]} outputs "
+                f"{self.info.path / 'model.keras'}: has {self.facts.outputs} outputs "
                 f"but thresholds.json names {len(self.labels)} labels"
             )
-        self.size = self.model.input_shape[1]
+        self.size = self.facts.size
         self._forward = self._runtime(workers)
-        # Class maps: the dense kernel for a pooled head, the TF gradient for any other.
-        self._cam_kernel = self.model.get_layer("probabilities").kernel.numpy() if has_cam_head(self.model) else None
-        self._gradcam = None if has_cam_head(self.model) else self._gradcam_function(with_outputs(self.model))
+        # Class maps: the dense kernel for a pooled head, the TF gradient for any other (made when first needed).
+        self._cam_kernel = self.facts.kernel if self.facts.cam_head else None
+        self._gradcam = None
         # "I don't know this photo": the training photos' embeddings and threshold, when the directory has them
         self.training_photos = TrainingPhotos.read(self.info.path)
         self._layer_model = functools.lru_cache(maxsize=8)(self._build_layer_model)  # bounded: about 4 MB a layer
         self._keras_lock = threading.Lock()  # the layer browser and gradient maps: one Keras call at a time
 
+    @property
+    def model(self) -> Any:
+        """The Keras model, loaded on first use: by a conversion (the converted model not cached yet),
+        runtime "keras", the layer browser, the gradient class maps of a head without a class-activation form."""
+        with self._model_lock:
+            if self._model is None:
+                from model.cli import quiet_tensorflow
+
+                quiet_tensorflow()  # TensorFlow imported without its start-up lines (unless the command is --verbose)
+                self._model = self.info.load_keras()
+            return self._model
+
+    @property
+    def keras_loaded(self) -> bool:
+        """Whether the Keras model has been loaded (a server on a cached converted model never loads it)."""
+        return self._model is not None
+
+    def _learn_facts(self) -> NetworkFacts:
+        """model.facts.NetworkFacts read from the Keras model (loading it), and cached for the next start."""
+        facts = NetworkFacts.of(self.model)
+        write_facts(self.info.sha256, facts)
+        return facts
+
+    def _three_outputs(self) -> Any:
+        """The Keras model with the forward's three outputs, in this TTA mode (loads the Keras model)."""
+        return with_outputs(self.model, self.tta)
+
+    def _flatbuffer(self) -> bytes:
+        """The LiteRT flatbuffer of this model and TTA mode: the cached one, else converted (and cached)."""
+        sha, tta = self.info.sha256, self.tta
+        return cached_flatbuffer(sha, tta) or litert_flatbuffer(self._three_outputs(), sha, tta)
+
     def _runtime(self, workers: int | None) -> Any:
         """The forward pass of self.runtime: OpenVINO, LiteRT (a quick model's through its backbone's flatbuffer
         when that is cached) or Keras."""
-        three = with_outputs(self.model, self.tta)
         if self.runtime == "keras":
-            return KerasRuntime(three)
+            return KerasRuntime(self._three_outputs())
         workers = workers or DEFAULT_WORKERS
         backbone = self.card.training.extra.get("backbone_sha256")
-        head = [w.numpy() for w in self.model.get_layer("probabilities").weights] if backbone else None
+        head = (self.facts.kernel, self.facts.bias)
         if self.runtime == "openvino":
             from model.openvino_runtime import OpenVinoRuntime, cached_ir, ir_path, load_openvino
 
             shared = backbone and self.tta == "none" and self.precision != "int8" and cached_ir(ir_path(backbone))
             if shared:  # a quick model runs its backbone's IR, as it runs its flatbuffer on LiteRT
                 return HeadRuntime(OpenVinoRuntime(shared, self.precision, workers), *head)
-            return load_openvino(three, self.info.sha256, self.tta, self.precision, workers)
+            return load_openvino(self._three_outputs, self.info.sha256, self.tta, self.precision, workers)
         shared = backbone and self.tta == "none" and cached_flatbuffer(backbone)
         if shared:
             return HeadRuntime(LiteRuntime(shared, workers), *head)
-        return LiteRuntime(litert_flatbuffer(three, self.info.sha256, self.tta), workers)
+        return LiteRuntime(self._flatbuffer(), workers)
 
     # --- metadata the pages and the API show ---------------------------------------------
     @property
@@ -338,12 +381,11 @@ class Classifier:
     def _bundle_parts(self):
         """(IR path, flatbuffer, labels.json contents): this model in the TTA mode and thresholds it serves with."""
         from model.bundle import labels_json
-        from model.openvino_runtime import openvino_ir
+        from model.openvino_runtime import cached_ir, ir_path, openvino_ir
 
-        three = with_outputs(self.model, self.tta)
         meta = labels_json(self.labels, self.thresholds, self.at_least_one, self.size, self.tta)
         sha, tta = self.info.sha256, self.tta
-        return openvino_ir(three, sha, tta), litert_flatbuffer(three, sha, tta), meta
+        return cached_ir(ir_path(sha, tta)) or openvino_ir(self._three_outputs(), sha, tta), self._flatbuffer(), meta
 
     def write_bundle(self, folder):
         """The download's files (OpenVINO IR, TFLite, labels.json, README.md, predict.py) into `folder`."""
@@ -360,12 +402,14 @@ class Classifier:
         return path if path.is_file() else bundle_zip(path, f"miml-scenes-{self.name}", *self._bundle_parts())
 
     def warm_up(self) -> None:
-        """One forward pass and one layer of the layer browser on a grey photo, so that a first request does not
-        wait for LiteRT's planning or TensorFlow's tracing."""
+        """One forward pass on a grey photo, so that a first request does not wait for LiteRT's planning or
+        OpenVINO's compiling; when the Keras model is loaded anyway, also one layer of the layer browser (its
+        TensorFlow tracing). A model served from its cached converted form is not loaded for that: the layer
+        browser's first request loads it."""
         grey = np.full((1, self.size, self.size, 3), 128, np.uint8)
         self.forward(grey)
         spatial = [name for name, _, is_spatial in self.layers() if is_spatial]
-        if spatial:
+        if spatial and self.keras_loaded:
             self.activations(grey[0], spatial[-1])
 
     # --- decisions ---------------------------------------------------------------------
@@ -466,6 +510,8 @@ class Classifier:
         """(labels, h, w) maps in 0..1 for one model input; `features` from its forward pass when known."""
         if self._cam_kernel is None:  # gradients of the plain pass; with flip TTA, the mean with the mirror's
             with self._keras_lock:
+                if self._gradcam is None:
+                    self._gradcam = self._gradcam_function(with_outputs(self.model))
                 cams = self._gradcam(np.asarray(pixels, np.float32)).numpy()
                 if self.tta == "flip":
                     cams = (cams + self._gradcam(np.asarray(pixels[:, ::-1], np.float32)).numpy()[:, :, ::-1]) / 2
@@ -510,35 +556,25 @@ class Classifier:
 
     # --- the layer browser (Keras) -------------------------------------------------------------
     def layers(self) -> list[tuple[str, tuple, bool]]:
-        """[(name, output shape, is convolutional)] for every layer after the input."""
-        import keras
-
-        conv = (
-            keras.layers.Conv2D,
-            keras.layers.DepthwiseConv2D,
-            keras.layers.ReLU,
-            keras.layers.BatchNormalization,
-            keras.layers.Add,
-            keras.layers.MaxPooling2D,
-            keras.layers.Concatenate,
-        )  # an ensemble's joined maps
-        return [
-            (l.name, tuple(l.output.shape[1:]), isinstance(l, conv) and len(l.output.shape) == 4)
-            for l in self.model.layers[1:]
-        ]
+        """[(name, output shape, is convolutional)] for every layer after the input (from model.facts: the Keras
+        model is not loaded for it)."""
+        return list(self.facts.layers)
 
     def _build_layer_model(self, layer_name):
+        full = self.model  # loaded first: TensorFlow imported quietly
         import keras
         import tensorflow as tf
 
-        model = keras.Model(self.model.inputs, self.model.get_layer(layer_name).output)
+        model = keras.Model(full.inputs, full.get_layer(layer_name).output)
         return tf.function(lambda x: model(x, training=False))
 
     def activations(self, image: np.ndarray, layer_name: str) -> np.ndarray:
-        """Output of `layer_name` for one image: (h, w, channels). Raises KeyError for an unknown layer."""
-        import tensorflow as tf
-
-        if layer_name not in {l.name for l in self.model.layers}:
+        """Output of `layer_name` for one image: (h, w, channels). Raises KeyError for an unknown layer.
+        The first call loads the Keras model (unless something already has)."""
+        if layer_name not in self.facts.layer_names:
             raise KeyError(layer_name)
         with self._keras_lock:
-            return self._layer_model(layer_name)(tf.constant(image[None], tf.float32))[0].numpy()
+            layer_model = self._layer_model(layer_name)  # the Keras model and TensorFlow loaded first, quietly
+            import tensorflow as tf
+
+            return layer_model(tf.constant(image[None], tf.float32))[0].numpy()

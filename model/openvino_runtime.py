@@ -21,7 +21,7 @@ import threading
 from collections import OrderedDict
 from pathlib import Path
 
-from model.backbones.efficientnet_lite import cache_dir
+from model.cache import cache_dir
 from model.modeldir import ModelDirError, write_atomically
 
 PRECISIONS = ("f32", "bf16", "int8")
@@ -133,7 +133,8 @@ class OpenVinoRuntime:
 
 
 def load_openvino(three_outputs, model_sha256, tta="none", precision="f32", workers=1):
-    """An OpenVinoRuntime for a model: its float32 IR, or for "int8" the quantized IR made by model.quantize."""
+    """An OpenVinoRuntime for a model: its float32 IR, or for "int8" the quantized IR made by model.quantize.
+    `three_outputs()` gives the Keras model to convert, called only when its IR is not cached."""
     if precision == "int8":
         xml = cached_ir(ir_path(model_sha256, tta, "int8"))
         if xml is None:
@@ -141,5 +142,5 @@ def load_openvino(three_outputs, model_sha256, tta="none", precision="f32", work
                 "no int8 model for this model file yet: make it with python -m model.quantize --model DIR (needs nncf)"
             )
     else:
-        xml = openvino_ir(three_outputs, model_sha256, tta)
+        xml = cached_ir(ir_path(model_sha256, tta)) or openvino_ir(three_outputs(), model_sha256, tta)
     return OpenVinoRuntime(xml, precision, workers)

@@ -154,7 +154,7 @@ def main(argv=None):
         exit_with(e, args.verbose)
     if next(expand(args.paths), None) is None:
         no_photos_found(args.paths)
-    quiet_tensorflow(args.verbose)
+    quiet_tensorflow(args.verbose, on_demand=True)  # imported only if a Keras model must load (nothing cached)
     try:
         from model.inference import choose_runtime
 

@@ -108,7 +108,7 @@ class Predictor:
     def __init__(self, model_dir, batch_size, tta=None, runtime="auto", precision="auto"):
         from model.cli import quiet_tensorflow
 
-        quiet_tensorflow()
+        quiet_tensorflow(on_demand=True)  # imported only if a Keras model must load (nothing cached)
         from model.inference import Classifier
 
         self.classifier = Classifier(model_dir, tta=tta, runtime=runtime, precision=precision)

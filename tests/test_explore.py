@@ -377,7 +377,9 @@ def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     started again on the same model and dataset, its first /api/map already answers the map."""
     from model.backbones.efficientnet_lite import cache_dir
 
-    (tmp_path / "litert").symlink_to(cache_dir() / "litert")  # the flatbuffer, converted once already
+    for runtime in ("openvino", "litert"):  # the compiled model, converted once already: only the atlas is new
+        (cache_dir() / runtime).mkdir(parents=True, exist_ok=True)
+        (tmp_path / runtime).symlink_to(cache_dir() / runtime)
     env = {**os.environ, "MIML_CACHE": str(tmp_path)}
     first_answers = []
     for _ in range(2):

@@ -37,7 +37,9 @@ def exported(miml_data, tmp_path_factory):
     """The shipped model exported once in both formats, through the CLI's main()."""
     root = tmp_path_factory.mktemp("export")
     main(["--format", "saved_model", "--out", str(root / "saved_model")])
-    main(["--format", "tflite", "--out", str(root / "tflite"), "--data", str(miml_data)])
+    # 25 calibration photos, not the default 100 (19 CPU-s less): on the first 200 test photos, int8 against Keras then
+    # differs by at most 0.20 (mean 0.0063) and agrees on 99.8% of the decisions
+    main(["--format", "tflite", "--out", str(root / "tflite"), "--data", str(miml_data), "--calibration", "25"])
     return root
 
 

@@ -1,5 +1,5 @@
-"""The one forward pass: LiteRT against Keras, class maps against Grad-CAM's gradients, DCT-scaled
-decoding of large JPEGs, phone formats, the format allow-list, concurrency, and the app's one door."""
+"""The one forward pass: class maps against Grad-CAM's gradients (LiteRT against Keras: tests/test_parity.py),
+DCT-scaled decoding of large JPEGs, phone formats, the format allow-list, concurrency, and the app's one door."""
 
 import ast
 import json
@@ -25,11 +25,6 @@ def lite():
 
 
 @pytest.fixture(scope="module")
-def keras_classifier():
-    return Classifier(runtime="keras")
-
-
-@pytest.fixture(scope="module")
 def plain(lite):
     """The shipped model without test-time augmentation: one pass on the photo as it is (`lite` itself where that
     is the shipped model's own mode: one copy of the ensemble less in memory)."""
@@ -46,18 +41,6 @@ def jpeg(im, quality=92):
     buf = io.BytesIO()
     im.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def seed_model_dir(tmp_path_factory):
-    """The shipped model directory with an untrained seed CNN as its network: a small model to convert."""
-    import shutil
-    from model.network import build_seed_cnn
-
-    folder = tmp_path_factory.mktemp("seed") / "seed"
-    shutil.copytree(ROOT / "model" / "shipped", folder)
-    build_seed_cnn(["desert", "mountains", "sea", "sunset", "trees"]).save(folder / "model.keras")
-    return folder
 
 
 # First in the module: its three conversions (of the small seed CNN, about 0.6 GB more) run before the module's
@@ -78,24 +61,6 @@ def test_litert_cache_is_keyed_and_a_corrupt_one_rebuilt(tmp_path, monkeypatch, 
     assert first.classify(first.load(sea_photo)[None]) == second.classify(second.load(sea_photo)[None])
     Classifier(seed_model_dir, tta="flip", runtime="litert")  # the TTA mode is in the key: another flatbuffer
     assert {p.stem for p in (tmp_path / "litert").glob("*.tflite")} == {cached.stem, cached.stem + "-flip"}
-
-
-@pytest.mark.slow  # the 400 test photos in both runtimes
-@pytest.mark.needs_data
-def test_litert_matches_keras_on_the_400_test_photos(lite, keras_classifier, test_split):
-    dataset, test_idx = test_split
-    pixels = dataset.load_photos(test_idx, lite.size)
-    # 8 photos a pass: the module's LiteRT interpreters keep the arena of the last batch size they ran
-    a, b = lite.probabilities(pixels, batch_size=8), keras_classifier.probabilities(pixels, batch_size=8)
-    assert a.shape == (400, 5)
-    assert np.abs(a - b).max() < 1e-5
-    assert np.array_equal(lite.decide(a), keras_classifier.decide(b))
-    features, embedding, probs = lite.forward(pixels[:4])
-    ref = keras_classifier.forward(pixels[:4])
-    assert features.shape == (4, 7, 7, 2 * 1280) and embedding.shape == (4, 2 * 1280)  # two members side by side
-    np.testing.assert_allclose(features, ref[0], atol=1e-4)
-    np.testing.assert_allclose(embedding, ref[1], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(embedding, features.mean(axis=(1, 2)), atol=1e-5)  # the pooled feature map
 
 
 def gradcam_by_gradients(model, photos):

@@ -16,6 +16,7 @@ import numpy as np
 from keras import layers
 
 from model.backbones.torch_legacy import WeightsFileError, load_state_dict
+from model.cache import cache_dir  # noqa: F401  (also imported from here)
 
 # (expand ratio, kernel, stride, output channels, repeats) of EfficientNet-B0's seven stages.
 STAGES = [
@@ -134,10 +135,6 @@ def _keras_weights_from_torch(state, variant):
         weights[f"{dst}_project_conv"] = conv(f"{src}._project_conv.weight")
         weights[f"{dst}_project_bn"] = bn(f"{src}._bn2")
     return weights
-
-
-def cache_dir():
-    return Path(os.environ.get("MIML_CACHE", Path.home() / ".cache" / "miml-scenes"))
 
 
 def imagenet_weights(variant="lite0"):
