@@ -77,10 +77,15 @@ def call(main, *args):
     return subprocess.CompletedProcess(args, code, *(f.buffer.getvalue().decode() for f in (out, err)))
 
 
-def start(*args):
-    """`python visualization.py ARGS`, running, its output piped."""
+def start(*args, env=None):
+    """`python visualization.py ARGS`, running, its output piped; `env`: its environment, if not this one's."""
     return subprocess.Popen(
-        [sys.executable, "visualization.py", *args], cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [sys.executable, "visualization.py", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
 
 

@@ -20,7 +20,7 @@ from model.cli import START_UP_NOISE
 from model.facts import NetworkFacts, cached_facts, facts_path
 from model.inference import Classifier, ModelDirError
 from model.modeldir import SHIPPED_MODEL_DIR
-from tests.helpers import ROOT, free_port
+from tests.helpers import ROOT, free_port, start
 
 
 @pytest.fixture(scope="module")
@@ -115,14 +115,7 @@ def test_the_server_imports_tensorflow_only_to_load_a_keras_model(cached, sea_ph
     TensorFlow never loaded; without the network's facts it loads the Keras model, importing TensorFlow quietly."""
     env = dict(os.environ, MIML_CACHE=str(cache_without_facts(tmp_path))) if facts == "missing" else None
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "visualization.py", "--port", str(port), "--no-explore"],
-        cwd=ROOT,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = start("--port", str(port), "--no-explore", env=env)
     try:
         line = proc.stdout.readline()
         assert line.startswith("MIML Scenes ready"), proc.stderr.read()

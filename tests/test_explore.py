@@ -7,8 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 from workspace import Feedback
 from model.atlas import dataset_key
 from model.data import load_dataset, split
-from tests.helpers import ROOT, SHOTS, free_port, get, serve
+from tests.helpers import SHOTS, free_port, get, serve, start
 
 LABELS = ["desert", "mountains", "sea", "sunset", "trees"]
 
@@ -377,21 +375,14 @@ def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     started again on the same model and dataset, its first /api/map already answers the map."""
     from model.backbones.efficientnet_lite import cache_dir
 
-    for runtime in ("openvino", "litert"):  # the compiled model, converted once already: only the atlas is new
-        (cache_dir() / runtime).mkdir(parents=True, exist_ok=True)
-        (tmp_path / runtime).symlink_to(cache_dir() / runtime)
+    for part in ("openvino", "litert", "facts"):  # the compiled model, converted once already: only the atlas is new
+        (cache_dir() / part).mkdir(parents=True, exist_ok=True)
+        (tmp_path / part).symlink_to(cache_dir() / part)
     env = {**os.environ, "MIML_CACHE": str(tmp_path)}
     first_answers = []
     for _ in range(2):
         port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "visualization.py", "--port", str(port), "--data", str(small_data)],
-            cwd=ROOT,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = start("--port", str(port), "--data", str(small_data), env=env)
         try:
             assert proc.stdout.readline().startswith("MIML Scenes ready at")
             status, _, body = get(port, "/api/map")
