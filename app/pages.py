@@ -113,6 +113,7 @@ def layer_view(pixels, layer):
     s = scenes()
     layers = s.classifier.layers()
     if not layer:
+        s.classifier.prepare_layer_browser()  # its Keras model loads while the page is read
         return layers, None
     if layer not in {name for name, _, spatial in layers if spatial}:
         abort(404, description=f"no convolutional layer named {layer!r} in this model")

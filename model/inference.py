@@ -272,6 +272,7 @@ class Classifier:
         self.info = read_model_dir(model_dir)
         self._model = None
         self._model_lock = threading.Lock()  # the Keras model is loaded once, by the first thread that needs it
+        self._layers_preparing = False  # prepare_layer_browser has started its thread
         self.facts = cached_facts(self.info.sha256) or self._learn_facts()
         self.labels = list(self.info.labels)
         self.tta = tta or self.info.tta
@@ -567,6 +568,25 @@ class Classifier:
 
         model = keras.Model(full.inputs, full.get_layer(layer_name).output)
         return tf.function(lambda x: model(x, training=False))
+
+    def prepare_layer_browser(self) -> None:
+        """Get the layer browser ready in a background thread, once: the Keras model loaded (TensorFlow imported)
+        and its last convolutional layer traced. A page that offers the browser calls this, so that its first click
+        on a layer need not wait for that (7 s for the shipped ensemble) while a server that only answers the API
+        never loads Keras."""
+        spatial = [name for name, _, is_spatial in self.layers() if is_spatial]
+        with self._model_lock:
+            if self._model is not None or self._layers_preparing or not spatial:
+                return
+            self._layers_preparing = True
+
+        def prepare():
+            try:
+                self.activations(np.full((self.size, self.size, 3), 128, np.uint8), spatial[-1])
+            except Exception:  # a damaged model.keras: the browser's own request reports it, as before
+                pass
+
+        threading.Thread(target=prepare, name="prepare-layer-browser", daemon=True).start()
 
     def activations(self, image: np.ndarray, layer_name: str) -> np.ndarray:
         """Output of `layer_name` for one image: (h, w, channels). Raises KeyError for an unknown layer.

@@ -2,12 +2,15 @@
 the network's facts (model/facts.py) stand in for it, and the Keras model loads only when something needs it (the
 layer browser). The server then never imports TensorFlow."""
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -86,6 +89,29 @@ def test_the_layer_browser_loads_the_keras_model_on_demand(cached, sea_photo):
     maps = cached.activations(pixels, name)
     assert cached.keras_loaded and spatial and maps.shape == shape == (112, 112, 32)
     assert maps.min() >= 0 and maps.max() > 0  # ReLU6 activations of a real photo
+
+
+@pytest.mark.needs_data
+def test_a_photo_page_gets_the_layer_browser_ready_in_the_background(cached, miml_data, sea_photo):
+    """The detail page offers the layer browser: opening it starts loading the Keras model (once), so that the first
+    click on a layer does not wait for TensorFlow; a prediction alone never loads it."""
+    from app import create_app
+    from app.scenes import Scenes
+
+    client = create_app(scenes=Scenes(data_dir=miml_data)).test_client()
+    classifier = client.application.extensions["scenes"].classifier
+    photo = client.application.extensions["scenes"].test_photos[0].photo_id
+    assert client.post("/api/predict", data={"image": (io.BytesIO(sea_photo), "sea.jpg")}).status_code == 200
+    assert not classifier.keras_loaded
+    assert client.get(f"/photo/{photo}").status_code == 200
+    client.get(f"/photo/{photo}")  # a second view starts nothing more
+    assert [t.name for t in threading.enumerate()].count("prepare-layer-browser") <= 1
+    deadline = time.monotonic() + 120
+    while not classifier.keras_loaded and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert classifier.keras_loaded
+    r = client.get(f"/photo/{photo}?layer=m1_stem_activation")
+    assert r.status_code == 200 and "of 32 channels" in r.get_data(as_text=True)
 
 
 def test_the_label_count_check_holds_when_served_from_the_cache(cached, tmp_path):
