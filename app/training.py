@@ -258,14 +258,15 @@ def job_status(job_id):
     """The job's status; once it is done, "ready": whether its model is loaded here for serving (asking starts
     that in the background, so the model's first use does not wait for it)."""
     status = registry().job(job_id)
-    if status["state"] == "done" and status.get("model"):
-        status["ready"] = models().prepare(status["model"])
-    return jsonify(status)
+    answer = status.to_json()
+    if status.state == "done" and status.model:
+        answer["ready"] = models().prepare(status.model)
+    return jsonify(answer)
 
 
 @bp.delete("/api/jobs/<job_id>")
 def cancel_job(job_id):
-    return jsonify(registry().cancel_job(job_id))
+    return jsonify(registry().cancel_job(job_id).to_json())
 
 
 @bp.get("/api/models")

@@ -51,10 +51,10 @@ def subset(data, folder, photos):
 def run(registry, name, mode, **kwargs):
     started = time.time()
     job = registry.start_job("miml500", mode, **kwargs)
-    while (status := registry.job(job))["state"] in ("queued", "running"):
+    while (status := registry.job(job)).live:
         time.sleep(0.5)
     seconds = time.time() - started
-    if status["state"] != "done":
+    if status.state != "done":
         raise SystemExit(f"{name}: {status}")
     from model.modeldir import ModelCard
 

@@ -119,13 +119,13 @@ def serve(app):
 
 
 def follow(registry, job, timeout=600):
-    """Every distinct status the job goes through, until it ends."""
+    """Every distinct status the job goes through, until it ends, as GET /api/jobs/ID answers it (JSON)."""
     seen, started = [], time.time()
     while time.time() - started < timeout:
         status = registry.job(job)
-        if not seen or status != seen[-1]:
-            seen.append(status)
-        if status["state"] not in ("queued", "running"):
+        if not seen or status.to_json() != seen[-1]:
+            seen.append(status.to_json())
+        if not status.live:
             return seen
         time.sleep(0.2)
     raise AssertionError(f"job {job} did not end in {timeout} s: {seen[-1]}")

@@ -488,7 +488,7 @@ def test_cancelling_right_after_start_is_quick(tmp_path):
     job = registry.start_job(dataset, "quick")
     started = time.perf_counter()
     status = registry.cancel_job(job)
-    assert status["state"] == "cancelled" and time.perf_counter() - started < 3
+    assert status.state == "cancelled" and time.perf_counter() - started < 3
 
 
 def test_out_is_replaced_only_when_it_holds_a_model(tmp_path, tiny_dataset):

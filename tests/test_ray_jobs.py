@@ -193,12 +193,12 @@ def test_cancelling_the_job_stops_the_ray_job(ray_head, tiny_dataset, tmp_path):
     job = registry.start_job("data", "full", epochs=5, train_args=TINY)
     started = time.time()
     while not train_processes(job):  # model.train running under the Ray job
-        assert time.time() - started < 90 and registry.job(job)["state"] in ("queued", "running"), registry.job(job)
+        assert time.time() - started < 90 and registry.job(job).state in ("queued", "running"), registry.job(job)
         time.sleep(0.2)
-    assert registry.cancel_job(job)["state"] == "cancelled"  # returns once the job's process has ended...
+    assert registry.cancel_job(job).state == "cancelled"  # returns once the job's process has ended...
     assert JobSubmissionClient(ray_head).get_job_status(job) == JobStatus.STOPPED  # ...which waited for Ray
     assert train_processes(job) == []
-    assert registry.job(job)["state"] == "cancelled"
+    assert registry.job(job).state == "cancelled"
     assert not any(p.name.startswith(job) for p in (registry.root / "models").iterdir())
 
 

@@ -64,7 +64,7 @@ def no_job_left(runs):
     registry = Registry(runs)
     live = registry.live_job()
     if live is not None:
-        registry.cancel_job(live["job"])
+        registry.cancel_job(live.job)
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ def test_one_live_job_across_every_registry_on_the_folder(runs):
     live_job(a, "quick-1")
     with pytest.raises(RegistryError, match="job 'quick-1' is still running") as e:
         b.start_job("d", "quick")
-    assert e.value.status == 409 and b.live_job()["job"] == "quick-1"
+    assert e.value.status == 409 and b.live_job().job == "quick-1"
     with pytest.raises(sqlite3.IntegrityError, match="one_live_job"):  # the store refuses a second live row itself
         live_job(b, "quick-2")
     with pytest.raises(RegistryError, match="is training on dataset 'd'"):
@@ -65,12 +65,12 @@ def test_a_silent_job_is_failed_by_whoever_looks_and_its_folders_removed(runs):
     for leftover in ("quick-1", "quick-1.partial-write", "quick-1.training"):
         (runs / "models" / leftover).mkdir()
     status = b.job("quick-1")
-    assert status["state"] == "failed"
-    assert status["message"] == f"the training process stopped (no heartbeat for {STALE_S + 5} s)"
+    assert status.state == "failed"
+    assert status.message == f"the training process stopped (no heartbeat for {STALE_S + 5} s)"
     assert list((runs / "models").iterdir()) == []
-    assert a.live_job() is None and a.job("quick-1")["state"] == "failed"
+    assert a.live_job() is None and a.job("quick-1").state == "failed"
     live_job(a, "quick-2")  # the slot is free again
-    assert b.live_job()["job"] == "quick-2"
+    assert b.live_job().job == "quick-2"
 
 
 BEATING_JOB = """
@@ -107,9 +107,9 @@ def test_the_heartbeat_keeps_a_job_alive_and_a_cancel_from_another_machine_ends_
     live_job(registry, "quick-1", heartbeat=time.time() - STALE_S + 3)  # would be failed in 3 s without beats
     process = beating_job(registry, "quick-1", "another-machine")
     time.sleep(4)
-    assert registry.job("quick-1")["state"] == "running"
+    assert registry.job("quick-1").state == "running"
     status = registry.cancel_job("quick-1")  # not this host: the job's own heartbeat thread carries it out
-    assert status["state"] == "cancelled" and status["message"] == "cancelled"
+    assert status.state == "cancelled" and status.message == "cancelled"
     assert process.wait(10) == 1
     assert not (runs / "models" / "quick-1.training").exists()
 
@@ -121,7 +121,7 @@ def test_a_job_on_this_machine_started_elsewhere_is_cancelled_by_killing_its_gro
     process = beating_job(registry, "quick-1", socket.gethostname())
     with registry.db.write() as con:
         con.execute("UPDATE jobs SET pid = ? WHERE id = 'quick-1'", (process.pid,))
-    assert Registry(runs).cancel_job("quick-1")["state"] == "cancelled"  # another process's registry
+    assert Registry(runs).cancel_job("quick-1").state == "cancelled"  # another process's registry
     assert process.wait(5) == -15
     with pytest.raises(RegistryError, match=r"already ended \(cancelled\)"):
         registry.cancel_job("quick-1")
@@ -179,9 +179,9 @@ def test_a_runs_folder_in_the_old_layout_is_imported_once(runs):
     assert registry.db.labelled("old-upload-abc")["1.jpg"]  # its labels came with it
     assert [m["id"] for m in registry.models()] == ["shipped", "quick-old"] and registry.active() == "quick-old"
     done, cut = registry.job("quick-old"), registry.job("full-cut")
-    assert (done["state"], done["seconds"], done["photos"], done["model"]) == ("done", 12.5, 6, "quick-old")
+    assert (done.state, done.seconds, done.photos, done.model) == ("done", 12.5, 6, "quick-old")
     assert registry.timing("quick") == {"seconds": 12.5, "photos": 6, "created": "2026-05-02"}
-    assert (cut["state"], cut["epochs"]) == ("failed", 5) and "the server restarted" in cut["message"]
+    assert (cut.state, cut.epochs) == ("failed", 5) and "the server restarted" in cut.message
     assert registry.live_job() is None
 
     # the JSON files are no longer read: changing or removing them changes nothing, and a second start adds nothing
@@ -190,7 +190,7 @@ def test_a_runs_folder_in_the_old_layout_is_imported_once(runs):
     shutil.rmtree(runs / "jobs" / "quick-old")
     again = Registry(runs)
     assert again.active() == "quick-old" and [d["dataset"] for d in again.datasets()] == ["old-upload-abc"]
-    assert again.job("quick-old")["state"] == "done"
+    assert again.job("quick-old").state == "done"
     with again.db.read() as con:
         assert con.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 2
         assert con.execute("SELECT COUNT(*) FROM photos").fetchone()[0] == 6
@@ -204,7 +204,7 @@ def test_an_import_killed_halfway_is_finished_on_the_next_start(runs):
         con.execute("DELETE FROM jobs")
         con.execute("DELETE FROM models")
     again = Registry(runs)
-    assert again.job("quick-old")["state"] == "done" and again.active() == "quick-old"
+    assert again.job("quick-old").state == "done" and again.active() == "quick-old"
     assert [d["dataset"] for d in again.datasets()] == ["old-upload-abc"]
 
 

@@ -49,10 +49,10 @@ def test_cancelling_a_full_job_stops_model_train_too(registry):
     job = registry.start_job("data", "full", epochs=5, train_args=TINY)
     started = time.time()
     while not train_processes(job):
-        assert time.time() - started < 60 and registry.job(job)["state"] in ("queued", "running")
+        assert time.time() - started < 60 and registry.job(job).state in ("queued", "running")
         time.sleep(0.2)
     status = registry.cancel_job(job)
-    assert status["state"] == "cancelled"
+    assert status.state == "cancelled"
     time.sleep(0.5)
     assert train_processes(job) == []
     runs = registry.root / "models"
@@ -75,7 +75,7 @@ def test_a_job_process_that_dies_is_reported_failed_and_takes_model_train_with_i
     )  # the job's process alone, as if the server's machine had killed it
     registry._children[job].join(10)
     status = registry.job(job)
-    assert status["state"] == "failed" and status["message"] == "the training process ended unexpectedly (exit code -9)"
+    assert status.state == "failed" and status.message == "the training process ended unexpectedly (exit code -9)"
     deadline = time.time() + 10
     while train_processes(job) and time.time() < deadline:
         time.sleep(0.2)

@@ -41,7 +41,7 @@ from model.modeldir import write_atomically
 from workspace import learner, legacy
 from workspace.feedback import Feedback, FeedbackError, FeedbackLabelsError
 from workspace.imports import import_upload, labels_csv_text
-from workspace.registry import Registry, RegistryError
+from workspace.registry import JobStatus, Registry, RegistryError
 from workspace.store import DatasetRecord, Decision, LabelStore, StoreError
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "Feedback",
     "FeedbackError",
     "FeedbackLabelsError",
+    "JobStatus",
     "Registry",
     "RegistryError",
 ]

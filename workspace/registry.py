@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -45,23 +46,38 @@ MAX_EPOCHS = 100
 ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")  # matched whole (fullmatch): no trailing newline
 LEFTOVERS = ("*.partial-write", "*.training", "*.old")  # what a run killed halfway leaves in models/ or datasets/
 STALE_S = 20  # a live job whose heartbeat is older than this is failed (workspace.jobs beats every 2 s)
-JOB_FIELDS = (
-    "job",
-    "dataset",
-    "mode",
-    "epochs",
-    "state",
-    "progress",
-    "message",
-    "eta_s",
-    "model",
-    "curve",
-    "created",
-    "seconds",
-    "photos",
-    "owner",
-    "runner",
-)
+
+
+@dataclass
+class JobStatus:
+    """A training job as every process sees it: its row of the store's jobs table. GET /api/jobs/ID answers
+    to_json(), with "ready" added once it is done."""
+
+    job: str
+    dataset: str
+    mode: str  # MODES
+    epochs: int | None
+    state: str  # queued, running (LIVE), done, failed, cancelled
+    progress: float  # 0..1
+    message: str
+    eta_s: int | None  # seconds left, when the job can tell
+    model: str | None  # the model's id, once done
+    curve: list[dict[str, float]]  # [{"epoch", "loss", "val_loss"}], a point an epoch (full mode)
+    created: str  # ISO 8601, UTC
+    seconds: float | None  # how long it took, once done
+    photos: int | None  # how many photos it trained, validated and tested on, once done
+    owner: str  # host:pid of the app process that started it
+    runner: str  # JOBS
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+JOB_FIELDS = tuple(f.name for f in fields(JobStatus))
 JOB_COLUMNS = "id, dataset, mode, epochs, state, progress, message, eta_s, model, curve, created, seconds, photos, "
 JOB_COLUMNS += "owner, runner, host, pid, cancel_requested, heartbeat"
 
@@ -127,7 +143,7 @@ class Registry:
         """Remove the folders that runs killed halfway left behind (OUT.partial-write, OUT.training, OUT.old),
         except those of a job that is still running (in another process, perhaps)."""
         live = self.live_job()
-        keep = set(output_folders(self.root / "models" / live["job"])) if live else set()
+        keep = set(output_folders(self.root / "models" / live.job)) if live else set()
         for sub in ("models", "datasets"):
             for pattern in LEFTOVERS:
                 for leftover in (self.root / sub).glob(pattern):
@@ -391,14 +407,14 @@ class Registry:
             ).fetchone()
         return row and dict(zip(("seconds", "photos", "created"), row))
 
-    def live_job(self) -> dict[str, Any] | None:
+    def live_job(self) -> JobStatus | None:
         """The status of the job that is queued or running (started by any process), else None."""
         self.reap()
         with self.db.read() as con:
             row = con.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE {LIVE_SQL}").fetchone()
         return row and self._status(row)
 
-    def job(self, job_id: str) -> dict[str, Any]:
+    def job(self, job_id: str) -> JobStatus:
         """The job's status; one whose process has gone without saying so is reported failed."""
         checked_id(job_id, "job")
         query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
@@ -410,10 +426,9 @@ class Registry:
         return self._status(row)
 
     @staticmethod
-    def _status(row) -> dict[str, Any]:
+    def _status(row) -> JobStatus:
         status = dict(zip(JOB_FIELDS, row))
-        status["curve"] = json.loads(status["curve"])
-        return status
+        return JobStatus(**{**status, "curve": json.loads(status["curve"])})
 
     def _check_alive(self, row) -> bool:
         """Fail a live job whose process has gone (a child of this process that has ended, or a heartbeat older
@@ -450,13 +465,13 @@ class Registry:
             remove_output(self.root / "models" / job_id)
         return bool(ended)
 
-    def cancel_job(self, job_id: str) -> dict[str, Any]:
+    def cancel_job(self, job_id: str) -> JobStatus:
         """Stop a queued or running job and everything it started; 409 when it has already ended. The job's
         process group is killed from here when it runs on this machine; elsewhere its heartbeat thread sees the
         request within seconds and ends it."""
         status = self.job(job_id)
-        if status["state"] not in LIVE:
-            raise RegistryError(f"job {job_id!r} has already ended ({status['state']})", 409)
+        if not status.live:
+            raise RegistryError(f"job {job_id!r} has already ended ({status.state})", 409)
         with self.db.write() as con:
             con.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             host, pid = con.execute("SELECT host, pid FROM jobs WHERE id = ?", (job_id,)).fetchone()
@@ -467,7 +482,7 @@ class Registry:
             self._kill(pid)
         else:  # on another machine: its heartbeat thread cancels it
             deadline = time.time() + 15
-            while self.job(job_id)["state"] in LIVE and time.time() < deadline:
+            while self.job(job_id).live and time.time() < deadline:
                 time.sleep(0.25)
             return self.job(job_id)
         self._end(job_id, "cancelled", "cancelled")
