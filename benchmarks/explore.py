@@ -99,7 +99,7 @@ def main():
     from model.cli import quiet_tensorflow
 
     quiet_tensorflow(False)
-    from model.backbones.efficientnet_lite import cache_dir
+    from model.cache import cache_dir
     from model.data import load_dataset
 
     photo = load_dataset(args.data).path(0).read_bytes()

@@ -126,7 +126,7 @@ def in_process(photo, repeats):
         "analyse": median_ms(lambda: lite.analyse(photo), repeats),
     }
     m = lite.model
-    flatbuffer = litert_flatbuffer(with_outputs(m, lite.tta), lite.info.sha256, lite.tta)
+    flatbuffer = litert_flatbuffer(lambda: with_outputs(m, lite.tta), lite.info.sha256, lite.tta)
 
     def rate(runtime, callers, images, n=60):
         """Photos/s of `callers` threads each invoking `runtime` n times on `images`."""

@@ -120,7 +120,7 @@ def flatbuffers(folder, pixels_path, data):
     clf = Classifier(runtime="litert", precision="f32")
     three = with_outputs(clf.model, clf.tta)
     flat1 = folder / "batch1.tflite"
-    flat1.write_bytes(litert_flatbuffer(three, clf.info.sha256, clf.tta))  # the app's, from its cache
+    flat1.write_bytes(litert_flatbuffer(lambda: three, clf.info.sha256, clf.tta))  # the app's, from its cache
     fixed = keras.Input((clf.size, clf.size, 3), batch_size=32)
     flat32 = folder / "batch32.tflite"
     with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its intermediate export

@@ -39,7 +39,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -129,9 +129,10 @@ def cached_flatbuffer(model_sha256: str, tta: str = "none") -> bytes | None:
     return None
 
 
-def litert_flatbuffer(three_outputs: Any, model_sha256: str, tta: str = "none") -> bytes:
-    """The float32 flatbuffer of `three_outputs`, converted once per model file (and TTA mode) and cached as
-    `<model sha256>[-flip].tflite` with the flatbuffer's own sha256 beside it (see cached_flatbuffer)."""
+def litert_flatbuffer(three_outputs: Callable[[], Any], model_sha256: str, tta: str = "none") -> bytes:
+    """The float32 flatbuffer of the Keras model `three_outputs()` gives (called only when nothing is cached),
+    converted once per model file (and TTA mode) and cached as `<model sha256>[-flip].tflite` with the
+    flatbuffer's own sha256 beside it (see cached_flatbuffer)."""
     flatbuffer = cached_flatbuffer(model_sha256, tta)
     if flatbuffer is not None:
         return flatbuffer
@@ -142,7 +143,7 @@ def litert_flatbuffer(three_outputs: Any, model_sha256: str, tta: str = "none") 
     # from_keras_model freezes the weights into the file (a concrete function would keep them as
     # uninitialised resource variables); Keras prints its intermediate export to stdout, hide it.
     with contextlib.redirect_stdout(io.StringIO()):
-        flatbuffer = tf.lite.TFLiteConverter.from_keras_model(three_outputs).convert()
+        flatbuffer = tf.lite.TFLiteConverter.from_keras_model(three_outputs()).convert()
     write_atomically(path, flatbuffer)
     write_atomically(check, hashlib.sha256(flatbuffer).hexdigest().encode())
     return flatbuffer
@@ -325,11 +326,6 @@ class Classifier:
         """The Keras model with the forward's three outputs, in this TTA mode (loads the Keras model)."""
         return with_outputs(self.model, self.tta)
 
-    def _flatbuffer(self) -> bytes:
-        """The LiteRT flatbuffer of this model and TTA mode: the cached one, else converted (and cached)."""
-        sha, tta = self.info.sha256, self.tta
-        return cached_flatbuffer(sha, tta) or litert_flatbuffer(self._three_outputs(), sha, tta)
-
     def _runtime(self, workers: int | None) -> Any:
         """The forward pass of self.runtime: OpenVINO, LiteRT (a quick model's through its backbone's flatbuffer
         when that is cached) or Keras."""
@@ -348,7 +344,7 @@ class Classifier:
         shared = backbone and self.tta == "none" and cached_flatbuffer(backbone)
         if shared:
             return HeadRuntime(LiteRuntime(shared, workers), *head)
-        return LiteRuntime(self._flatbuffer(), workers)
+        return LiteRuntime(litert_flatbuffer(self._three_outputs, self.info.sha256, self.tta), workers)
 
     # --- metadata the pages and the API show ---------------------------------------------
     @property
@@ -382,11 +378,12 @@ class Classifier:
     def _bundle_parts(self):
         """(IR path, flatbuffer, labels.json contents): this model in the TTA mode and thresholds it serves with."""
         from model.bundle import labels_json
-        from model.openvino_runtime import cached_ir, ir_path, openvino_ir
+        from model.openvino_runtime import openvino_ir
 
         meta = labels_json(self.labels, self.thresholds, self.at_least_one, self.size, self.tta)
         sha, tta = self.info.sha256, self.tta
-        return cached_ir(ir_path(sha, tta)) or openvino_ir(self._three_outputs(), sha, tta), self._flatbuffer(), meta
+        three = self._three_outputs  # called only for what is not cached yet
+        return openvino_ir(three, sha, tta), litert_flatbuffer(three, sha, tta), meta
 
     def write_bundle(self, folder):
         """The download's files (OpenVINO IR, TFLite, labels.json, README.md, predict.py) into `folder`."""

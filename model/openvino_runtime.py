@@ -72,7 +72,8 @@ def save_ir(ov_model, xml):
 
 
 def openvino_ir(three_outputs, model_sha256, tta="none"):
-    """The path of the float32 IR of `three_outputs` (a Keras model), converted once per model file and cached."""
+    """The path of the float32 IR of the Keras model `three_outputs()` gives (called only when nothing is cached),
+    converted once per model file and cached."""
     xml = ir_path(model_sha256, tta)
     if cached_ir(xml):
         return xml
@@ -80,7 +81,7 @@ def openvino_ir(three_outputs, model_sha256, tta="none"):
 
     with tempfile.TemporaryDirectory() as saved:
         with contextlib.redirect_stdout(io.StringIO()):  # Keras prints its export's signature
-            three_outputs.export(saved, format="tf_saved_model")
+            three_outputs().export(saved, format="tf_saved_model")
         return save_ir(ov.convert_model(saved), xml)
 
 
@@ -142,5 +143,5 @@ def load_openvino(three_outputs, model_sha256, tta="none", precision="f32", work
                 "no int8 model for this model file yet: make it with python -m model.quantize --model DIR (needs nncf)"
             )
     else:
-        xml = cached_ir(ir_path(model_sha256, tta)) or openvino_ir(three_outputs(), model_sha256, tta)
+        xml = openvino_ir(three_outputs, model_sha256, tta)
     return OpenVinoRuntime(xml, precision, workers)

@@ -33,7 +33,7 @@ def quantize(model_dir=None, data=None, calibration=CALIBRATION_PHOTOS):
     dataset = load_dataset(data)
     clf = Classifier(model_dir, runtime="openvino", precision="f32")
     photos = calibration_photos(dataset, clf.size, calibration)  # as the TF Lite int8 export calibrates
-    xml = openvino_ir(with_outputs(clf.model, clf.tta), clf.info.sha256, clf.tta)
+    xml = openvino_ir(lambda: with_outputs(clf.model, clf.tta), clf.info.sha256, clf.tta)
     calibration_set = nncf.Dataset(list(photos), lambda x: x[None].astype(np.float32))
     quantized = nncf.quantize(ov.Core().read_model(xml), calibration_set, subset_size=len(photos))
     return save_ir(quantized, ir_path(clf.info.sha256, clf.tta, "int8"))

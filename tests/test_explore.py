@@ -373,7 +373,7 @@ def test_map_hover_shows_the_thumbnail_and_click_opens_the_photo(page, explore_u
 def test_a_second_start_of_the_app_reads_the_cache(small_data, tmp_path):
     """visualization.py computes the atlas in the background (the first /api/map answers 503 with progress);
     started again on the same model and dataset, its first /api/map already answers the map."""
-    from model.backbones.efficientnet_lite import cache_dir
+    from model.cache import cache_dir
 
     for part in ("openvino", "litert", "facts"):  # the compiled model, converted once already: only the atlas is new
         (cache_dir() / part).mkdir(parents=True, exist_ok=True)

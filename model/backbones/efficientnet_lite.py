@@ -16,7 +16,7 @@ import numpy as np
 from keras import layers
 
 from model.backbones.torch_legacy import WeightsFileError, load_state_dict
-from model.cache import cache_dir  # noqa: F401  (also imported from here)
+from model.cache import cache_dir
 
 # (expand ratio, kernel, stride, output channels, repeats) of EfficientNet-B0's seven stages.
 STAGES = [
