@@ -86,18 +86,6 @@ class Analysis:
     familiarity: Familiarity | None = None  # None for a model directory without familiarity.npz
 
 
-def predict_arrays(model: Any, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Probabilities of a Keras model for a uint8 array (n, size, size, 3), in batches (used by training)."""
-    if len(images) == 0:
-        return np.zeros((0, model.output_shape[-1]), dtype=np.float32)
-    return np.concatenate(
-        [
-            np.asarray(model.predict_on_batch(images[i : i + batch_size].astype(np.float32)))
-            for i in range(0, len(images), batch_size)
-        ]
-    )
-
-
 def with_outputs(model: Any, tta: str = "none") -> Any:
     """`model` with three outputs: the last feature map, the pooled embedding, the probabilities;
     with tta="flip", each the mean over the photo and its mirror image (the mirror's map flipped back)."""

@@ -123,8 +123,9 @@ def follow(registry, job, timeout=600):
     seen, started = [], time.time()
     while time.time() - started < timeout:
         status = registry.job(job)
-        if not seen or status.to_json() != seen[-1]:
-            seen.append(status.to_json())
+        answer = status.to_json()
+        if not seen or answer != seen[-1]:
+            seen.append(answer)
         if not status.live:
             return seen
         time.sleep(0.2)
