@@ -11,12 +11,11 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from model.cache import cache_dir
 from model.cli import START_UP_NOISE
@@ -145,25 +144,15 @@ def test_the_server_imports_tensorflow_only_to_load_a_keras_model(cached, sea_ph
     try:
         line = proc.stdout.readline()
         assert line.startswith("MIML Scenes ready"), proc.stderr.read()
-        boundary = uuid.uuid4().hex
-        body = (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="sea.jpg"\r\n'
-            f"Content-Type: image/jpeg\r\n\r\n".encode()
-            + sea_photo
-            + f"\r\n--{boundary}--\r\n".encode()
+        r = requests.post(
+            f"http://127.0.0.1:{port}/api/predict?gradcam=sea", files={"image": ("sea.jpg", sea_photo)}, timeout=60
         )
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/predict?gradcam=sea",
-            data=body,
-            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as r:
-            (result,) = json.load(r)["results"]
+        (result,) = r.json()["results"]
         expected = cached.analyse(sea_photo)  # the same cached model in this process
         assert (result["probabilities"], result["predicted"]) == (expected.probabilities, expected.predicted)
         assert "sea" in result["predicted"] and result["gradcam"]["png_base64"]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=60) as r:
-            assert r.status == 200 and f"<th>Layers</th><td>{len(cached.layers())} " in r.read().decode()
+        r = requests.get(f"http://127.0.0.1:{port}/model", timeout=60)
+        assert r.status_code == 200 and f"<th>Layers</th><td>{len(cached.layers())} " in r.text
         assert tensorflow_loaded(proc.pid) == (facts == "missing")
     finally:
         proc.terminate()
